@@ -1,0 +1,1 @@
+"""napari dock widgets: they wire napari layers to the engine, nothing more."""

@@ -1,0 +1,20 @@
+"""The headless engine: torch, numpy and file libraries only, never Qt or napari.
+
+Data flows one way: arrays or files -> engine -> results. Long work is a generator that yields
+small frozen dataclasses (:class:`TrainProgress`, :class:`RegionDone`)."""
+
+from .config import LOSSES, ModelConfig, TrainConfig
+from .errors import AnnotationError, ModelFileError, Seg3DError
+from .model_file import (SegmentationModel, describe, load_model, resolve_device, save_model)
+from .models import MODELS, UNet, anisotropic_pooling, build_model
+from .predict import RegionDone, iter_predict_volume, predict_volume
+from .sampling import Normalization, PatchSampler, compute_normalization
+from .train import Trainer, TrainProgress, TrainResult, default_model_config
+
+__all__ = [
+    "LOSSES", "MODELS", "AnnotationError", "ModelConfig", "ModelFileError", "Normalization",
+    "PatchSampler", "RegionDone", "Seg3DError", "SegmentationModel", "TrainConfig", "TrainProgress",
+    "TrainResult", "Trainer", "UNet", "anisotropic_pooling", "build_model", "compute_normalization",
+    "default_model_config", "describe", "iter_predict_volume", "load_model", "predict_volume",
+    "resolve_device", "save_model",
+]

@@ -1,0 +1,82 @@
+"""Frozen configurations, built once by the widget or the command line and saved in the model file."""
+
+from __future__ import annotations
+
+import dataclasses
+from dataclasses import dataclass, field
+from typing import Any
+
+LOSSES = ("ce_dice", "ce", "dice", "bce", "bce_dice")
+DEVICES = ("auto", "cpu", "cuda", "mps")
+
+
+@dataclass(frozen=True)
+class ModelConfig:
+    """Which network to build and with which constructor arguments.
+
+    ``kwargs`` are plain values (ints, floats, strings, tuples) so that a model file alone
+    rebuilds the network: ``build_model(config.architecture, **config.kwargs)``.
+    """
+
+    architecture: str = "unet"
+    kwargs: dict[str, Any] = field(default_factory=dict)
+
+    def to_dict(self) -> dict[str, Any]:
+        return {"architecture": self.architecture, "kwargs": _plain(self.kwargs)}
+
+    @classmethod
+    def from_dict(cls, d: dict[str, Any]) -> ModelConfig:
+        return cls(architecture=str(d["architecture"]), kwargs=dict(d.get("kwargs", {})))
+
+
+@dataclass(frozen=True)
+class TrainConfig:
+    """Every training setting. Defaults suit a small 3D volume on a CPU or a GPU."""
+
+    patch_size: tuple[int, int, int] = (32, 64, 64)
+    batch_size: int = 2
+    iterations: int = 500
+    learning_rate: float = 3e-3
+    weight_decay: float = 1e-4
+    loss: str = "ce_dice"
+    device: str = "auto"
+    seed: int = 0
+    amp: bool = True
+    validation_fraction: float = 0.15
+    validate_every: int = 50
+    random_patch_fraction: float = 0.1
+    augment: bool = True
+
+    def __post_init__(self) -> None:
+        if self.loss not in LOSSES:
+            raise ValueError(f"Unknown loss {self.loss!r}; choose one of {', '.join(LOSSES)}.")
+        if self.device not in DEVICES:
+            raise ValueError(f"Unknown device {self.device!r}; choose one of {', '.join(DEVICES)}.")
+        if len(self.patch_size) != 3 or min(self.patch_size) < 1:
+            raise ValueError(f"patch_size must be three positive integers (Z, Y, X), got {self.patch_size}.")
+        if self.batch_size < 1 or self.iterations < 1:
+            raise ValueError("batch_size and iterations must be at least 1.")
+        object.__setattr__(self, "patch_size", tuple(int(p) for p in self.patch_size))
+
+    def to_dict(self) -> dict[str, Any]:
+        return _plain(dataclasses.asdict(self))
+
+    @classmethod
+    def from_dict(cls, d: dict[str, Any]) -> TrainConfig:
+        names = {f.name for f in dataclasses.fields(cls)}
+        unknown = set(d) - names
+        if unknown:
+            raise ValueError(f"Unknown training settings: {', '.join(sorted(unknown))}.")
+        d = dict(d)
+        if "patch_size" in d:
+            d["patch_size"] = tuple(d["patch_size"])
+        return cls(**d)
+
+
+def _plain(value: Any) -> Any:
+    """Tuples to lists, recursively, so a config survives ``torch.load(weights_only=True)`` and YAML."""
+    if isinstance(value, dict):
+        return {str(k): _plain(v) for k, v in value.items()}
+    if isinstance(value, (list, tuple)):
+        return [_plain(v) for v in value]
+    return value

@@ -1,0 +1,279 @@
+"""Random patches read lazily from numpy arrays, memmaps and h5py datasets; sparse labels;
+normalisation statistics; augmentation.
+
+Label 0 means *not annotated*. Painted values (say 1, 2, 7) are mapped to class indices
+0..K-1 in sorted order; :class:`AnnotationSet` holds that mapping and the coordinates of every
+annotated voxel, split into a training and a held-out validation part.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import numpy as np
+import torch
+
+from .errors import AnnotationError
+
+_VAL_BLOCK = 8  # edge of the spatial blocks that go wholly to training or to validation
+
+
+@dataclass(frozen=True)
+class Normalization:
+    """Per-channel robust intensity range, stored in the model file and applied identically
+    at training and prediction: ``(x - low) / (high - low)``."""
+
+    low: tuple[float, ...]
+    high: tuple[float, ...]
+
+    def apply(self, x: np.ndarray) -> np.ndarray:
+        """Normalise ``(C, ...)`` data to float32."""
+        low = np.asarray(self.low, np.float32).reshape((-1,) + (1,) * (x.ndim - 1))
+        high = np.asarray(self.high, np.float32).reshape(low.shape)
+        return (np.asarray(x, np.float32) - low) / np.maximum(high - low, 1e-6)
+
+    def to_dict(self) -> dict:
+        return {"low": list(self.low), "high": list(self.high)}
+
+    @classmethod
+    def from_dict(cls, d: dict) -> Normalization:
+        return cls(tuple(float(v) for v in d["low"]), tuple(float(v) for v in d["high"]))
+
+
+def compute_normalization(image, *, percentiles=(0.5, 99.5), max_voxels=2_000_000,
+                          seed: int = 0) -> Normalization:
+    """Robust percentiles of each channel of a ``(C, Z, Y, X)`` image, read from at most
+    ``max_voxels`` voxels of evenly spaced z-slices (lazy sources read only those slices)."""
+    c, z = image.shape[0], image.shape[1]
+    per_slice = max(1, int(np.prod(image.shape[2:])))
+    n_slices = int(np.clip(max_voxels // per_slice, 1, z))
+    zs = np.unique(np.linspace(0, z - 1, n_slices).round().astype(int))
+    lows, highs = [], []
+    for ch in range(c):
+        values = np.concatenate([np.asarray(image[ch, zi], np.float64).ravel() for zi in zs])
+        finite = values[np.isfinite(values)]
+        if finite.size == 0:
+            raise AnnotationError("The image holds no finite value (all NaN or Inf).")
+        lo, hi = np.percentile(finite, percentiles)
+        lows.append(float(lo))
+        highs.append(float(hi) if hi > lo else float(lo) + 1.0)
+    return Normalization(tuple(lows), tuple(highs))
+
+
+def class_values_of(labels: np.ndarray) -> tuple[int, ...]:
+    """The painted label values (all but 0), sorted; raises a user-facing error when fewer than two."""
+    if not np.issubdtype(np.asarray(labels).dtype, np.integer) and labels.dtype != bool:
+        raise AnnotationError(f"Annotations must be integer labels, got dtype {labels.dtype}.")
+    values = np.unique(labels)
+    if values.size and values[0] < 0:
+        raise AnnotationError("Annotations hold negative values; use 0 for not annotated and "
+                              "positive values for classes.")
+    values = tuple(int(v) for v in values if v != 0)
+    if not values:
+        raise AnnotationError("There are no annotations: paint a few strokes of each class "
+                              "(label 0 means not annotated).")
+    if len(values) == 1:
+        raise AnnotationError(f"Only one class (value {values[0]}) is painted: paint at least "
+                              "two classes, for example background and the object.")
+    return values
+
+
+@dataclass(frozen=True)
+class AnnotationSet:
+    """An immutable snapshot of sparse annotations as class indices and coordinates.
+
+    ``train_coords[k]`` is an ``(N_k, 3)`` array of annotated voxels of class ``k`` used for
+    training; ``val_coords`` likewise for the held-out part (empty when too few annotations).
+    """
+
+    class_values: tuple[int, ...]
+    index: np.ndarray  # (Z, Y, X) int16: class index + 1, 0 = not annotated; -(k+1) = held out
+    train_coords: tuple[np.ndarray, ...]
+    val_coords: tuple[np.ndarray, ...]
+
+    @property
+    def has_validation(self) -> bool:
+        return all(len(c) > 0 for c in self.val_coords)
+
+
+def make_annotations(labels: np.ndarray, class_values: tuple[int, ...],
+                     validation_fraction: float, seed: int) -> AnnotationSet:
+    """Map painted values to class indices and hold out whole blocks for validation.
+
+    Validation takes blocks of :data:`_VAL_BLOCK`^3 voxels so held-out voxels are not next to
+    training voxels of the same stroke. Each class keeps most of its voxels for training; when a
+    class has too few blocks, no validation set is made.
+    """
+    labels = np.asarray(labels)
+    lut_keys = np.asarray(class_values)
+    unknown = np.setdiff1d(np.unique(labels), np.concatenate([[0], lut_keys]))
+    if unknown.size:
+        raise AnnotationError(f"Annotations hold values {unknown.tolist()} that the model does not "
+                              f"know (its classes are {list(class_values)}).")
+    index = np.zeros(labels.shape, np.int16)
+    for k, v in enumerate(class_values):
+        index[labels == v] = k + 1
+    rng = np.random.default_rng(seed)
+    held = np.zeros(labels.shape, bool)
+    if validation_fraction > 0:
+        blocks = tuple(-(-s // _VAL_BLOCK) for s in labels.shape)
+        chosen = rng.random(blocks) < validation_fraction
+        full = np.repeat(np.repeat(np.repeat(chosen, _VAL_BLOCK, 0), _VAL_BLOCK, 1), _VAL_BLOCK, 2)
+        held = full[: labels.shape[0], : labels.shape[1], : labels.shape[2]]
+    train, val = [], []
+    for k in range(len(class_values)):
+        coords = np.argwhere(index == k + 1).astype(np.int32)
+        is_val = held[tuple(coords.T)] if len(coords) else np.zeros(0, bool)
+        train.append(coords[~is_val])
+        val.append(coords[is_val])
+    if any(len(t) < max(1, len(v)) for t, v in zip(train, val)) or not all(len(v) for v in val):
+        train = [np.concatenate([t, v]) for t, v in zip(train, val)]
+        val = [np.zeros((0, 3), np.int32) for _ in val]
+    for k, (t, v) in enumerate(zip(train, val)):
+        if len(v):
+            index[tuple(v.T)] = -(k + 1)
+    return AnnotationSet(tuple(class_values), index, tuple(train), tuple(val))
+
+
+def read_patch(source, start: tuple[int, int, int], size: tuple[int, int, int],
+               has_channels: bool) -> np.ndarray:
+    """Read one patch, reading only that region of a lazy ``source``; pads with zeros where the
+    patch passes the border (volumes smaller than the patch)."""
+    shape = source.shape[-3:]
+    sl = tuple(slice(max(s, 0), min(s + n, d)) for s, n, d in zip(start, size, shape))
+    block = np.asarray(source[(slice(None),) + sl] if has_channels else source[sl])
+    if block.shape[-3:] == tuple(size):
+        return block
+    out = np.zeros(block.shape[:-3] + tuple(size), block.dtype)
+    dst = tuple(slice(a.start - s, a.stop - s) for a, s in zip(sl, start))
+    out[(Ellipsis,) + dst] = block
+    return out
+
+
+def patch_start(center: np.ndarray, size: tuple[int, int, int], shape: tuple[int, ...],
+                rng: np.random.Generator) -> tuple[int, int, int]:
+    """A patch corner that contains ``center`` at a random offset and stays inside the volume
+    where the volume is large enough."""
+    starts = []
+    for c, n, d in zip(center, size, shape):
+        lo, hi = int(c) - n + 1, int(c)
+        s = int(rng.integers(lo, hi + 1))
+        starts.append(int(np.clip(s, 0, d - n)) if d >= n else 0)
+    return tuple(starts)
+
+
+@dataclass(frozen=True)
+class Batch:
+    """A training batch: ``image (B, C, z, y, x)`` float32 normalised, ``target (B, z, y, x)``
+    int64 class indices, ``mask (B, z, y, x)`` bool (True where annotated for training)."""
+
+    image: np.ndarray
+    target: np.ndarray
+    mask: np.ndarray
+
+
+class PatchSampler:
+    """Draws random patches around annotated voxels, balanced over classes, plus a share of
+    uniformly random patches. Reads only each patch from ``image``.
+
+    Args:
+        image: ``(C, Z, Y, X)`` array, memmap or h5py dataset (``has_channels=True``), or
+            ``(Z, Y, X)`` (``has_channels=False``).
+        annotations: an :class:`AnnotationSet` snapshot; replace it with :meth:`set_annotations`.
+        normalization: applied to every patch.
+        patch_size: ``(z, y, x)``.
+        random_fraction: share of patches drawn uniformly from the whole volume.
+    """
+
+    def __init__(self, image, annotations: AnnotationSet, normalization: Normalization,
+                 patch_size: tuple[int, int, int], *, has_channels: bool,
+                 random_fraction: float = 0.1) -> None:
+        self.image = image
+        self.has_channels = has_channels
+        self.normalization = normalization
+        self.patch_size = tuple(int(p) for p in patch_size)
+        self.random_fraction = random_fraction
+        self.shape = tuple(image.shape[-3:])
+        self._annotations = annotations
+
+    def set_annotations(self, annotations: AnnotationSet) -> None:
+        """Swap in a new snapshot (one reference assignment, safe across threads)."""
+        self._annotations = annotations
+
+    @property
+    def annotations(self) -> AnnotationSet:
+        return self._annotations
+
+    def _read(self, start) -> np.ndarray:
+        patch = read_patch(self.image, start, self.patch_size, self.has_channels)
+        if not self.has_channels:
+            patch = patch[None]
+        return self.normalization.apply(patch)
+
+    def _train_target(self, ann: AnnotationSet, start) -> tuple[np.ndarray, np.ndarray]:
+        idx = read_patch(ann.index, start, self.patch_size, False)
+        mask = idx > 0
+        return np.where(mask, idx - 1, 0).astype(np.int64), mask
+
+    def sample(self, batch_size: int, rng: np.random.Generator) -> Batch:
+        """Draw ``batch_size`` patches; class-balanced centres on annotated voxels."""
+        ann = self._annotations
+        classes = [k for k, c in enumerate(ann.train_coords) if len(c)]
+        images, targets, masks = [], [], []
+        for _ in range(batch_size):
+            if not classes or rng.random() < self.random_fraction:
+                center = np.array([rng.integers(0, d) for d in self.shape])
+            else:
+                coords = ann.train_coords[classes[int(rng.integers(len(classes)))]]
+                center = coords[int(rng.integers(len(coords)))]
+            start = patch_start(center, self.patch_size, self.shape, rng)
+            images.append(self._read(start))
+            t, m = self._train_target(ann, start)
+            targets.append(t)
+            masks.append(m)
+        return Batch(np.stack(images), np.stack(targets), np.stack(masks))
+
+    def validation_patches(self, max_patches: int, seed: int) -> list[tuple[np.ndarray, np.ndarray, np.ndarray]]:
+        """Fixed patches around held-out voxels: ``(image (C, z, y, x), target, mask)`` where the
+        mask covers held-out voxels only."""
+        ann = self._annotations
+        if not ann.has_validation:
+            return []
+        rng = np.random.default_rng(seed)
+        out = []
+        per_class = max(1, max_patches // len(ann.val_coords))
+        for coords in ann.val_coords:
+            for i in rng.choice(len(coords), min(per_class, len(coords)), replace=False):
+                start = patch_start(coords[i], self.patch_size, self.shape, rng)
+                idx = read_patch(ann.index, start, self.patch_size, False)
+                mask = idx < 0
+                out.append((self._read(start), np.where(mask, -idx - 1, 0).astype(np.int64), mask))
+        return out
+
+
+def augment(image: torch.Tensor, target: torch.Tensor, mask: torch.Tensor,
+            generator: torch.Generator, *, rotate_yx: bool) -> tuple[torch.Tensor, ...]:
+    """Random flips on each axis, 90-degree rotations in the (y, x) plane when it is isotropic
+    (``rotate_yx``), intensity scale and shift, and Gaussian noise; per batch, on any device.
+
+    Args:
+        image: ``(B, C, z, y, x)``; target, mask: ``(B, z, y, x)``.
+    """
+    def coin() -> bool:
+        return bool(torch.rand((), generator=generator) < 0.5)
+
+    for axis in range(3):
+        if coin():
+            image, target, mask = (image.flip(axis + 2), target.flip(axis + 1), mask.flip(axis + 1))
+    if rotate_yx and image.shape[-1] == image.shape[-2]:
+        k = int(torch.randint(0, 4, (), generator=generator))
+        if k:
+            image = torch.rot90(image, k, (3, 4))
+            target, mask = torch.rot90(target, k, (2, 3)), torch.rot90(mask, k, (2, 3))
+    b, c = image.shape[:2]
+    scale = 1.0 + 0.2 * (torch.rand((b, c, 1, 1, 1), generator=generator) - 0.5)
+    shift = 0.2 * (torch.rand((b, c, 1, 1, 1), generator=generator) - 0.5)
+    sigma = 0.05 * torch.rand((b, 1, 1, 1, 1), generator=generator)
+    noise = torch.randn(image.shape, generator=generator) * sigma
+    image = image * scale.to(image.device) + shift.to(image.device) + noise.to(image.device)
+    return image.contiguous(), target.contiguous(), mask.contiguous()

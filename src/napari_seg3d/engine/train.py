@@ -1,0 +1,202 @@
+"""Training as a generator: it yields a :class:`TrainProgress` after every iteration, accepts new
+annotations through ``generator.send(labels)``, stops cleanly between iterations when
+:meth:`Trainer.request_stop` is called, and returns a :class:`TrainResult` with the best and the
+last model. Every random draw of iteration ``i`` is seeded by ``(seed, i)``, so a run stopped
+and resumed from its last model file continues exactly."""
+
+from __future__ import annotations
+
+import copy
+import logging
+import math
+import threading
+import time
+from dataclasses import dataclass
+from typing import Generator
+
+import numpy as np
+import torch
+
+from .config import ModelConfig, TrainConfig
+from .errors import AnnotationError
+from .losses import dice_per_class, is_binary_loss, make_loss
+from .model_file import SegmentationModel, resolve_device
+from .models import anisotropic_pooling, build_model
+from .prefetch import Prefetcher
+from .sampling import (AnnotationSet, PatchSampler, class_values_of, compute_normalization,
+                       make_annotations)
+
+log = logging.getLogger(__name__)
+
+
+@dataclass(frozen=True)
+class TrainProgress:
+    """One training iteration's report. ``val_dice`` (one value per class) is set on validation
+    iterations only; ``is_best`` when that validation gave a new best model."""
+
+    iteration: int
+    iterations: int
+    loss: float
+    learning_rate: float
+    voxels_per_s: float
+    eta_s: float
+    data_wait: float
+    val_dice: tuple[float, ...] | None = None
+    is_best: bool = False
+
+
+@dataclass(frozen=True)
+class TrainResult:
+    """``best``: the model with the best validation Dice (or training loss without validation);
+    ``last``: the final state, with the optimizer state for exact resumption."""
+
+    best: SegmentationModel
+    last: SegmentationModel
+    stopped: bool
+
+
+def default_model_config(in_channels: int, out_channels: int, patch_size, voxel_size=None,
+                         base_filters: int = 16, levels: int | None = None) -> ModelConfig:
+    """A 3D U-Net sized for ``patch_size``: as many levels (at most 4) as keep every axis of the
+    deepest feature map at least 4 voxels, pooling per axis for anisotropic voxels."""
+    if levels is None:
+        levels = 1
+        while levels < 4:
+            pool = anisotropic_pooling(voxel_size or (1, 1, 1), levels + 1)
+            div = np.prod(np.array(pool), axis=0)
+            if np.all(np.array(patch_size) / div >= 4) or np.all(div == 1):
+                levels += 1
+            else:
+                break
+    pool = anisotropic_pooling(voxel_size or (1, 1, 1), levels)
+    kwargs = dict(spatial_dims=3, in_channels=in_channels, out_channels=out_channels,
+                  levels=levels, base_filters=base_filters, growth=2.0, residual=True,
+                  norm="instance", dropout=0.0, pooling=[list(p) for p in pool])
+    return ModelConfig("unet", kwargs)
+
+
+def learning_rate_at(iteration: int, total: int, base: float, warmup: int = 20) -> float:
+    """Linear warm-up, then polynomial decay (power 0.9) to zero at ``total``."""
+    if iteration < warmup:
+        return base * (iteration + 1) / warmup
+    return base * max(0.0, 1.0 - iteration / max(total, 1)) ** 0.9
+
+
+def _image_shape(image) -> tuple[tuple[int, int, int], int]:
+    if image.ndim not in (3, 4):
+        raise AnnotationError(f"Expected a 3D image (Z, Y, X) or (C, Z, Y, X), got shape {tuple(image.shape)}.")
+    channels = image.shape[0] if image.ndim == 4 else 1
+    return tuple(int(s) for s in image.shape[-3:]), channels
+
+
+class Trainer:
+    """Trains a network on an image and sparse annotations (label 0 = not annotated).
+
+    Args:
+        image: ``(Z, Y, X)`` or ``(C, Z, Y, X)``; numpy array, memmap or h5py dataset.
+        labels: ``(Z, Y, X)`` integer annotations.
+        config: every training setting.
+        model_config: the network; default :func:`default_model_config`.
+        init: a model to start from (fine-tuning) or, with ``resume=True``, to continue exactly.
+    """
+
+    def __init__(self, image, labels, config: TrainConfig, *, model_config: ModelConfig | None = None,
+                 class_names=None, voxel_size=None, init: SegmentationModel | None = None,
+                 resume: bool = False) -> None:
+        shape, channels = _image_shape(image)
+        labels = np.asarray(labels)
+        if labels.shape != shape:
+            raise AnnotationError(f"The annotations have shape {labels.shape} but the image is {shape}; "
+                                  "make the annotation layer from this image.")
+        painted = class_values_of(labels)
+        self.config = config
+        self._stop = threading.Event()
+        self.device = resolve_device(config.device)
+        if init is not None:
+            self._init_from(init, painted, channels, resume)
+        else:
+            self._init_new(image, painted, channels, model_config, class_names, voxel_size)
+        self.sampler = PatchSampler(
+            image, self._annotations(labels), self.model.normalization, config.patch_size,
+            has_channels=image.ndim == 4, random_fraction=config.random_patch_fraction)
+        self.loss_fn = make_loss(config.loss)
+
+    def _init_new(self, image, painted, channels, model_config, class_names, voxel_size) -> None:
+        k = len(painted)
+        binary = is_binary_loss(self.config.loss)
+        if binary and k != 2:
+            raise AnnotationError(f"The {self.config.loss} loss is for two classes; {k} are painted. "
+                                  "Choose the ce_dice loss.")
+        out = 1 if binary else k
+        mc = model_config or default_model_config(channels, out, self.config.patch_size, voxel_size)
+        self.model = SegmentationModel(
+            network=build_model(mc.architecture, **mc.kwargs), model_config=mc,
+            train_config=self.config, class_values=painted,
+            normalization=compute_normalization(image if image.ndim == 4 else _Channel(image)),
+            in_channels=channels, class_names=tuple(class_names or ()),
+            voxel_size=None if voxel_size is None else tuple(float(v) for v in voxel_size),
+            history={"loss": [], "val_dice": [], "val_iteration": [], "best_val_dice": None})
+        self.start_iteration = 0
+        self.optimizer_state = None
+
+    def _init_from(self, init: SegmentationModel, painted, channels, resume) -> None:
+        if channels != init.in_channels:
+            raise AnnotationError(f"The model was trained on {init.in_channels}-channel images; "
+                                  f"this image has {channels}.")
+        extra = set(painted) - set(init.class_values)
+        if extra:
+            raise AnnotationError(f"Label values {sorted(extra)} are not classes of the loaded model "
+                                  f"({list(init.class_values)}); train a new model for new classes.")
+        if resume and init.optimizer_state is None:
+            raise AnnotationError("This model file has no optimizer state, so training cannot resume "
+                                  "exactly; fine-tune it instead.")
+        self.model = SegmentationModel(
+            network=copy.deepcopy(init.network), model_config=init.model_config,
+            train_config=self.config, class_values=init.class_values,
+            normalization=init.normalization, in_channels=init.in_channels,
+            class_names=init.class_names, voxel_size=init.voxel_size,
+            history=copy.deepcopy(init.history) if resume else
+            {"loss": [], "val_dice": [], "val_iteration": [], "best_val_dice": None})
+        self.start_iteration = init.iteration if resume else 0
+        self.optimizer_state = init.optimizer_state if resume else None
+
+    def _annotations(self, labels) -> AnnotationSet:
+        return make_annotations(labels, self.model.class_values, self.config.validation_fraction,
+                                self.config.seed)
+
+    def request_stop(self) -> None:
+        """Ask the loop to stop after the current iteration (safe from any thread)."""
+        self._stop.set()
+
+    def update_annotations(self, labels: np.ndarray) -> None:
+        """Use new annotations from the next batch on (call from the training thread, or send
+        the labels into :meth:`run`)."""
+        self.sampler.set_annotations(self._annotations(np.asarray(labels)))
+
+    def run(self) -> Generator[TrainProgress, np.ndarray | None, TrainResult]:
+        from .train_loop import training_loop
+
+        return (yield from training_loop(self))
+
+
+class _Channel:
+    """A ``(1, Z, Y, X)`` view of a lazy 3D source, reading only what is indexed."""
+
+    def __init__(self, source) -> None:
+        self.source = source
+        self.shape = (1,) + tuple(source.shape)
+
+    def __getitem__(self, key):
+        return np.asarray(self.source[key[1:]])[None] if isinstance(key, tuple) else \
+            np.asarray(self.source[:])[None][key]
+
+
+def batch_rng(seed: int, iteration: int) -> tuple[np.random.Generator, torch.Generator]:
+    """The random sources of one iteration, a pure function of ``(seed, iteration)``."""
+    rng = np.random.default_rng([seed, iteration])
+    gen = torch.Generator().manual_seed(int(rng.integers(2**62)))
+    return rng, gen
+
+
+def eta(seconds_per_step: float, remaining: int) -> float:
+    return 0.0 if not math.isfinite(seconds_per_step) else seconds_per_step * remaining

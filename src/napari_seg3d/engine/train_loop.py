@@ -1,0 +1,163 @@
+"""The training loop behind :meth:`Trainer.run`: one step, validation, best-model tracking."""
+
+from __future__ import annotations
+
+import copy
+import time
+from typing import TYPE_CHECKING, Generator
+
+import numpy as np
+import torch
+
+from .losses import dice_per_class, is_binary_loss
+from .model_file import SegmentationModel
+from .prefetch import Prefetcher
+from .sampling import augment
+
+if TYPE_CHECKING:
+    from .train import Trainer, TrainProgress, TrainResult
+
+_VAL_PATCHES = 8
+
+
+def _make_batch(trainer: Trainer, iteration: int):
+    from .train import batch_rng
+
+    cfg = trainer.config
+    rng, gen = batch_rng(cfg.seed, iteration)
+    b = trainer.sampler.sample(cfg.batch_size, rng)
+    image, target, mask = (torch.from_numpy(b.image), torch.from_numpy(b.target),
+                           torch.from_numpy(b.mask))
+    if cfg.augment:
+        vs = trainer.model.voxel_size
+        iso_yx = vs is None or abs(vs[1] - vs[2]) <= 1e-3 * max(vs[1], vs[2])
+        image, target, mask = augment(image, target, mask, gen, rotate_yx=iso_yx)
+    if trainer.device.type == "cuda":
+        image, target, mask = image.pin_memory(), target.pin_memory(), mask.pin_memory()
+    return image, target, mask
+
+
+def _predict_classes(net: torch.nn.Module, x: torch.Tensor, binary: bool) -> torch.Tensor:
+    logits = net(x).float()
+    return (logits[:, 0] > 0).long() if binary else logits.argmax(1)
+
+
+@torch.no_grad()
+def validate(trainer: Trainer, patches) -> tuple[float, ...] | None:
+    """Dice per class on the held-out annotations, ``None`` when there are none."""
+    if not patches:
+        return None
+    net = trainer.model.network
+    net.eval()
+    binary = is_binary_loss(trainer.config.loss)
+    k = len(trainer.model.class_values)
+    preds, targets, masks = [], [], []
+    for i in range(0, len(patches), 2):
+        chunk = patches[i:i + 2]
+        x = torch.from_numpy(np.stack([p[0] for p in chunk])).to(trainer.device)
+        with torch.autocast("cuda", enabled=trainer.device.type == "cuda" and trainer.config.amp):
+            preds.append(_predict_classes(net, x, binary).cpu())
+        targets.append(torch.from_numpy(np.stack([p[1] for p in chunk])))
+        masks.append(torch.from_numpy(np.stack([p[2] for p in chunk])))
+    net.train()
+    return tuple(dice_per_class(torch.cat(preds), torch.cat(targets), torch.cat(masks), k))
+
+
+def _snapshot(trainer: Trainer, iteration: int, optimizer) -> SegmentationModel:
+    m = trainer.model
+    net = copy.deepcopy(m.network).cpu()
+    return SegmentationModel(
+        network=net, model_config=m.model_config, train_config=trainer.config,
+        class_values=m.class_values, normalization=m.normalization, in_channels=m.in_channels,
+        class_names=m.class_names, voxel_size=m.voxel_size, iteration=iteration,
+        history=copy.deepcopy(m.history), optimizer_state=_cpu_state(optimizer.state_dict()))
+
+
+def _cpu_state(state):
+    if isinstance(state, torch.Tensor):
+        return state.detach().cpu().clone()
+    if isinstance(state, dict):
+        return {k: _cpu_state(v) for k, v in state.items()}
+    if isinstance(state, (list, tuple)):
+        return type(state)(_cpu_state(v) for v in state)
+    return state
+
+
+def _score(val_dice, history) -> float:
+    if val_dice is not None:
+        finite = [d for d in val_dice if np.isfinite(d)]
+        return float(np.mean(finite)) if finite else -1.0
+    recent = history["loss"][-20:]
+    return -float(np.mean(recent)) if recent else -np.inf
+
+
+def training_loop(trainer: Trainer) -> Generator[TrainProgress, np.ndarray | None, TrainResult]:
+    from .train import TrainProgress, TrainResult, eta, learning_rate_at
+
+    cfg, dev, m = trainer.config, trainer.device, trainer.model
+    net = m.network.to(dev).train()
+    optimizer = torch.optim.AdamW(net.parameters(), lr=cfg.learning_rate, weight_decay=cfg.weight_decay)
+    if trainer.optimizer_state is not None:
+        optimizer.load_state_dict(trainer.optimizer_state)
+    use_amp = cfg.amp and dev.type == "cuda"
+    scaler = torch.amp.GradScaler("cuda", enabled=use_amp)
+    val_patches = trainer.sampler.validation_patches(_VAL_PATCHES, cfg.seed)
+    best, best_score = None, -np.inf
+    voxels = cfg.batch_size * int(np.prod(cfg.patch_size))
+    step_time, wait_frac, it = float("nan"), 0.0, trainer.start_iteration
+    stopped = False
+    with Prefetcher(lambda i: _make_batch(trainer, i), range(trainer.start_iteration, cfg.iterations)) as pf:
+        for it in range(trainer.start_iteration, cfg.iterations):
+            if trainer._stop.is_set():
+                stopped = True
+                break
+            t0 = time.perf_counter()
+            image, target, mask = (t.to(dev, non_blocking=True) for t in pf.get(it))
+            t_data = time.perf_counter() - t0
+            lr = learning_rate_at(it, cfg.iterations, cfg.learning_rate)
+            for group in optimizer.param_groups:
+                group["lr"] = lr
+            torch.manual_seed(cfg.seed * 1_000_003 + it)
+            with torch.autocast("cuda", enabled=use_amp):
+                logits = net(image)
+            loss = trainer.loss_fn(logits, target, mask)
+            optimizer.zero_grad(set_to_none=True)
+            scaler.scale(loss).backward()
+            scaler.unscale_(optimizer)
+            torch.nn.utils.clip_grad_norm_(net.parameters(), 12.0)
+            scaler.step(optimizer)
+            scaler.update()
+            loss_value = float(loss.detach())
+            dt = time.perf_counter() - t0
+            step_time = dt if not np.isfinite(step_time) else 0.9 * step_time + 0.1 * dt
+            wait_frac = 0.9 * wait_frac + 0.1 * (t_data / max(dt, 1e-9))
+            m.history["loss"].append(loss_value)
+            val_dice, is_best = None, False
+            last_it = it + 1 == cfg.iterations
+            if (it + 1) % cfg.validate_every == 0 or last_it:
+                val_dice = validate(trainer, val_patches)
+                if val_dice is not None:
+                    m.history["val_dice"].append(list(val_dice))
+                    m.history["val_iteration"].append(it + 1)
+                score = _score(val_dice, m.history)
+                if score > best_score:
+                    best_score, is_best = score, True
+                    if val_dice is not None:
+                        m.history["best_val_dice"] = list(val_dice)
+                    best = _snapshot(trainer, it + 1, optimizer)
+            new_labels = yield TrainProgress(
+                iteration=it + 1, iterations=cfg.iterations, loss=loss_value, learning_rate=lr,
+                voxels_per_s=voxels / step_time, eta_s=eta(step_time, cfg.iterations - it - 1),
+                data_wait=wait_frac, val_dice=val_dice, is_best=is_best)
+            if new_labels is not None:
+                trainer.update_annotations(new_labels)
+                val_patches = trainer.sampler.validation_patches(_VAL_PATCHES, cfg.seed)
+        else:
+            it = cfg.iterations
+    done = it if stopped else cfg.iterations
+    last = _snapshot(trainer, done, optimizer)
+    m.iteration = done
+    if best is None or (stopped and best.iteration < done and not m.history["val_dice"]):
+        best = last
+    best.history = copy.deepcopy(m.history)
+    return TrainResult(best=best, last=last, stopped=stopped)

@@ -1,0 +1,32 @@
+"""Test set-up: napari's config and caches in a temporary folder, Qt through Xvfb (pytest-xvfb)."""
+
+import os
+import tempfile
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+_tmp = Path(tempfile.mkdtemp(prefix="seg3d-tests-"))
+for var in ("XDG_CONFIG_HOME", "XDG_CACHE_HOME", "XDG_DATA_HOME", "XDG_RUNTIME_DIR"):
+    os.environ.setdefault(var, str(_tmp / var.lower()))
+    Path(os.environ[var]).mkdir(parents=True, exist_ok=True, mode=0o700)
+os.environ.setdefault("NAPARI_CONFIG", str(_tmp / "napari-settings.yaml"))
+
+SHARED = Path(__file__).resolve().parents[2] / "shared" / "data" / "nuclei3d"
+
+
+@pytest.fixture
+def blobs():
+    """A tiny two-class volume ``(image float32 (17, 24, 26), truth uint8 in {1, 2})`` with bright
+    balls on a dark noisy background, and sparse scribbles drawn from it."""
+    from napari_seg3d.engine.scribbles import simulate_scribbles
+
+    rng = np.random.default_rng(0)
+    z, y, x = np.mgrid[:17, :24, :26]
+    truth = np.zeros((17, 24, 26), np.uint8)
+    for cz, cy, cx in [(5, 6, 7), (11, 16, 18), (8, 17, 6)]:
+        truth[(z - cz) ** 2 + (y - cy) ** 2 + (x - cx) ** 2 < 16] = 1
+    image = (truth * 1.0 + rng.normal(0, 0.2, truth.shape)).astype(np.float32)
+    scribbles = simulate_scribbles(truth, slices_per_axis=2, strokes_per_class=2, length=8, seed=0)
+    return image, truth + 1, scribbles
