@@ -232,3 +232,12 @@ def test_normalise_and_labels():
     labels = _labels(probs)
     assert labels.dtype == torch.uint8
     assert labels.tolist() == [[[1, 0]]]
+
+
+@pytest.mark.parametrize("dtype", [np.float32, np.uint16])
+def test_read_only_and_non_float_volumes_are_accepted(dtype):
+    volume = (np.arange(4 * 5 * 6).reshape(4, 5, 6) % 7).astype(dtype)
+    volume.setflags(write=False)
+    probs = predict_volume(Pointwise(), volume, patch_size=(4, 4, 4), device="cpu",
+                           probabilities=True)
+    np.testing.assert_allclose(probs, _expected_probabilities(Pointwise(), volume), atol=1e-6)

@@ -9,12 +9,13 @@ from .model_file import (SegmentationModel, describe, load_model, resolve_device
 from .models import MODELS, UNet, anisotropic_pooling, build_model
 from .predict import RegionDone, iter_predict_volume, predict_volume
 from .sampling import Normalization, PatchSampler, compute_normalization
-from .train import Trainer, TrainProgress, TrainResult, default_model_config
+from .train import (Preview, Trainer, TrainerUpdate, TrainProgress, TrainResult,
+                    default_model_config, propose_patch_size)
 
 __all__ = [
     "LOSSES", "MODELS", "AnnotationError", "ModelConfig", "ModelFileError", "Normalization",
-    "PatchSampler", "RegionDone", "Seg3DError", "SegmentationModel", "TrainConfig", "TrainProgress",
-    "TrainResult", "Trainer", "UNet", "anisotropic_pooling", "build_model", "compute_normalization",
-    "default_model_config", "describe", "iter_predict_volume", "load_model", "predict_volume",
+    "PatchSampler", "Preview", "RegionDone", "Seg3DError", "SegmentationModel", "TrainConfig", "TrainProgress",
+    "TrainResult", "Trainer", "TrainerUpdate", "UNet", "anisotropic_pooling", "build_model", "compute_normalization",
+    "default_model_config", "propose_patch_size", "describe", "iter_predict_volume", "load_model", "predict_volume",
     "resolve_device", "save_model",
 ]

@@ -10,6 +10,7 @@ from __future__ import annotations
 import logging
 import os
 import tempfile
+import warnings
 from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any, Iterator
@@ -161,10 +162,13 @@ def _read_file(path: Path) -> dict:
     if not path.is_file():
         raise ModelFileError(f"No model file at {path}.")
     try:
-        data = torch.load(path, map_location="cpu", weights_only=True)
+        with warnings.catch_warnings():  # torch warns about foreign pickle protocols; we raise
+            warnings.simplefilter("ignore", UserWarning)
+            data = torch.load(path, map_location="cpu", weights_only=True)
     except Exception as e:  # torch raises many types for truncated, foreign or unsafe files
-        reason = "it holds code or objects that are not allowed" if "weights_only" in str(e) else \
-            "it is truncated, corrupt or not a model file"
+        # every weights-only failure mentions weights_only; only a refused global means code
+        reason = "it holds code or objects that are not allowed" if "Unsupported global" in str(e) \
+            else "it is truncated, corrupt or not a model file"
         raise ModelFileError(f"Cannot load {path.name}: {reason}. Only files saved by napari-seg3d "
                              "can be loaded.") from e
     if not isinstance(data, dict) or data.get("format") != FORMAT:

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import contextlib
 import logging
+import warnings
 from collections.abc import Generator, Iterator, Sequence
 from dataclasses import dataclass
 
@@ -97,20 +98,12 @@ def iter_predict_volume(
 
 
 def _stream(
-    model: nn.Module,
-    data: np.ndarray,
-    patch: tuple[int, int, int],
-    overlap: float,
-    blending: str,
-    batch_size: int,
-    device: torch.device,
-    probabilities: bool,
-    tta: bool,
+    model: nn.Module, data: np.ndarray, patch: tuple[int, int, int], overlap: float,
+    blending: str, batch_size: int, device: torch.device, probabilities: bool, tta: bool,
     memory_limit_bytes: int | None,
 ) -> Generator[RegionDone, None, None]:
     """The body of `iter_predict_volume`, on a validated ``(C, Z, Y, X)`` float32 volume."""
-    padded, _ = pad_for_window(data, patch, mode="reflect")
-    source = torch.from_numpy(np.ascontiguousarray(padded))
+    source = _source_tensor(data, patch)
     windows = sorted(
         window_positions(data.shape[1:], patch, overlap), key=lambda w: tuple(s.start for s in w)
     )
@@ -185,6 +178,14 @@ def _as_channels_first(volume: np.ndarray) -> np.ndarray:
     return data
 
 
+def _source_tensor(data: np.ndarray, patch: Sequence[int]) -> torch.Tensor:
+    """The volume ``(C, Z, Y, X)`` padded for the windows, as a CPU tensor (no copy if possible)."""
+    padded, _ = pad_for_window(data, patch, mode="reflect")
+    with warnings.catch_warnings():  # a read-only array is fine: the tensor is only read
+        warnings.filterwarnings("ignore", message="The given NumPy array is not writable")
+        return torch.from_numpy(np.ascontiguousarray(padded))
+
+
 def _check_options(patch_size: Sequence[int], overlap: float, blending: str, batch: int) -> None:
     if len(patch_size) != 3 or min(int(p) for p in patch_size) < 1:
         raise ValueError(f"patch_size must be three positive integers (z, y, x), got {patch_size}.")
@@ -256,16 +257,11 @@ def _autocast(device: torch.device) -> contextlib.AbstractContextManager:
 
 
 def _check_logits(logits: torch.Tensor, inputs: torch.Tensor) -> None:
-    if (
-        not isinstance(logits, torch.Tensor)
-        or logits.ndim != 5
-        or logits.shape[0] != inputs.shape[0]
-        or logits.shape[2:] != inputs.shape[2:]
-    ):
-        got = tuple(logits.shape) if isinstance(logits, torch.Tensor) else type(logits).__name__
+    shape = tuple(getattr(logits, "shape", ()))
+    if len(shape) != 5 or shape[:1] + shape[2:] != tuple(inputs.shape[:1] + inputs.shape[2:]):
         raise ValueError(
             f"The model must map (B, C, z, y, x) {tuple(inputs.shape)} to logits (B, K, z, y, x) "
-            f"of the same spatial size; it returned {got}."
+            f"of the same spatial size; it returned {shape}."
         )
 
 
@@ -275,10 +271,7 @@ def _activate(logits: torch.Tensor) -> torch.Tensor:
 
 
 def _allocate(
-    n_classes: int,
-    shape: Sequence[int],
-    device: torch.device,
-    memory_limit_bytes: int | None,
+    n_classes: int, shape: Sequence[int], device: torch.device, memory_limit_bytes: int | None
 ) -> tuple[torch.Tensor, torch.Tensor]:
     """Zeroed accumulators: probability sum ``(K, Z, Y, X)`` and weight sum ``(Z, Y, X)``.
 
@@ -293,19 +286,16 @@ def _allocate(
         fits = n_bytes <= free - max(_CUDA_HEADROOM_BYTES, total // 10)
     else:
         fits = True
-    where = device if fits else torch.device("cpu")
     if not fits:
         logger.info("Accumulating %.2f GB of predictions in CPU memory", n_bytes / 1e9)
+    where = device if fits else torch.device("cpu")
     prob_sum = torch.zeros((n_classes, *shape), dtype=torch.float32, device=where)
     weight_sum = torch.zeros(tuple(shape), dtype=torch.float32, device=where)
     return prob_sum, weight_sum
 
 
 def _accumulate(
-    prob_sum: torch.Tensor,
-    weight_sum: torch.Tensor,
-    probs: torch.Tensor,
-    weights: torch.Tensor,
+    prob_sum: torch.Tensor, weight_sum: torch.Tensor, probs: torch.Tensor, weights: torch.Tensor,
     batch: Sequence[Window],
 ) -> None:
     """Add ``probs * weights`` of each window ``(B, K, z, y, x)`` and the weights in place."""
@@ -338,13 +328,9 @@ def _labels(probs: torch.Tensor) -> torch.Tensor:
 
 
 def _finish_slab(
-    prob_sum: torch.Tensor,
-    weight_sum: torch.Tensor,
-    z_start: int,
-    z_stop: int,
-    shape: Sequence[int],
-    with_probabilities: bool,
-) -> tuple[tuple[slice, slice, slice], np.ndarray, np.ndarray | None] | None:
+    prob_sum: torch.Tensor, weight_sum: torch.Tensor, z_start: int, z_stop: int,
+    shape: Sequence[int], with_probabilities: bool,
+) -> tuple[Window, np.ndarray, np.ndarray | None] | None:
     """Slices, labels and optional probabilities of ``z_start:z_stop`` cropped to ``shape``.
 
     Returns None when the slab is empty.

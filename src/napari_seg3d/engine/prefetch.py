@@ -21,10 +21,14 @@ class Prefetcher:
         self._iterations = iterations
         self._queue: queue.Queue = queue.Queue(maxsize=depth)
         self._done = threading.Event()
+        self._limited = threading.Event()
         self._thread = threading.Thread(target=self._work, name="seg3d-prefetch", daemon=True)
 
     def __enter__(self) -> Prefetcher:
+        threads = torch.get_num_threads()  # fixes this (training) thread's count before...
         self._thread.start()
+        self._limited.wait()  # ...the worker limits itself to one, which torch also makes the
+        torch.set_num_threads(threads)  # default of threads started later: restore that
         return self
 
     def __exit__(self, *exc) -> None:
@@ -45,7 +49,11 @@ class Prefetcher:
         return False
 
     def _work(self) -> None:
-        torch.set_num_threads(1)
+        try:
+            torch.get_num_threads()  # torch sets a thread's count on its first use: do that now,
+            torch.set_num_threads(1)  # so this limit is not undone by the restore in __enter__
+        finally:
+            self._limited.set()
         for it in self._iterations:
             try:
                 item = (it, self._make(it), None)

@@ -208,7 +208,14 @@ class PatchSampler:
         patch = read_patch(self.image, start, self.patch_size, self.has_channels)
         if not self.has_channels:
             patch = patch[None]
-        return self.normalization.apply(patch)
+        patch = self.normalization.apply(patch)
+        inside = tuple(slice(max(-s, 0), min(d - s, n))
+                       for s, n, d in zip(start, self.patch_size, self.shape))
+        if any(sl.stop - sl.start < n for sl, n in zip(inside, self.patch_size)):
+            padded = np.zeros_like(patch)  # pad with 0 after normalisation, not normalise(0)
+            padded[(slice(None),) + inside] = patch[(slice(None),) + inside]
+            patch = padded
+        return patch
 
     def _train_target(self, ann: AnnotationSet, start) -> tuple[np.ndarray, np.ndarray]:
         idx = read_patch(ann.index, start, self.patch_size, False)

@@ -92,7 +92,7 @@ def _score(val_dice, history) -> float:
 
 
 def training_loop(trainer: Trainer) -> Generator[TrainProgress, np.ndarray | None, TrainResult]:
-    from .train import TrainProgress, TrainResult, eta, learning_rate_at
+    from .train import TrainerUpdate, TrainProgress, TrainResult, eta, learning_rate_at
 
     cfg, dev, m = trainer.config, trainer.device, trainer.model
     net = m.network.to(dev).train()
@@ -105,7 +105,7 @@ def training_loop(trainer: Trainer) -> Generator[TrainProgress, np.ndarray | Non
     best, best_score = None, -np.inf
     voxels = cfg.batch_size * int(np.prod(cfg.patch_size))
     step_time, wait_frac, it = float("nan"), 0.0, trainer.start_iteration
-    stopped = False
+    stopped, preview = False, None
     with Prefetcher(lambda i: _make_batch(trainer, i), range(trainer.start_iteration, cfg.iterations)) as pf:
         for it in range(trainer.start_iteration, cfg.iterations):
             if trainer._stop.is_set():
@@ -145,13 +145,18 @@ def training_loop(trainer: Trainer) -> Generator[TrainProgress, np.ndarray | Non
                     if val_dice is not None:
                         m.history["best_val_dice"] = list(val_dice)
                     best = _snapshot(trainer, it + 1, optimizer)
-            new_labels = yield TrainProgress(
+            update = yield TrainProgress(
                 iteration=it + 1, iterations=cfg.iterations, loss=loss_value, learning_rate=lr,
                 voxels_per_s=voxels / step_time, eta_s=eta(step_time, cfg.iterations - it - 1),
-                data_wait=wait_frac, val_dice=val_dice, is_best=is_best)
-            if new_labels is not None:
-                trainer.update_annotations(new_labels)
+                data_wait=wait_frac, val_dice=val_dice, is_best=is_best, preview=preview)
+            preview = None
+            if isinstance(update, np.ndarray):
+                update = TrainerUpdate(labels=update)
+            if update is not None and update.labels is not None:
+                trainer.update_annotations(update.labels)
                 val_patches = trainer.sampler.validation_patches(_VAL_PATCHES, cfg.seed)
+            if update is not None and update.preview is not None:
+                preview = trainer.preview(update.preview, it + 1)
         else:
             it = cfg.iterations
     done = it if stopped else cfg.iterations

@@ -1,0 +1,431 @@
+"""The *Batch predict* dock widget: apply a saved or session model to many files.
+
+It wires the form to :func:`napari_seg3d.engine.batch.iter_predict_files`, run in a napari
+``thread_worker``; the engine writes every output atomically and reports each file's outcome, so a
+failure or a cancel never leaves a partial output under its final name.
+"""
+
+from __future__ import annotations
+
+import tempfile
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from napari.qt.threading import thread_worker
+from napari.utils import progress
+from napari.utils.notifications import show_error, show_info
+from qtpy.QtCore import QTimer
+from qtpy.QtWidgets import (QAbstractItemView, QCheckBox, QComboBox, QDoubleSpinBox, QFileDialog,
+                            QFormLayout, QHBoxLayout, QHeaderView, QLabel, QLineEdit, QListWidget,
+                            QPushButton, QTableWidget, QTableWidgetItem, QVBoxLayout, QWidget)
+
+from ..engine import ModelFileError, SegmentationModel, load_model
+from ..engine.batch import FileProgress, FileResult, expand_inputs, iter_predict_files
+from ..engine.errors import Seg3DError
+from ..engine.io import SUFFIXES, read_volume
+from ._session import SESSION
+
+MODEL_FILE = "Model file"
+FORMATS = ("tif", "h5")
+BAR_INTERVAL_MS = 100
+_INPUT_FILTER = "Volumes (" + " ".join(f"*{s}" for s in SUFFIXES) + ");;All files (*)"
+
+
+@dataclass(frozen=True)
+class _Job:
+    """Everything a run needs, read from the form once when *Run* is pressed."""
+
+    inputs: list[str]
+    model: SegmentationModel | None
+    model_path: Path | None
+    out_dir: Path
+    fmt: str
+    overwrite: bool
+    overlap: float
+    tta: bool
+
+
+def _run_job(job: _Job):
+    """The worker body: load the model, then predict file by file. Returns the list of
+    :class:`FileResult`, or the sentence of an error that stopped the whole run."""
+    try:
+        model = job.model if job.model is not None else load_model(job.model_path)
+    except ModelFileError as exc:
+        return str(exc)
+    return (yield from iter_predict_files(model, job.inputs, job.out_dir, fmt=job.fmt,
+                                          overwrite=job.overwrite, overlap=job.overlap,
+                                          tta=job.tta))
+
+
+class BatchPredictWidget(QWidget):
+    """Predict a list of files (or the matching files of folders) into an output folder.
+
+    Attributes:
+        worker: The running worker, None when idle.
+        results: One :class:`FileResult` per file handled by the latest run, in order.
+    """
+
+    def __init__(self, napari_viewer: Any) -> None:
+        super().__init__()
+        self.viewer = napari_viewer
+        self.worker = None
+        self.results: list[FileResult] = []
+        self._latest: FileProgress | None = None  # the newest report from inside a file
+        self._total = 0
+        # napari progress bars process Qt events on every change, so the worker's events are
+        # handled re-entrantly; the handlers only record state and a timer draws the bars.
+        # The per-file bar is not nested under the overall one: napari 0.9 can crash when a
+        # viewer closes after nested bars were shown.
+        self._bars: dict[str, progress] = {}
+        self._bar_file = -1
+        self._syncing = False
+        self._bar_timer = QTimer(self)
+        self._bar_timer.setInterval(BAR_INTERVAL_MS)
+        self._bar_timer.timeout.connect(self._sync_bars)
+        self._build()
+        self._refresh_models()
+        SESSION.changed.connect(self._refresh_models)
+        self._set_busy(False)
+
+    # --- public API ------------------------------------------------------------------------
+
+    def set_inputs(self, paths: list[str | Path]) -> None:
+        """Replace the inputs: files, ``file.h5:/key`` specs, or folders (searched with the
+        pattern when the run starts)."""
+        self._inputs.clear()
+        self._inputs.addItems([str(p) for p in paths])
+
+    def inputs(self) -> list[str]:
+        """The listed inputs as entered (folders not yet expanded)."""
+        return [self._inputs.item(i).text() for i in range(self._inputs.count())]
+
+    def set_model_path(self, path: str | Path) -> None:
+        """Use the model file at ``path``."""
+        self._model_choice.setCurrentIndex(0)
+        self._model_path.setText(str(path))
+
+    def set_session_model(self, name: str) -> None:
+        """Use the model ``name`` trained or loaded in this session."""
+        self._refresh_models()
+        index = self._model_choice.findText(name)
+        if index <= 0:
+            raise ValueError(f"No model {name!r} in this session; models: {SESSION.names()}.")
+        self._model_choice.setCurrentIndex(index)
+
+    def set_output_dir(self, path: str | Path) -> None:
+        """Write the outputs into the folder ``path`` (created when the run starts)."""
+        self._out_dir.setText(str(path))
+
+    def set_options(self, *, fmt: str | None = None, overwrite: bool | None = None,
+                    pattern: str | None = None, overlap: float | None = None,
+                    tta: bool | None = None) -> None:
+        """Set any of: output format (``"tif"``/``"h5"``), overwrite existing outputs, the
+        folder pattern, the window overlap, test-time augmentation."""
+        if fmt is not None:
+            if fmt not in FORMATS:
+                raise ValueError(f"Unknown format {fmt!r}; choose one of {', '.join(FORMATS)}.")
+            self._format.setCurrentText(fmt)
+        if overwrite is not None:
+            self._overwrite.setChecked(overwrite)
+        if pattern is not None:
+            self._pattern.setText(pattern)
+        if overlap is not None:
+            self._overlap.setValue(overlap)
+        if tta is not None:
+            self._tta.setChecked(tta)
+
+    def run(self) -> None:
+        """Start predicting; errors in the form are shown as notifications."""
+        if self.worker is not None:
+            return
+        try:
+            job = self._job()
+        except (Seg3DError, ValueError, OSError) as exc:
+            show_error(str(exc))
+            return
+        self.results, self._latest, self._total = [], None, len(job.inputs)
+        self._table.setRowCount(0)
+        self._status.setText(f"Predicting {len(job.inputs)} file(s)...")
+        worker = thread_worker(_run_job, start_thread=False)(job)
+        worker.yielded.connect(self._on_yielded)
+        worker.returned.connect(self._on_returned)
+        worker.aborted.connect(self._on_aborted)
+        worker.finished.connect(self._on_finished)
+        self.worker = worker
+        self._set_busy(True)
+        worker.start()
+        self._bar_timer.start()
+
+    def cancel(self) -> None:
+        """Stop after the region being predicted; files already written are kept."""
+        if self.worker is not None:
+            self._status.setText("Cancelling...")
+            self.worker.quit()
+
+    def open_results(self, rows: list[int] | None = None) -> list[Any]:
+        """Add the outputs of ``rows`` of the results table (default: the selected rows, or every
+        row when none is selected) to the viewer as Labels layers; returns the new layers."""
+        if rows is None:
+            rows = sorted({index.row() for index in self._table.selectedIndexes()})
+            rows = rows or list(range(len(self.results)))
+        layers = []
+        for result in (self.results[r] for r in rows if r < len(self.results)):
+            if result.output is None or not Path(result.output).is_file():
+                continue
+            try:
+                volume = read_volume(result.output)
+            except Seg3DError as exc:
+                show_error(str(exc))
+                continue
+            scale = volume.voxel_size or (1.0, 1.0, 1.0)
+            layers.append(self.viewer.add_labels(volume.data, name=Path(result.output).stem,
+                                                 scale=scale,
+                                                 metadata={"path": str(result.output)}))
+        if not layers:
+            show_info("No result files to open: run a batch first, or select done rows.")
+        return layers
+
+    # --- the form --------------------------------------------------------------------------
+
+    def _build(self) -> None:
+        self._inputs = QListWidget()
+        self._inputs.setSelectionMode(QAbstractItemView.SelectionMode.ExtendedSelection)
+        self._inputs.setToolTip("Files to predict; folders are searched with the pattern below.")
+        self._pattern = QLineEdit("*.tif")
+        self._pattern.setToolTip("Which files of a listed folder to predict, e.g. *.tif or *.h5")
+        add_files, add_folder, remove = (QPushButton(t) for t in
+                                         ("Add files...", "Add folder...", "Remove"))
+        add_files.clicked.connect(self._browse_inputs)
+        add_folder.clicked.connect(self._browse_folder)
+        remove.clicked.connect(self._remove_selected_inputs)
+
+        self._model_choice = QComboBox()
+        self._model_choice.currentIndexChanged.connect(self._on_model_choice)
+        self._model_path = QLineEdit()
+        self._model_path.setPlaceholderText("model file saved by napari-seg3d")
+        browse_model = QPushButton("...")
+        browse_model.clicked.connect(self._browse_model)
+        self._browse_model_button = browse_model
+
+        self._out_dir = QLineEdit()
+        self._out_dir.setPlaceholderText("folder for <name>_labels.<format>")
+        browse_out = QPushButton("...")
+        browse_out.clicked.connect(self._browse_out_dir)
+        self._format = QComboBox()
+        self._format.addItems(FORMATS)
+        self._overwrite = QCheckBox("Overwrite existing outputs")
+        self._overwrite.setToolTip("Off: files whose output already exists are skipped.")
+        self._overlap = QDoubleSpinBox()
+        self._overlap.setRange(0.0, 0.9)
+        self._overlap.setSingleStep(0.05)
+        self._overlap.setValue(0.5)
+        self._tta = QCheckBox("Test-time augmentation (mirrored passes, 4x slower)")
+
+        self._run_button, self._cancel_button = QPushButton("Run"), QPushButton("Cancel")
+        self._run_button.clicked.connect(self.run)
+        self._cancel_button.clicked.connect(self.cancel)
+        self._status = QLabel("Ready.")
+        self._status.setWordWrap(True)
+        self._table = QTableWidget(0, 3)
+        self._table.setHorizontalHeaderLabels(["File", "Status", "Output / reason"])
+        self._table.setEditTriggers(QAbstractItemView.EditTrigger.NoEditTriggers)
+        self._table.setSelectionBehavior(QAbstractItemView.SelectionBehavior.SelectRows)
+        self._table.horizontalHeader().setSectionResizeMode(2, QHeaderView.ResizeMode.Stretch)
+        open_button = QPushButton("Open selected results")
+        open_button.setToolTip("Add the selected outputs (all when none is selected) as Labels.")
+        open_button.clicked.connect(lambda: self.open_results())
+
+        form = QFormLayout()
+        form.addRow(_row(add_files, add_folder, remove))
+        form.addRow(self._inputs)
+        form.addRow("Folder pattern", self._pattern)
+        form.addRow("Model", self._model_choice)
+        form.addRow("", _row(self._model_path, browse_model))
+        form.addRow("Output folder", _row(self._out_dir, browse_out))
+        form.addRow("Format", self._format)
+        form.addRow(self._overwrite)
+        form.addRow("Window overlap", self._overlap)
+        form.addRow(self._tta)
+        layout = QVBoxLayout(self)
+        layout.addLayout(form)
+        layout.addWidget(_row(self._run_button, self._cancel_button))
+        layout.addWidget(self._status)
+        layout.addWidget(self._table)
+        layout.addWidget(open_button)
+        self._form_widgets = [self._inputs, self._pattern, add_files, add_folder, remove,
+                              self._model_choice, self._model_path, browse_model, self._out_dir,
+                              browse_out, self._format, self._overwrite, self._overlap, self._tta]
+
+    def _job(self) -> _Job:
+        inputs = expand_inputs(self.inputs(), self._pattern.text().strip() or "*")
+        if not inputs:
+            raise ValueError("No input files: add files, or a folder with files matching "
+                             f"{self._pattern.text()!r}.")
+        model, model_path = None, None
+        if self._model_choice.currentIndex() > 0:
+            model = SESSION.get(self._model_choice.currentText())
+            if model is None:
+                raise ValueError("The chosen session model is gone; choose another model.")
+        else:
+            text = self._model_path.text().strip()
+            if not text:
+                raise ModelFileError("No model chosen: choose a model file or a model trained "
+                                     "in this session.")
+            model_path = Path(text).expanduser()
+        return _Job(inputs, model, model_path, _writable_folder(self._out_dir.text()),
+                    self._format.currentText(), self._overwrite.isChecked(),
+                    float(self._overlap.value()), self._tta.isChecked())
+
+    def _set_busy(self, busy: bool) -> None:
+        for widget in self._form_widgets:
+            widget.setEnabled(not busy)
+        self._run_button.setEnabled(not busy)
+        self._cancel_button.setEnabled(busy)
+        if not busy:
+            self._on_model_choice()
+
+    def _refresh_models(self, *_: object) -> None:
+        try:
+            current = self._model_choice.currentText()
+            self._model_choice.blockSignals(True)
+            self._model_choice.clear()
+            self._model_choice.addItems([MODEL_FILE, *SESSION.names()])
+            self._model_choice.setCurrentText(current or MODEL_FILE)
+            self._model_choice.blockSignals(False)
+            self._on_model_choice()
+        except RuntimeError:  # the widget was deleted before the session signal was disconnected
+            SESSION.changed.disconnect(self._refresh_models)
+
+    def _on_model_choice(self, *_: object) -> None:
+        from_file = self._model_choice.currentIndex() <= 0 and self.worker is None
+        self._model_path.setEnabled(from_file)
+        self._browse_model_button.setEnabled(from_file)
+
+    # --- worker events ---------------------------------------------------------------------
+
+    def _on_yielded(self, item: FileProgress | FileResult) -> None:
+        if isinstance(item, FileProgress):
+            self._latest = item
+            self._status.setText(f"File {item.index + 1} of {item.total}: "
+                                 f"{Path(item.input).name}, {item.windows_done} of "
+                                 f"{item.windows_total} windows")
+        else:
+            self.results.append(item)
+            self._add_row(item)
+
+    def _sync_bars(self) -> None:
+        """Bring the progress bars up to date with the worker's reports; close them once the
+        worker is done (re-checked after drawing, which processes events)."""
+        if self._syncing:
+            return
+        self._syncing = True
+        try:
+            if self.worker is not None:
+                self._draw_bars()
+            if self.worker is None:
+                for name in ("file", "files"):
+                    self._close_bar(name)
+        finally:
+            self._syncing = False
+
+    def _draw_bars(self) -> None:
+        files = self._bars.get("files")
+        if files is None:
+            files = self._bars["files"] = progress(total=self._total, desc="Batch predict")
+        files.update(len(self.results) - files.n)
+        latest = self._latest
+        active = latest is not None and latest.index >= len(self.results)
+        if "file" in self._bars and not (active and self._bar_file == latest.index):
+            self._close_bar("file")
+        if active:
+            bar = self._bars.get("file")
+            if bar is None:
+                self._bar_file = latest.index
+                bar = self._bars["file"] = progress(total=latest.windows_total,
+                                                    desc=Path(latest.input).name)
+            bar.update(latest.windows_done - bar.n)
+
+    def _add_row(self, result: FileResult) -> None:
+        row = self._table.rowCount()
+        self._table.insertRow(row)
+        detail = result.reason if result.status == "failed" else str(result.output)
+        if result.status == "skipped":
+            detail = f"{result.output} ({result.reason})"
+        for col, text in enumerate((Path(result.input).name, result.status, detail)):
+            item = QTableWidgetItem(text)
+            item.setToolTip(result.input if col == 0 else text)
+            self._table.setItem(row, col, item)
+
+    def _on_returned(self, value: list[FileResult] | str | None) -> None:
+        if isinstance(value, str):
+            show_error(value)
+            self._status.setText(value)
+            return
+        counts = {s: sum(r.status == s for r in self.results) for s in ("done", "skipped", "failed")}
+        self._status.setText(", ".join(f"{n} {s}" for s, n in counts.items()) + ".")
+
+    def _on_aborted(self) -> None:
+        self._status.setText(f"Cancelled after {len(self.results)} file(s); outputs written so "
+                             "far are complete, nothing partial was kept.")
+
+    def _on_finished(self) -> None:
+        self._bar_timer.stop()
+        self.worker = None
+        self._set_busy(False)
+        self._sync_bars()
+
+    def _close_bar(self, name: str) -> None:
+        bar = self._bars.pop(name, None)
+        if bar is not None:
+            bar.close()
+
+    # --- file dialogs ----------------------------------------------------------------------
+
+    def _browse_inputs(self) -> None:
+        paths, _ = QFileDialog.getOpenFileNames(self, "Volumes to predict", "", _INPUT_FILTER)
+        self._inputs.addItems(paths)
+
+    def _browse_folder(self) -> None:
+        folder = QFileDialog.getExistingDirectory(self, "Folder of volumes to predict")
+        if folder:
+            self._inputs.addItem(folder)
+
+    def _remove_selected_inputs(self) -> None:
+        for item in self._inputs.selectedItems():
+            self._inputs.takeItem(self._inputs.row(item))
+
+    def _browse_model(self) -> None:
+        path, _ = QFileDialog.getOpenFileName(self, "Model file", "",
+                                              "napari-seg3d models (*.pt *.pth);;All files (*)")
+        if path:
+            self.set_model_path(path)
+
+    def _browse_out_dir(self) -> None:
+        folder = QFileDialog.getExistingDirectory(self, "Output folder")
+        if folder:
+            self.set_output_dir(folder)
+
+
+def _writable_folder(text: str) -> Path:
+    """The output folder, created if needed; raises a sentence if it cannot be written to."""
+    if not text.strip():
+        raise ValueError("No output folder: choose the folder the predictions go to.")
+    folder = Path(text.strip()).expanduser()
+    try:
+        folder.mkdir(parents=True, exist_ok=True)
+        with tempfile.TemporaryFile(dir=folder):
+            pass
+    except OSError as exc:
+        raise OSError(f"Cannot write to the output folder {folder} ({exc.strerror or exc}). "
+                      "Choose a folder you can write to.") from exc
+    return folder
+
+
+def _row(*widgets: QWidget) -> QWidget:
+    box = QWidget()
+    layout = QHBoxLayout(box)
+    layout.setContentsMargins(0, 0, 0, 0)
+    for widget in widgets:
+        layout.addWidget(widget)
+    return box

@@ -1,0 +1,222 @@
+"""The ``napari-seg3d`` command: ``train``, ``predict``, ``info`` and ``demo``.
+
+Errors a user can cause end with one line on stderr and exit code 2 (1 for anything unexpected);
+``--debug`` shows the traceback. Progress goes through tqdm on stderr.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+import sys
+from pathlib import Path
+
+import numpy as np
+
+log = logging.getLogger("napari_seg3d")
+
+
+def _train(args: argparse.Namespace) -> int:
+    from .engine import (TrainConfig, Trainer, default_model_config, load_model,
+                         propose_patch_size, save_model)
+    from .engine.io import read_volume
+    from .engine.losses import is_binary_loss
+
+    image = read_volume(args.image, lazy=True)
+    labels = read_volume(args.labels).data
+    init = load_model(args.resume or args.fine_tune) if (args.resume or args.fine_tune) else None
+    voxel = image.voxel_size
+    if init is not None:
+        patch = tuple(args.patch_size or init.patch_size)
+    else:
+        patch = tuple(args.patch_size or propose_patch_size(image.data.shape[-3:], voxel))
+    start = init.iteration if args.resume else 0
+    cfg = TrainConfig(patch_size=patch, batch_size=args.batch_size, iterations=start + args.iterations,
+                      learning_rate=args.learning_rate, loss=args.loss, device=args.device,
+                      seed=args.seed, validation_fraction=args.validation_fraction)
+    model_config = None
+    if init is None:
+        channels = image.data.shape[0] if image.data.ndim == 4 else 1
+        k = 1 if is_binary_loss(args.loss) else len(np.unique(labels[labels > 0]))
+        model_config = default_model_config(channels, k, patch, voxel,
+                                            base_filters=args.base_filters, levels=args.levels)
+    trainer = Trainer(image.data, labels, cfg, model_config=model_config, voxel_size=voxel,
+                      init=init, resume=bool(args.resume))
+    result = _run_training(trainer, cfg.iterations, start, quiet=args.quiet)
+    out = Path(args.out)
+    save_model(result.best, out)
+    last = out.with_name(out.stem + ".last" + out.suffix)
+    save_model(result.last, last)
+    best = result.best.history.get("best_val_dice")
+    print(f"Saved the best model to {out} and the last one (to resume) to {last}.")
+    if best:
+        names = result.best.class_names
+        print("Validation Dice: " + ", ".join(f"{n} {d:.3f}" for n, d in zip(names, best)))
+    if args.truth:
+        _print_truth_dice(result.best, image.data, args.truth, args)
+    image.close()
+    return 0
+
+
+def _run_training(trainer, total: int, start: int, *, quiet: bool):
+    """Run the training generator under a tqdm bar; the first Ctrl-C stops training cleanly
+    (the best model so far is kept), a second one interrupts."""
+    import signal
+
+    from tqdm import tqdm
+
+    def stop(signum, frame):
+        tqdm.write("Stopping after this iteration (Ctrl-C again to abort)...", file=sys.stderr)
+        trainer.request_stop()
+        signal.signal(signal.SIGINT, previous)
+
+    previous = signal.signal(signal.SIGINT, stop)
+    gen = trainer.run()
+    try:
+        with tqdm(total=total, initial=start, unit="it", desc="train", disable=quiet) as bar:
+            while True:
+                try:
+                    p = next(gen)
+                except StopIteration as done:
+                    return done.value
+                bar.update(1)
+                post = {"loss": f"{p.loss:.3f}", "vox/s": f"{p.voxels_per_s:.3g}"}
+                if p.val_dice is not None:
+                    post["val_dice"] = " ".join(f"{d:.3f}" for d in p.val_dice)
+                bar.set_postfix(post, refresh=False)
+    finally:
+        signal.signal(signal.SIGINT, previous)
+
+
+def _print_truth_dice(model, image, truth_spec, args) -> None:
+    from .engine.io import read_volume
+    from .engine.metrics import dice_scores
+
+    truth = read_volume(truth_spec).data
+    pred = model.predict(np.asarray(image), device=args.device)
+    scores = dice_scores(pred, truth, model.class_values)
+    print("Dice against the ground truth: " + ", ".join(
+        f"{n} {d:.3f}" for n, d in zip(model.class_names, scores)) + f"; mean {np.mean(scores):.3f}")
+
+
+def _predict(args: argparse.Namespace) -> int:
+    from tqdm import tqdm
+
+    from .engine import load_model
+    from .engine.batch import FileResult, expand_inputs, iter_predict_files
+
+    model = load_model(args.model)
+    inputs = expand_inputs(args.inputs, args.pattern)
+    if not inputs:
+        raise ValueError("No input volumes found; name TIFF, HDF5 or .npy files or a folder.")
+    gen = iter_predict_files(model, inputs, args.out, fmt=args.format, overwrite=args.overwrite,
+                             overlap=args.overlap, tta=args.tta, probabilities=args.probabilities,
+                             batch_size=args.batch_size, device=args.device)
+    failed = 0
+    with tqdm(total=len(inputs), unit="file", desc="predict", disable=args.quiet) as bar:
+        for item in gen:
+            if isinstance(item, FileResult):
+                bar.update(1)
+                failed += item.status == "failed"
+                where = item.output if item.output else item.reason
+                tqdm.write(f"{item.status:8s} {item.input} -> {where}", file=sys.stdout)
+    if failed:
+        print(f"{failed} of {len(inputs)} file(s) failed.", file=sys.stderr)
+    return 3 if failed else 0
+
+
+def _info(args: argparse.Namespace) -> int:
+    from .engine import describe, load_model
+
+    print(json.dumps(describe(load_model(args.model)), indent=2, default=str))
+    return 0
+
+
+def _demo(args: argparse.Namespace) -> int:
+    from ._demo import run_demo
+
+    return run_demo(out_dir=Path(args.out), iterations=args.iterations, headless=args.headless,
+                    device=args.device)
+
+
+def build_parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(prog="napari-seg3d", description=__doc__.splitlines()[0])
+    p.add_argument("--debug", action="store_true", help="show tracebacks and debug logging")
+    sub = p.add_subparsers(dest="command", required=True)
+
+    t = sub.add_parser("train", help="train a model on an image and sparse annotations")
+    t.add_argument("--image", required=True, help="TIFF, HDF5 (file.h5:/key) or .npy volume")
+    t.add_argument("--labels", required=True, help="annotations: 0 = not annotated, 1.. = classes")
+    t.add_argument("--out", required=True, help="model file to write (the best model)")
+    t.add_argument("--iterations", type=int, default=300)
+    t.add_argument("--patch-size", type=int, nargs=3, metavar=("Z", "Y", "X"))
+    t.add_argument("--batch-size", type=int, default=2)
+    t.add_argument("--learning-rate", type=float, default=3e-3)
+    t.add_argument("--loss", default="ce_dice", help="ce_dice, ce, dice, bce or bce_dice")
+    t.add_argument("--base-filters", type=int, default=16)
+    t.add_argument("--levels", type=int, default=None)
+    t.add_argument("--validation-fraction", type=float, default=0.15)
+    t.add_argument("--device", default="auto", choices=["auto", "cpu", "cuda", "mps"])
+    t.add_argument("--seed", type=int, default=0)
+    g = t.add_mutually_exclusive_group()
+    g.add_argument("--resume", metavar="MODEL", help="continue a run exactly from its model file")
+    g.add_argument("--fine-tune", metavar="MODEL", help="start from a model, fresh optimizer")
+    t.add_argument("--truth", help="dense ground truth to report Dice against after training")
+    t.set_defaults(func=_train)
+
+    r = sub.add_parser("predict", help="apply a model to volumes, writing DIR/<stem>_labels.<ext>")
+    r.add_argument("inputs", nargs="+", metavar="IMG", help="volumes or folders")
+    r.add_argument("--model", required=True)
+    r.add_argument("--out", required=True, metavar="DIR")
+    r.add_argument("--pattern", default="*", help="file pattern inside input folders")
+    r.add_argument("--overlap", type=float, default=0.5)
+    r.add_argument("--tta", action="store_true", help="average mirrored predictions")
+    r.add_argument("--probabilities", action="store_true", help="also write class probabilities")
+    r.add_argument("--format", default="tif", choices=["tif", "h5", "npy"])
+    r.add_argument("--batch-size", type=int, default=4)
+    r.add_argument("--device", default="auto", choices=["auto", "cpu", "cuda", "mps"])
+    r.add_argument("--overwrite", action="store_true", help="replace existing outputs")
+    r.set_defaults(func=_predict)
+
+    i = sub.add_parser("info", help="print what a model file holds")
+    i.add_argument("model")
+    i.set_defaults(func=_info)
+
+    d = sub.add_parser("demo", help="the whole workflow on the bundled nuclei sample")
+    d.add_argument("--out", default="demo-output", help="folder for the screenshot, model, prediction")
+    d.add_argument("--iterations", type=int, default=300)
+    d.add_argument("--headless", action="store_true", help="scripted run, even with a display")
+    d.add_argument("--device", default="auto", choices=["auto", "cpu", "cuda", "mps"])
+    d.set_defaults(func=_demo)
+    for sp in (t, r):
+        sp.add_argument("--quiet", action="store_true", help="no progress bar")
+    return p
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    logging.basicConfig(level=logging.DEBUG if args.debug else logging.WARNING,
+                        format="%(levelname)s %(name)s: %(message)s")
+    from .engine.errors import Seg3DError
+
+    try:
+        return args.func(args)
+    except (Seg3DError, ValueError, OSError) as e:
+        if args.debug:
+            raise
+        print(f"napari-seg3d {args.command}: error: {e}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        print(f"napari-seg3d {args.command}: interrupted", file=sys.stderr)
+        return 130
+    except Exception as e:  # unexpected: still one line unless --debug
+        if args.debug:
+            raise
+        print(f"napari-seg3d {args.command}: unexpected error ({type(e).__name__}): {e}. "
+              "Run again with --debug for details.", file=sys.stderr)
+        return 1
+
+
+if __name__ == "__main__":
+    sys.exit(main())

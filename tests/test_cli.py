@@ -1,0 +1,250 @@
+"""The ``napari-seg3d`` command: train, resume, predict, info, and one-line errors."""
+
+from __future__ import annotations
+
+import contextlib
+import io
+import json
+import pickle
+import re
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+
+from napari_seg3d.cli import main
+from napari_seg3d.engine import ModelFileError, load_model
+from napari_seg3d.engine.io import read_volume, write_volume
+from napari_seg3d.engine.scribbles import simulate_scribbles
+
+TINY = ["--patch-size", "8", "16", "16", "--base-filters", "4", "--levels", "2", "--quiet",
+        "--device", "cpu"]
+
+
+def _balls(shape=(13, 24, 26)) -> tuple[np.ndarray, np.ndarray]:
+    """A noisy image of bright balls and its truth painted as 3 (background) and 7 (balls)."""
+    z, y, x = np.indices(shape)
+    balls = np.zeros(shape, bool)
+    for cz, cy, cx in [(4, 6, 7), (8, 16, 18), (6, 17, 6)]:
+        balls |= (z - cz) ** 2 + (y - cy) ** 2 + (x - cx) ** 2 < 14
+    image = balls + np.random.default_rng(0).normal(0, 0.2, shape)
+    return image.astype(np.float32), np.where(balls, 7, 3).astype(np.uint8)
+
+
+@pytest.fixture(scope="module")
+def workspace(tmp_path_factory):
+    """Image, scribbles and truth as TIFF files, and a model trained on them by ``train --truth``
+    (its printed output in ``train.out``)."""
+    folder = tmp_path_factory.mktemp("cli")
+    image, truth = _balls()
+    scribbles = simulate_scribbles(truth == 7, slices_per_axis=2, strokes_per_class=2, length=8)
+    write_volume(folder / "image.tif", image)
+    write_volume(folder / "labels.tif", np.array([0, 3, 7], np.uint8)[scribbles])
+    write_volume(folder / "truth.tif", truth)
+    out = io.StringIO()
+    with contextlib.redirect_stdout(out):
+        code = main(["train", "--image", str(folder / "image.tif"), "--labels",
+                     str(folder / "labels.tif"), "--out", str(folder / "model.pt"),
+                     "--iterations", "4", "--truth", str(folder / "truth.tif"), *TINY])
+    assert code == 0
+    (folder / "train.out").write_text(out.getvalue())
+    return folder
+
+
+def _info(capsys, model: Path) -> dict:
+    capsys.readouterr()
+    assert main(["info", str(model)]) == 0
+    return json.loads(capsys.readouterr().out)
+
+
+def test_train_writes_the_best_and_the_last_model_and_reports_dice(workspace, capsys):
+    printed = (workspace / "train.out").read_text()
+    assert f"Saved the best model to {workspace / 'model.pt'}" in printed
+    assert "Dice against the ground truth: class 3 " in printed and "; mean " in printed
+    last = _info(capsys, workspace / "model.last.pt")
+    assert last["iterations_trained"] == 4 and last["optimizer_state"] is True
+    assert last["classes"] == {"3": "class 3", "7": "class 7"}
+    assert last["network"]["base_filters"] == 4 and last["patch_size"] == [8, 16, 16]
+    best = _info(capsys, workspace / "model.pt")
+    assert 1 <= best["iterations_trained"] <= 4
+
+
+@pytest.mark.parametrize(("option", "more", "total"), [("--resume", 2, 6), ("--fine-tune", 3, 3)])
+def test_resume_continues_and_fine_tune_restarts_the_count(workspace, tmp_path, capsys, option,
+                                                           more, total):
+    code = main(["train", "--image", str(workspace / "image.tif"), "--labels",
+                 str(workspace / "labels.tif"), "--out", str(tmp_path / "more.pt"),
+                 option, str(workspace / "model.last.pt"), "--iterations", str(more), "--quiet",
+                 "--device", "cpu"])
+    assert code == 0
+    info = _info(capsys, tmp_path / "more.last.pt")
+    assert info["iterations_trained"] == total and info["patch_size"] == [8, 16, 16]
+    history = load_model(tmp_path / "more.last.pt").history["loss"]
+    assert len(history) == total
+    first = load_model(workspace / "model.last.pt").history["loss"]
+    assert (history[:4] == first) == (option == "--resume")
+
+
+def _predict(workspace, out, *extra) -> int:
+    return main(["predict", str(workspace / "image.tif"), "--model", str(workspace / "model.pt"),
+                 "--out", str(out), "--quiet", "--device", "cpu", *extra])
+
+
+def test_predict_writes_painted_labels_then_skips_unless_overwrite(workspace, tmp_path, capsys):
+    expected = load_model(workspace / "model.pt").predict(read_volume(workspace / "image.tif").data,
+                                                          device="cpu")
+    assert set(np.unique(expected)) <= {3, 7}
+    out = tmp_path / "out"
+    assert _predict(workspace, out) == 0
+    assert capsys.readouterr().out.startswith("done")
+    written = out / "image_labels.tif"
+    np.testing.assert_array_equal(read_volume(written).data, expected)
+    write_volume(written, np.zeros_like(expected))  # so that a rewrite shows
+
+    assert _predict(workspace, out) == 0
+    assert capsys.readouterr().out.startswith("skipped")
+    assert not read_volume(written).data.any()
+
+    assert _predict(workspace, out, "--overwrite") == 0
+    assert capsys.readouterr().out.startswith("done")
+    np.testing.assert_array_equal(read_volume(written).data, expected)
+    assert sorted(p.name for p in out.iterdir()) == ["image_labels.tif"]
+
+
+def test_predict_h5_format_and_probabilities(workspace, tmp_path):
+    out = tmp_path / "out"
+    assert _predict(workspace, out, "--format", "h5", "--probabilities") == 0
+    labels = read_volume(out / "image_labels.h5").data
+    probs = read_volume(out / "image_probabilities.h5").data
+    assert labels.shape == (13, 24, 26) and set(np.unique(labels)) <= {3, 7}
+    assert probs.shape == (2, 13, 24, 26) and probs.dtype == np.float32
+    np.testing.assert_allclose(probs.sum(0), 1.0, rtol=1e-5)
+    np.testing.assert_array_equal(labels, np.array([3, 7])[probs.argmax(0)])
+
+
+def test_predict_reports_failed_files_with_exit_code_3(workspace, tmp_path, capsys):
+    bad = tmp_path / "bad.tif"
+    bad.write_bytes(b"not a tiff at all")
+    code = main(["predict", str(workspace / "image.tif"), str(bad), "--model",
+                 str(workspace / "model.pt"), "--out", str(tmp_path / "out"), "--quiet",
+                 "--device", "cpu"])
+    captured = capsys.readouterr()
+    assert code == 3
+    assert [line.split()[0] for line in captured.out.splitlines()] == ["done", "failed"]
+    assert captured.err.strip() == "1 of 2 file(s) failed."
+
+
+class _Payload:
+    def __init__(self, marker) -> None:
+        self.marker = str(marker)
+
+    def __reduce__(self):
+        return (open, (self.marker, "w"))
+
+
+def _train_args(workspace, tmp_path, image=None, labels=None, *extra):
+    return ["train", "--image", str(image or workspace / "image.tif"), "--labels",
+            str(labels or workspace / "labels.tif"), "--out", str(tmp_path / "m.pt"),
+            "--iterations", "1", *TINY, *extra]
+
+
+def _labels_file(tmp_path, labels) -> Path:
+    return write_volume(tmp_path / "bad_labels.tif", labels)
+
+
+def _missing_image(workspace, tmp_path):
+    return _train_args(workspace, tmp_path, image=tmp_path / "nothing.tif")
+
+
+def _labels_wrong_shape(workspace, tmp_path):
+    labels = _labels_file(tmp_path, np.ones((3, 4, 5), np.uint8))
+    return _train_args(workspace, tmp_path, labels=labels)
+
+
+def _no_annotations(workspace, tmp_path):
+    return _train_args(workspace, tmp_path,
+                       labels=_labels_file(tmp_path, np.zeros((13, 24, 26), np.uint8)))
+
+
+def _one_class(workspace, tmp_path):
+    labels = np.zeros((13, 24, 26), np.uint8)
+    labels[2:4, 2:6, 2:6] = 5
+    return _train_args(workspace, tmp_path, labels=_labels_file(tmp_path, labels))
+
+
+def _unknown_loss(workspace, tmp_path):
+    return _train_args(workspace, tmp_path, None, None, "--loss", "focal")
+
+
+def _corrupt_model(workspace, tmp_path):
+    data = (workspace / "model.pt").read_bytes()
+    (tmp_path / "cut.pt").write_bytes(data[: len(data) // 2])
+    return ["predict", str(workspace / "image.tif"), "--model", str(tmp_path / "cut.pt"),
+            "--out", str(tmp_path / "out"), "--quiet"]
+
+
+def _torch_pickle_model(workspace, tmp_path):
+    torch.save({"format": "napari-seg3d-model", "x": _Payload(tmp_path / "pwned")},
+               tmp_path / "evil.pt")
+    return ["info", str(tmp_path / "evil.pt")]
+
+
+def _plain_pickle_model(workspace, tmp_path):
+    (tmp_path / "evil.pt").write_bytes(pickle.dumps({"x": _Payload(tmp_path / "pwned")}))
+    return ["info", str(tmp_path / "evil.pt")]
+
+
+def _missing_model(workspace, tmp_path):
+    return ["info", str(tmp_path / "none.pt")]
+
+
+@pytest.mark.parametrize(("make", "message"), [
+    (_missing_image, "train: error: Cannot find the file .*nothing.tif"),
+    (_labels_wrong_shape, r"train: error: The annotations have shape \(3, 4, 5\)"),
+    (_no_annotations, "train: error: There are no annotations"),
+    (_one_class, r"train: error: Only one class \(value 5\)"),
+    (_unknown_loss, "train: error: Unknown loss 'focal'; choose one of ce_dice"),
+    (_corrupt_model, "predict: error: Cannot load cut.pt: it is truncated, corrupt"),
+    (_torch_pickle_model, "info: error: Cannot load evil.pt: it holds code or objects"),
+    (_plain_pickle_model, "info: error: Cannot load evil.pt"),
+    (_missing_model, "info: error: No model file at"),
+])
+def test_user_errors_exit_2_with_one_line(workspace, tmp_path, capsys, make, message):
+    args = make(workspace, tmp_path)
+    capsys.readouterr()
+    assert main(args) == 2
+    err = capsys.readouterr().err
+    assert len(err.strip().splitlines()) == 1, err
+    assert err.startswith("napari-seg3d ") and "Traceback" not in err
+    assert re.search(message, err), err
+    assert not (tmp_path / "pwned").exists()
+    assert not (tmp_path / "m.pt").exists()
+
+
+def test_debug_shows_the_traceback(tmp_path):
+    with pytest.raises(ModelFileError, match="No model file"):
+        main(["--debug", "info", str(tmp_path / "none.pt")])
+
+
+def test_console_script_prints_json_one_line_errors_and_debug_tracebacks(workspace, tmp_path):
+    script = Path(sys.executable).with_name("napari-seg3d")
+
+    def run(*args):
+        return subprocess.run([str(script), *map(str, args)], capture_output=True, text=True,
+                              timeout=120)
+
+    ok = run("info", workspace / "model.pt")
+    assert ok.returncode == 0, ok.stderr
+    assert json.loads(ok.stdout)["classes"] == {"3": "class 3", "7": "class 7"}
+    _plain_pickle_model(workspace, tmp_path)
+    refused = run("info", tmp_path / "evil.pt")  # no warning from torch may reach stderr either
+    assert refused.returncode == 2 and refused.stdout == ""
+    assert refused.stderr.startswith("napari-seg3d info: error: Cannot load evil.pt")
+    assert len(refused.stderr.strip().splitlines()) == 1, refused.stderr
+    assert not (tmp_path / "pwned").exists()
+    debug = run("--debug", "info", tmp_path / "none.pt")
+    assert debug.returncode == 1
+    assert "Traceback" in debug.stderr and "ModelFileError: No model file at" in debug.stderr

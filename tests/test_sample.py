@@ -1,0 +1,38 @@
+"""The nuclei sample: an image, a sparse two-class annotation layer, and its licence notice."""
+
+import numpy as np
+
+from napari_seg3d._sample_data import SAMPLE_DIR, load_nuclei, nuclei3d_sample
+
+
+def test_load_nuclei_arrays():
+    image, truth, scribbles = load_nuclei()
+    assert image.shape == truth.shape == scribbles.shape == (31, 61, 57)
+    assert set(np.unique(truth)) == {1, 2}
+    assert set(np.unique(scribbles)) == {0, 1, 2}
+    assert 0 < np.count_nonzero(scribbles) < 0.01 * scribbles.size
+    painted = scribbles > 0
+    np.testing.assert_array_equal(scribbles[painted], truth[painted])
+
+
+def test_sample_layers():
+    (image, image_kw, image_type), (labels, labels_kw, labels_type) = nuclei3d_sample()
+    assert (image_type, labels_type) == ("image", "labels")
+    assert (image_kw["name"], labels_kw["name"]) == ("nuclei", "nuclei annotations")
+    assert image.shape == labels.shape and image_kw["scale"] == labels_kw["scale"]
+    assert labels_kw["metadata"]["class_names"] == {1: "background", 2: "nucleus"}
+
+
+def test_licence_ships_with_the_data():
+    assert "Uwe Schmidt, Martin Weigert" in (SAMPLE_DIR / "LICENSE-stardist.txt").read_text()
+    assert (SAMPLE_DIR / "SOURCE.md").is_file()
+
+
+def test_open_sample_in_viewer(make_napari_viewer):
+    viewer = make_napari_viewer()
+    viewer.open_sample("napari-seg3d", "nuclei3d")
+    assert [layer.name for layer in viewer.layers] == ["nuclei", "nuclei annotations"]
+    image, labels = viewer.layers
+    assert type(labels).__name__ == "Labels" and type(image).__name__ == "Image"
+    assert image.data.shape == labels.data.shape
+    assert set(np.unique(labels.data)) == {0, 1, 2}

@@ -1,0 +1,182 @@
+"""The Predict widget with a real viewer and a tiny model trained on the CPU."""
+
+import copy
+import threading
+
+import numpy as np
+import pytest
+from napari.utils._proxies import PublicOnlyProxy
+
+from napari_seg3d._widgets import predict as predict_module
+from napari_seg3d._widgets._session import SESSION
+from napari_seg3d._widgets.predict import FROM_FILE, PredictWidget
+from napari_seg3d.engine import TrainConfig, Trainer, default_model_config, save_model
+
+WAIT_MS = 30_000
+SCALE = (2.0, 1.0, 1.0)
+_CACHE = {}
+
+
+@pytest.fixture
+def model(blobs):
+    """A tiny two-class model trained on the blobs scribbles (once per test session)."""
+    if "model" not in _CACHE:
+        image, _, scribbles = blobs
+        cfg = TrainConfig(patch_size=(8, 16, 16), batch_size=2, iterations=40, device="cpu",
+                          validate_every=10)
+        mc = default_model_config(1, 2, cfg.patch_size, SCALE, base_filters=4, levels=2)
+        gen = Trainer(image, scribbles, cfg, model_config=mc, voxel_size=SCALE).run()
+        while True:
+            try:
+                next(gen)
+            except StopIteration as done:
+                _CACHE["model"] = done.value.best
+                break
+    return _CACHE["model"]
+
+
+@pytest.fixture
+def shown(monkeypatch):
+    out = {"error": [], "warning": [], "info": []}
+    for kind in out:
+        monkeypatch.setattr(predict_module, f"show_{kind}", out[kind].append)
+    return out
+
+
+@pytest.fixture
+def viewer(make_napari_viewer, blobs):
+    viewer = make_napari_viewer()
+    viewer.add_image(blobs[0], name="blobs", scale=SCALE, translate=(4.0, 0.0, 1.0))
+    return viewer
+
+
+def make_widget(viewer, model=None):
+    widget = PredictWidget(PublicOnlyProxy(viewer))  # what napari hands a plugin widget
+    viewer.window.add_dock_widget(widget)
+    widget.device_combo.setCurrentText("cpu")
+    if model is not None:
+        widget.set_model(model)
+    return widget
+
+
+def predict(qtbot, widget):
+    assert widget.start_prediction()
+    assert not widget.predict_button.isEnabled() and widget.cancel_button.isEnabled()
+    qtbot.waitUntil(lambda: widget.worker is None, timeout=WAIT_MS)
+
+
+@pytest.mark.parametrize(("ndisplay", "tta"), [(2, False), (3, True)])
+def test_prediction_fills_the_layer(qtbot, viewer, blobs, model, shown, ndisplay, tta):
+    viewer.dims.ndisplay = ndisplay
+    widget = make_widget(viewer, model)
+    widget.tta_check.setChecked(tta)
+    predict(qtbot, widget)
+    assert not shown["error"] and not shown["warning"], shown
+    layer = viewer.layers["blobs prediction"]
+    assert widget.layer is layer and layer.data.dtype == np.uint8
+    np.testing.assert_allclose(layer.scale, SCALE)
+    np.testing.assert_allclose(layer.translate, (4, 0, 1))
+    expected = model.predict(blobs[0], overlap=0.5, tta=tta, device="cpu")
+    np.testing.assert_array_equal(layer.data, expected)
+    assert set(np.unique(layer.data)) == {1, 2}  # the painted classes
+    assert not layer.metadata["partial"] and "Done" in widget.status.text()
+    # what is on screen is what is in the layer (the partial refreshes added up)
+    on_screen = layer._slice.image.view
+    np.testing.assert_array_equal(on_screen,
+                                  layer.colormap._data_to_texture(layer._slice.image.raw))
+    assert viewer.layers.selection.active.name == "blobs"  # the selection stays where it was
+    assert widget.predict_button.isEnabled() and not widget.cancel_button.isEnabled()
+
+
+def test_prediction_reuses_its_layer_and_writes_probabilities(qtbot, viewer, blobs, model, shown):
+    widget = make_widget(viewer, model)
+    predict(qtbot, widget)
+    layer = widget.layer
+    layer.data[:] = 0
+    widget.probabilities_check.setChecked(True)
+    predict(qtbot, widget)
+    assert widget.layer is layer and layer.data.any()
+    assert [lay.name for lay in viewer.layers].count("blobs prediction") == 1
+    probs = viewer.layers["blobs probabilities"]
+    assert probs.data.shape == (2, 17, 24, 26) and probs.data.dtype == np.float32
+    np.testing.assert_allclose(probs.scale, (1,) + SCALE)
+    np.testing.assert_allclose(probs.data.sum(axis=0), 1.0, atol=1e-4)
+    lut = np.array(model.class_values)
+    np.testing.assert_array_equal(lut[probs.data.argmax(axis=0)], layer.data)
+
+
+def test_cancel_keeps_a_partial_layer(qtbot, viewer, model, shown):
+    slow = copy.deepcopy(model)
+    gate, calls = threading.Event(), []
+    forward = slow.network.forward
+
+    def gated_forward(x):
+        calls.append(1)
+        if len(calls) > 2:  # the first region (z 0:4) comes after two batches of 4 windows
+            gate.wait(WAIT_MS / 1000)
+        return forward(x)
+
+    slow.network.forward = gated_forward
+    widget = make_widget(viewer, slow)
+    try:
+        assert widget.start_prediction()
+        qtbot.waitUntil(lambda: widget.layer.data[:4].all(), timeout=WAIT_MS)
+        widget.cancel()
+    finally:
+        gate.set()
+    qtbot.waitUntil(lambda: widget.worker is None, timeout=WAIT_MS)
+    layer = widget.layer
+    assert layer.name == "blobs prediction (partial)" and layer.metadata["partial"]
+    assert layer.data[:4].all() and not layer.data[9:].any()
+    assert shown["info"] and "partial" in shown["info"][0]
+    assert widget.predict_button.isEnabled()
+    slow.network.forward = forward
+    widget.set_model(slow)
+    predict(qtbot, widget)  # a new prediction takes the partial layer back
+    assert widget.layer is layer and layer.name == "blobs prediction" and layer.data[9:].all()
+
+
+def test_models_from_the_session_and_from_files(viewer, model, shown, tmp_path):
+    widget = make_widget(viewer)
+    SESSION.put("blobs model", model)
+    assert widget.model_combo.currentText() == "blobs model"
+    assert widget.current_model() is model
+    assert widget.model_combo.itemText(widget.model_combo.count() - 1) == FROM_FILE
+    path = save_model(model, tmp_path / "saved.pt")
+    loaded = widget.load_model_from(path)
+    assert widget.model_combo.currentText() == "saved.pt" and widget.current_model() is loaded
+    (tmp_path / "bad.pt").write_bytes(b"\x00" * 10)
+    assert widget.load_model_from(tmp_path / "bad.pt") is None
+    assert len(shown["error"]) == 1 and "bad.pt" in shown["error"][0]
+    assert widget.current_model() is loaded
+
+
+def test_user_errors_are_notified(viewer, blobs, model, shown):
+    widget = make_widget(viewer)
+    widget.model_combo.setCurrentText(FROM_FILE)
+    assert widget.current_model() is None
+    assert not widget.start_prediction()
+    assert "no model" in shown["error"][-1]
+    widget.set_model(model)
+    viewer.layers.remove("blobs")
+    assert not widget.start_prediction()
+    assert "no 3D image layer" in shown["error"][-1]
+    viewer.add_image(np.stack([blobs[0]] * 2), name="two channels")
+    assert not widget.start_prediction()
+    assert "1-channel images" in shown["error"][-1] and "2 channel(s)" in shown["error"][-1]
+    assert len(shown["error"]) == 3 and widget.worker is None and widget.predict_button.isEnabled()
+    assert "two channels prediction" not in viewer.layers
+
+
+def test_error_in_the_worker_is_notified(qtbot, viewer, model, shown):
+    broken = copy.deepcopy(model)
+
+    def fail(x):
+        raise RuntimeError("CUDA error, say")
+
+    broken.network.forward = fail
+    widget = make_widget(viewer, broken)
+    predict(qtbot, widget)
+    assert len(shown["error"]) == 1 and "CUDA error, say" in shown["error"][0]
+    assert widget.layer.metadata["partial"] and widget.layer.name.endswith("(partial)")
+    assert widget.predict_button.isEnabled()

@@ -1,0 +1,294 @@
+"""The Train widget with a real viewer and real (tiny) CPU training."""
+
+import numpy as np
+import pytest
+from napari.utils._proxies import PublicOnlyProxy
+
+from napari_seg3d._widgets import train as train_module
+from napari_seg3d._widgets._session import SESSION
+from napari_seg3d._widgets.train import TrainWidget, propose_patch_size
+
+WAIT_MS = 30_000
+
+
+@pytest.fixture
+def shown(monkeypatch):
+    """Notifications the widget shows, by kind."""
+    out = {"error": [], "warning": [], "info": []}
+    for kind in out:
+        monkeypatch.setattr(train_module, f"show_{kind}", out[kind].append)
+    return out
+
+
+@pytest.fixture
+def viewer(make_napari_viewer, blobs):
+    viewer = make_napari_viewer()
+    viewer.add_image(blobs[0], name="blobs", scale=(2.0, 1.0, 1.0), translate=(4.0, 0.0, 1.0))
+    return viewer
+
+
+def make_widget(viewer, iterations=6):
+    widget = TrainWidget(PublicOnlyProxy(viewer))  # what napari hands a plugin widget
+    viewer.window.add_dock_widget(widget)
+    for spin, p in zip(widget.patch_spins, (8, 16, 16)):
+        spin.setValue(p)
+    widget.iterations_spin.setValue(iterations)
+    widget.batch_spin.setValue(2)
+    widget.filters_spin.setValue(4)
+    widget.levels_spin.setValue(2)
+    widget.device_combo.setCurrentText("cpu")
+    return widget
+
+
+def annotated(widget, scribbles):
+    layer = widget.new_annotation_layer()
+    layer.data = scribbles.copy()
+    return layer
+
+
+def train(qtbot, widget):
+    assert widget.start_training()
+    qtbot.waitUntil(lambda: widget.worker is None, timeout=WAIT_MS)
+
+
+def first_progress(qtbot, widget):
+    qtbot.waitUntil(lambda: widget._job is not None and widget._job.latest is not None,
+                    timeout=WAIT_MS)
+
+
+def annotated_voxels(trainer) -> int:
+    ann = trainer.sampler.annotations
+    return sum(len(c) for c in ann.train_coords) + sum(len(c) for c in ann.val_coords)
+
+
+@pytest.mark.parametrize(("shape", "voxel", "expected"), [
+    ((17, 24, 26), (1, 1, 1), (16, 24, 24)),
+    ((200, 512, 512), (1, 1, 1), (64, 64, 64)),
+    ((200, 512, 512), (4, 1, 1), (16, 64, 64)),
+    ((5, 300, 300), (1, 0.5, 0.5), (8, 64, 64)),
+])
+def test_propose_patch_size(shape, voxel, expected):
+    assert propose_patch_size(shape, voxel) == expected
+
+
+def test_new_annotation_layer(viewer, shown):
+    widget = make_widget(viewer)
+    assert widget.image_combo.currentText() == "blobs"
+    assert [s.value() for s in widget.patch_spins] == [8, 16, 16]
+    widget._on_image_changed()  # proposed from the image
+    assert [s.value() for s in widget.patch_spins] == [16, 24, 24]
+    layer = widget.new_annotation_layer()
+    assert layer.name == "blobs annotations"
+    assert layer.data.shape == (17, 24, 26) and layer.data.dtype == np.uint8
+    np.testing.assert_allclose(layer.scale, (2, 1, 1))
+    np.testing.assert_allclose(layer.translate, (4, 0, 1))
+    assert layer.mode == "paint" and layer.selected_label == 1 and layer.brush_size >= 1
+    assert viewer.layers.selection.active is layer
+    assert widget.annotation_combo.currentText() == layer.name
+    assert widget.class_table.rowCount() == 1  # the next value to paint: 1
+    layer.paint((3, 10, 10), 1)
+    layer.paint((3, 2, 2), 2)
+    widget._refresh_class_table()
+    assert [widget.class_table.item(r, 0).text() for r in range(3)] == ["1", "2", "3"]
+    widget.class_table.item(0, 1).setText("nucleus")
+    assert widget.class_table.name(1) == "nucleus"
+    assert not shown["error"]
+
+
+def test_train_puts_model_in_session(qtbot, viewer, blobs, shown):
+    widget = make_widget(viewer, iterations=6)
+    layer = annotated(widget, blobs[2])
+    before = layer.data.copy()
+    widget.class_table.names.update({1: "background", 2: "ball"})
+    train(qtbot, widget)
+    assert not shown["error"], shown["error"]
+    model = SESSION.get("blobs model")
+    assert model is widget.model and model.class_values == (1, 2)
+    assert model.class_names == ("background", "ball")
+    assert widget.last_model.iteration == 6 and not widget.result.stopped
+    np.testing.assert_allclose(model.voxel_size, (2, 1, 1))
+    assert "val Dice background" in widget.status.text() or "no validation" in widget.status.text()
+    assert "best val Dice" in widget.status.text()
+    assert widget.train_button.isEnabled() and widget.continue_button.isEnabled()
+    assert len(widget._history[1]) == 6
+    assert len(widget.plot._loss_line.get_xdata()) == 6
+    np.testing.assert_array_equal(layer.data, before)
+
+
+@pytest.mark.parametrize("how", ["stop button", "worker quit"])
+def test_stop_keeps_a_model(qtbot, viewer, blobs, shown, how):
+    """Stop, or napari quitting the worker (its task cancel, the window closing)."""
+    widget = make_widget(viewer, iterations=100_000)
+    annotated(widget, blobs[2])
+    assert widget.start_training()
+    assert widget.stop_button.isEnabled() and not widget.train_button.isEnabled()
+    first_progress(qtbot, widget)
+    if how == "stop button":
+        widget.stop_button.click()
+    else:
+        widget.worker.quit()
+    qtbot.waitUntil(lambda: widget.worker is None, timeout=WAIT_MS)
+    assert widget.result.stopped
+    assert widget.model is not None and 1 <= widget.last_model.iteration < 1000
+    assert "Stopped at iteration" in widget.status.text()
+    assert SESSION.get("blobs model") is widget.model
+    assert widget.train_button.isEnabled() and not widget.stop_button.isEnabled()
+
+
+def test_continue_training_advances_from_last(qtbot, viewer, blobs, shown):
+    widget = make_widget(viewer, iterations=6)
+    annotated(widget, blobs[2])
+    train(qtbot, widget)
+    first = widget.last_model
+    widget.iterations_spin.setValue(4)
+    assert widget.continue_training()
+    qtbot.waitUntil(lambda: widget.worker is None, timeout=WAIT_MS)
+    assert not shown["error"], shown["error"]
+    assert widget.last_model is not first and widget.last_model.iteration == 10
+    assert widget.last_model.train_config.iterations == 10
+    assert len(widget.last_model.history["loss"]) == 10
+    assert widget._history[0] == list(range(1, 11))
+
+
+def test_strokes_painted_while_training_reach_the_trainer(qtbot, viewer, blobs, shown):
+    widget = make_widget(viewer, iterations=100_000)
+    layer = annotated(widget, blobs[2])
+    assert widget.start_training()
+    first_progress(qtbot, widget)
+    sent = []
+    send = widget.worker.send
+    widget.worker.send = lambda value: (sent.append(value), send(value))
+    before = annotated_voxels(widget.trainer)
+    assert before == np.count_nonzero(blobs[2])
+    free = np.argwhere(layer.data[8] == 0)[0]
+    layer.paint((8, *free), 2)  # one stroke: emits layer.events.paint
+    painted = np.count_nonzero(layer.data)
+    qtbot.waitUntil(lambda: annotated_voxels(widget.trainer) == painted, timeout=WAIT_MS)
+    assert sent and sent[-1].labels is not None and np.count_nonzero(sent[-1].labels) == painted
+    layer.paint((12, 20, 20), 3)  # a value the model has no class for: ignored, with a warning
+    qtbot.waitUntil(lambda: bool(shown["warning"]), timeout=WAIT_MS)
+    assert "Label 3" in shown["warning"][0]
+    widget.stop_training()
+    qtbot.waitUntil(lambda: widget.worker is None, timeout=WAIT_MS)
+    assert not shown["error"], shown["error"]
+    assert (layer.data == 3).any()  # the layer itself is never changed
+
+
+def test_live_preview_writes_the_preview_layer(qtbot, viewer, blobs, shown):
+    widget = make_widget(viewer, iterations=100_000)
+    annotated(widget, blobs[2])
+    widget.preview_check.setChecked(True)
+    widget.preview_interval_s = 0.2
+    viewer.dims.set_point(0, 2.0 * 9 + 4.0)  # z = 9 in data coordinates
+    assert widget.start_training()
+    qtbot.waitUntil(lambda: "blobs preview" in viewer.layers
+                    and viewer.layers["blobs preview"].data.any(), timeout=WAIT_MS)
+    widget.stop_training()
+    qtbot.waitUntil(lambda: widget.worker is None, timeout=WAIT_MS)
+    preview = viewer.layers["blobs preview"]
+    np.testing.assert_allclose(preview.scale, (2, 1, 1))
+    np.testing.assert_allclose(preview.translate, (4, 0, 1))
+    z = np.flatnonzero(preview.data.any(axis=(1, 2)))
+    assert z.min() <= 9 <= z.max() and len(z) <= 8  # the patch around the displayed slice
+    assert set(np.unique(preview.data)) <= {0, 1, 2}
+    assert widget.annotation_combo.currentText() == "blobs annotations"
+    assert viewer.layers.selection.active.name == "blobs annotations"
+
+
+def test_save_and_load_model(qtbot, viewer, blobs, shown, tmp_path):
+    widget = make_widget(viewer, iterations=6)
+    assert widget.save_model_to(tmp_path / "none.pt") is None and shown["error"]
+    annotated(widget, blobs[2])
+    train(qtbot, widget)
+    path = widget.save_model_to(tmp_path / "blobs.pt")
+    assert path.is_file()
+    other = make_widget(viewer)
+    model = other.load_model_from(path)
+    assert model is other.model and model.class_values == (1, 2)
+    assert SESSION.get("blobs.pt") is model
+    assert other.fine_tune_check.isChecked() and other.continue_button.isEnabled()
+    saved, trained = model.network.state_dict(), widget.model.network.state_dict()
+    for key in trained:
+        np.testing.assert_array_equal(saved[key].numpy(), trained[key].numpy())
+    train(qtbot, other)  # fine-tunes the loaded model
+    assert other.model is not model and other.model.class_values == (1, 2)
+    (tmp_path / "bad.pt").write_bytes(b"not a model")
+    shown["error"].clear()
+    assert other.load_model_from(tmp_path / "bad.pt") is None
+    assert "bad.pt" in shown["error"][0]
+
+
+def _no_image(viewer, widget, scribbles):
+    viewer.layers.remove("blobs")
+
+
+def _other_shape(viewer, widget, scribbles):
+    viewer.add_labels(np.ones((5, 6, 7), np.uint8), name="other")
+    widget.annotation_combo.setCurrentText("other")
+
+
+def _empty(viewer, widget, scribbles):
+    widget.new_annotation_layer()
+
+
+def _one_class(viewer, widget, scribbles):
+    widget.new_annotation_layer().data = (scribbles > 0).astype(np.uint8)
+
+
+@pytest.mark.parametrize(("setup", "message"), [
+    (_no_image, "no 3D image layer"),
+    (_other_shape, "has shape (5, 6, 7)"),
+    (_empty, "no annotations"),
+    (_one_class, "Only one class"),
+])
+def test_user_errors_are_notified(viewer, blobs, shown, setup, message):
+    widget = make_widget(viewer)
+    setup(viewer, widget, blobs[2])
+    layer = widget.annotation_layer()
+    before = None if layer is None else layer.data.copy()
+    assert not widget.start_training()
+    assert len(shown["error"]) == 1 and message in shown["error"][0], shown["error"]
+    assert widget.worker is None and widget.train_button.isEnabled()
+    if layer is not None:
+        np.testing.assert_array_equal(layer.data, before)
+
+
+def test_error_in_the_worker_is_notified(qtbot, viewer, blobs, shown, monkeypatch):
+    def broken_run(self):
+        yield from ()
+        raise RuntimeError("out of memory, say")
+
+    monkeypatch.setattr(train_module.Trainer, "run", broken_run)
+    widget = make_widget(viewer)
+    layer = annotated(widget, blobs[2])
+    train(qtbot, widget)
+    assert len(shown["error"]) == 1 and "out of memory, say" in shown["error"][0]
+    assert widget.train_button.isEnabled() and widget.model is None
+    np.testing.assert_array_equal(layer.data, blobs[2])
+
+
+def test_large_volumes_build_the_trainer_in_the_worker(qtbot, viewer, blobs, shown, monkeypatch):
+    monkeypatch.setattr(train_module, "GUI_INIT_VOXELS", 0)
+    widget = make_widget(viewer)
+    layer = widget.new_annotation_layer()
+    layer.data = (blobs[2] > 0).astype(np.uint8)
+    train(qtbot, widget)  # starts, then the worker reports the error
+    assert len(shown["error"]) == 1 and "Only one class" in shown["error"][0]
+    assert widget.train_button.isEnabled() and widget.model is None
+    layer.data = blobs[2].copy()
+    train(qtbot, widget)
+    assert len(shown["error"]) == 1 and widget.last_model.iteration == 6
+
+
+def test_channels_first_image(qtbot, make_napari_viewer, blobs, shown):
+    viewer = make_napari_viewer()
+    image = np.stack([blobs[0], -blobs[0]])  # (C, Z, Y, X)
+    viewer.add_image(image, name="two", scale=(1.0, 2.0, 1.0, 1.0))
+    widget = make_widget(viewer, iterations=4)
+    assert widget.image_combo.currentText() == "two"
+    layer = annotated(widget, blobs[2])
+    assert layer.data.shape == (17, 24, 26)
+    np.testing.assert_allclose(layer.scale, (2, 1, 1))
+    train(qtbot, widget)
+    assert not shown["error"], shown["error"]
+    assert widget.model.in_channels == 2 and SESSION.get("two model") is widget.model
