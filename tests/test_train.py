@@ -337,3 +337,14 @@ def test_default_model_config_sizes_the_unet_to_the_patch(patch, voxel_size, lev
     kwargs = default_model_config(1, 3, patch, voxel_size).kwargs
     assert kwargs["levels"] == levels and kwargs["out_channels"] == 3
     assert kwargs["pooling"] == pooling
+
+
+def test_image_with_nan_and_inf_trains_and_predicts(blobs):
+    image, _, scribbles = blobs
+    image = image.copy()
+    image[0, :5, :5] = np.nan
+    image[3, 10:12, 10:12] = np.inf
+    records, result = _run(_trainer(image, scribbles))
+    assert all(math.isfinite(r.loss) for r in records)
+    assert all(torch.isfinite(p).all() for p in result.last.network.parameters())
+    assert set(np.unique(result.last.predict(image))) <= {1, 2}

@@ -6,7 +6,7 @@ from napari.utils._proxies import PublicOnlyProxy
 
 from napari_seg3d._widgets import train as train_module
 from napari_seg3d._widgets._session import SESSION
-from napari_seg3d._widgets.train import TrainWidget, propose_patch_size
+from napari_seg3d._widgets.train import TrainWidget
 
 WAIT_MS = 30_000
 
@@ -61,22 +61,12 @@ def annotated_voxels(trainer) -> int:
     return sum(len(c) for c in ann.train_coords) + sum(len(c) for c in ann.val_coords)
 
 
-@pytest.mark.parametrize(("shape", "voxel", "expected"), [
-    ((17, 24, 26), (1, 1, 1), (16, 24, 24)),
-    ((200, 512, 512), (1, 1, 1), (64, 64, 64)),
-    ((200, 512, 512), (4, 1, 1), (16, 64, 64)),
-    ((5, 300, 300), (1, 0.5, 0.5), (8, 64, 64)),
-])
-def test_propose_patch_size(shape, voxel, expected):
-    assert propose_patch_size(shape, voxel) == expected
-
-
 def test_new_annotation_layer(viewer, shown):
     widget = make_widget(viewer)
     assert widget.image_combo.currentText() == "blobs"
     assert [s.value() for s in widget.patch_spins] == [8, 16, 16]
     widget._on_image_changed()  # proposed from the image
-    assert [s.value() for s in widget.patch_spins] == [16, 24, 24]
+    assert [s.value() for s in widget.patch_spins] == [8, 8, 8]  # 60% of (17, 24, 26)
     layer = widget.new_annotation_layer()
     assert layer.name == "blobs annotations"
     assert layer.data.shape == (17, 24, 26) and layer.data.dtype == np.uint8

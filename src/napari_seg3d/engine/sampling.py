@@ -30,7 +30,10 @@ class Normalization:
         """Normalise ``(C, ...)`` data to float32."""
         low = np.asarray(self.low, np.float32).reshape((-1,) + (1,) * (x.ndim - 1))
         high = np.asarray(self.high, np.float32).reshape(low.shape)
-        return (np.asarray(x, np.float32) - low) / np.maximum(high - low, 1e-6)
+        out = (np.asarray(x, np.float32) - low) / np.maximum(high - low, 1e-6)
+        if not np.isfinite(out).all():  # NaN/Inf voxels would poison the loss and predictions
+            out = np.nan_to_num(out, nan=0.0, posinf=0.0, neginf=0.0)
+        return out
 
     def to_dict(self) -> dict:
         return {"low": list(self.low), "high": list(self.high)}

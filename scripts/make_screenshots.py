@@ -1,0 +1,232 @@
+"""Make the screenshots of the user guide (docs/images/*.png) in a real napari window.
+
+    .venv/bin/python scripts/make_screenshots.py [--out docs/images] [--iterations 150]
+
+Without a display it starts Xvfb itself. It runs the workflow of the guide on the bundled nuclei
+sample: annotate.png (annotation layer ready to paint), training.png (live loss/Dice plot),
+demo.png (sample + prediction, for the README), prediction-streaming.png (a larger volume half
+predicted, seen from the side so the z-slabs that already arrived show), batch.png (the Batch
+predict widget after three files, one of them corrupt). About 2-4 minutes on 2 CPU cores.
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import shutil
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+import numpy as np
+
+PLUGIN = "napari-seg3d"
+ROOT = Path(__file__).resolve().parents[1]
+MAX_BYTES = 400_000
+
+
+def start_xvfb() -> subprocess.Popen | None:
+    """Start Xvfb on a free display and point DISPLAY at it (as ``napari_seg3d._demo`` does)."""
+    if shutil.which("Xvfb") is None:
+        sys.exit("No display and no Xvfb: install xvfb (apt-get install xvfb libxcb-cursor0).")
+    for n in range(99, 140):
+        if Path(f"/tmp/.X{n}-lock").exists():
+            continue
+        proc = subprocess.Popen(["Xvfb", f":{n}", "-screen", "0", "1600x1000x24", "-nolisten", "tcp"],
+                                stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+        time.sleep(1.0)
+        if proc.poll() is None:
+            os.environ["DISPLAY"] = f":{n}"
+            return proc
+    sys.exit("Could not start Xvfb on any display :99 to :139.")
+
+
+def pump(app, seconds: float = 0.3) -> None:
+    """Let the event loop run (draws, timers, worker signals) for ``seconds``."""
+    t0 = time.monotonic()
+    while time.monotonic() - t0 < seconds:
+        app.processEvents()
+        time.sleep(0.01)
+
+
+def wait(app, done, timeout: float, what: str) -> None:
+    t0 = time.monotonic()
+    while not done():
+        app.processEvents()
+        time.sleep(0.01)
+        if time.monotonic() - t0 > timeout:
+            raise TimeoutError(f"{what} did not finish in {timeout:.0f} s.")
+
+
+def shoot(viewer, app, path: Path) -> None:
+    """Screenshot of the whole window; shrunk to an adaptive palette if over MAX_BYTES."""
+    from PIL import Image
+
+    pump(app, 0.5)
+    viewer.screenshot(str(path), canvas_only=False)
+    if path.stat().st_size > MAX_BYTES:
+        img = Image.open(path).convert("RGB")
+        img.quantize(colors=256, method=Image.Quantize.MEDIANCUT,
+                     dither=Image.Dither.NONE).save(path, optimize=True)
+    if path.stat().st_size > MAX_BYTES:
+        img = Image.open(path)
+        scale = 0.8
+        img.resize((int(img.width * scale), int(img.height * scale)),
+                   Image.Resampling.LANCZOS).save(path, optimize=True)
+    print(f"  {path.relative_to(ROOT) if path.is_relative_to(ROOT) else path}: "
+          f"{path.stat().st_size // 1000} KB")
+
+
+def mirror_tile(image: np.ndarray, reps: tuple[int, int, int]) -> np.ndarray:
+    """``image`` repeated ``reps`` times along each axis, every other copy mirrored (no seams)."""
+    for axis, n in enumerate(reps):
+        parts = [image if i % 2 == 0 else np.flip(image, axis) for i in range(n)]
+        image = np.concatenate(parts, axis=axis)
+    return np.ascontiguousarray(image)
+
+
+def filled_slabs(data: np.ndarray) -> int:
+    """How many z-slices of a prediction layer hold results (every predicted voxel is > 0)."""
+    return int(np.count_nonzero(data[:, data.shape[1] // 2, :].any(axis=1)))
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--out", type=Path, default=ROOT / "docs" / "images")
+    parser.add_argument("--iterations", type=int, default=150)
+    args = parser.parse_args(argv)
+    args.out.mkdir(parents=True, exist_ok=True)
+    xvfb = None if os.environ.get("DISPLAY") else start_xvfb()
+    try:
+        return run(args.out, args.iterations)
+    finally:
+        if xvfb is not None:
+            xvfb.terminate()
+            xvfb.wait(timeout=10)
+
+
+def run(out: Path, iterations: int) -> int:
+    import napari
+    import tifffile
+    from qtpy.QtWidgets import QApplication
+
+    from napari_seg3d._sample_data import load_nuclei
+
+    t_start = time.monotonic()
+    viewer = napari.Viewer(title="napari-seg3d", show=True)
+    app = QApplication.instance()
+    tmp = Path(tempfile.mkdtemp(prefix="seg3d-screens-"))
+    try:
+        viewer.window._qt_window.resize(1500, 950)
+        pump(app, 1.0)
+
+        # --- annotate.png: the sample, the Train widget, the annotation layer in paint mode -----
+        viewer.open_sample(PLUGIN, "nuclei3d")
+        dock_train, train = viewer.window.add_plugin_dock_widget(PLUGIN, "Train")
+        image = viewer.layers["nuclei"]
+        ann = viewer.layers["nuclei annotations"]
+        z_mid = image.data.shape[0] // 2
+        viewer.dims.set_current_step(0, z_mid)
+        # the z-slice with the most strokes, so the screenshot shows some
+        z_best = int(np.argmax((np.asarray(ann.data) > 0).sum(axis=(1, 2))))
+        viewer.dims.set_current_step(0, z_best)
+        viewer.layers.selection.active = ann
+        ann.mode = "paint"
+        ann.selected_label = 2
+        ann.brush_size = 3
+        viewer.reset_view()
+        shoot(viewer, app, out / "annotate.png")
+
+        # --- training.png: training with the live plot and the live preview ----------------------
+        train.iterations_spin.setValue(iterations)
+        train.preview_check.setChecked(True)
+        train.preview_interval_s = 1.5
+        t0 = time.monotonic()
+        if not train.start_training():
+            print("Training could not start.", file=sys.stderr)
+            return 1
+        # a screenshot while it runs (status line, progress, plot, preview), near the end
+        wait(app, lambda: train.worker is None or (
+            train._job is not None and train._job.latest is not None
+            and train._job.latest.iteration >= int(iterations * 0.85)
+            and "nuclei preview" in viewer.layers), timeout=900, what="Training")
+        viewer.layers.selection.active = ann
+        shoot(viewer, app, out / "training.png")
+        wait(app, lambda: train.worker is None, timeout=900, what="Training")
+        print(f"  trained {iterations} iterations in {time.monotonic() - t0:.0f} s")
+        model = train.model
+        model_path = tmp / "nuclei model.pt"
+        train.save_model_to(model_path)
+        if "nuclei preview" in viewer.layers:
+            viewer.layers.remove("nuclei preview")
+
+        # --- demo.png: sample + prediction, Train and Predict widgets -----------------------------
+        dock_predict, predict = viewer.window.add_plugin_dock_widget(PLUGIN, "Predict")
+        predict.image_combo.setCurrentText("nuclei")
+        predict.start_prediction()
+        wait(app, lambda: predict.worker is None, timeout=300, what="Prediction")
+        predict.layer.opacity = 0.5
+        viewer.layers.selection.active = predict.layer
+        shoot(viewer, app, out / "demo.png")
+
+        # --- prediction-streaming.png: a larger volume, half predicted ---------------------------
+        big = mirror_tile(np.asarray(image.data), (3, 2, 2))  # (93, 122, 114)
+        for layer in list(viewer.layers):
+            layer.visible = False
+        viewer.window.remove_dock_widget(dock_train)
+        big_layer = viewer.add_image(big, name="nuclei x12", colormap="gray")
+        predict.image_combo.setCurrentText("nuclei x12")
+        predict.batch_spin.setValue(2)  # smaller steps: the stream advances in more, finer slabs
+        viewer.dims.order = (1, 0, 2)  # look from the side: z runs down the screen
+        viewer.dims.set_current_step(1, big.shape[1] // 2)
+        viewer.reset_view()
+        pump(app, 0.5)
+        predict.start_prediction()
+        layer = predict.layer
+        layer.opacity = 0.6
+        half = big.shape[0] // 2
+        wait(app, lambda: predict.worker is None or filled_slabs(layer.data) >= half,
+             timeout=300, what="Streaming prediction")
+        predict.cancel()  # what is done stays, the layer is marked (partial)
+        wait(app, lambda: predict.worker is None, timeout=60, what="Cancel")
+        viewer.layers.selection.active = layer
+        print(f"  streamed {filled_slabs(layer.data)}/{big.shape[0]} z-slices before cancelling")
+        shoot(viewer, app, out / "prediction-streaming.png")
+
+        # --- batch.png: three files, one corrupt --------------------------------------------------
+        viewer.window.remove_dock_widget(dock_predict)
+        viewer.layers.remove(big_layer)
+        viewer.layers.remove(layer)
+        viewer.dims.order = (0, 1, 2)
+        for lyr in viewer.layers:
+            lyr.visible = lyr.name in ("nuclei",)
+        vols = tmp / "volumes"
+        vols.mkdir()
+        raw, _, _ = load_nuclei()
+        tifffile.imwrite(vols / "embryo_01.tif", raw)
+        tifffile.imwrite(vols / "embryo_02.tif", np.ascontiguousarray(raw[:, ::-1]))
+        good = (vols / "embryo_01.tif").read_bytes()
+        (vols / "embryo_03.tif").write_bytes(good[: len(good) // 3])  # a truncated copy
+        _, batch = viewer.window.add_plugin_dock_widget(PLUGIN, "Batch predict")
+        batch.set_inputs([vols])
+        batch.set_model_path(model_path)
+        batch.set_output_dir(tmp / "results")
+        batch.run()
+        wait(app, lambda: batch.worker is None, timeout=300, what="Batch prediction")
+        opened = batch.open_results()
+        for lyr in opened[1:]:
+            lyr.visible = False
+        batch._table.resizeColumnsToContents()
+        shoot(viewer, app, out / "batch.png")
+        print("  batch: " + ", ".join(f"{Path(r.input).name} {r.status}" for r in batch.results))
+    finally:
+        viewer.close()
+        shutil.rmtree(tmp, ignore_errors=True)
+    print(f"Screenshots in {out} ({time.monotonic() - t_start:.0f} s).")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
