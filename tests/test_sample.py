@@ -10,7 +10,7 @@ def test_load_nuclei_arrays():
     assert image.shape == truth.shape == scribbles.shape == (31, 61, 57)
     assert set(np.unique(truth)) == {1, 2}
     assert set(np.unique(scribbles)) == {0, 1, 2}
-    assert 0 < np.count_nonzero(scribbles) < 0.01 * scribbles.size
+    assert 0 < np.count_nonzero(scribbles) < 0.005 * scribbles.size  # under 0.5% annotated
     painted = scribbles > 0
     np.testing.assert_array_equal(scribbles[painted], truth[painted])
 

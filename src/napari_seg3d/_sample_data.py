@@ -32,7 +32,7 @@ def load_nuclei() -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     image = np.asarray(read_volume(SAMPLE_DIR / "image.tif").data)
     instances = np.asarray(read_volume(SAMPLE_DIR / "instances.tif").data)
     nucleus = (instances > 0).astype(np.uint8)
-    scribbles = simulate_scribbles(nucleus, slices_per_axis=3, strokes_per_class=1, length=10,
+    scribbles = simulate_scribbles(nucleus, slices_per_axis=3, strokes_per_class=1, length=9,
                                    seed=0)
     return image, nucleus + 1, scribbles
 

@@ -13,22 +13,20 @@ from pathlib import Path
 from typing import Any
 
 from napari.qt.threading import thread_worker
-from napari.utils import progress
 from napari.utils.notifications import show_error, show_info
-from qtpy.QtCore import QTimer
 from qtpy.QtWidgets import (QAbstractItemView, QCheckBox, QComboBox, QDoubleSpinBox, QFileDialog,
-                            QFormLayout, QHBoxLayout, QHeaderView, QLabel, QLineEdit, QListWidget,
-                            QPushButton, QTableWidget, QTableWidgetItem, QVBoxLayout, QWidget)
+                            QFormLayout, QHBoxLayout, QLabel, QLineEdit, QListWidget, QPushButton,
+                            QVBoxLayout, QWidget)
 
 from ..engine import ModelFileError, SegmentationModel, load_model
 from ..engine.batch import FileProgress, FileResult, expand_inputs, iter_predict_files
 from ..engine.errors import Seg3DError
 from ..engine.io import SUFFIXES, read_volume
+from ._batch_progress import BatchProgress, file_progress_text, summary_text
 from ._session import SESSION
 
 MODEL_FILE = "Model file"
 FORMATS = ("tif", "h5")
-BAR_INTERVAL_MS = 100
 _INPUT_FILTER = "Volumes (" + " ".join(f"*{s}" for s in SUFFIXES) + ");;All files (*)"
 
 
@@ -71,18 +69,6 @@ class BatchPredictWidget(QWidget):
         self.viewer = napari_viewer
         self.worker = None
         self.results: list[FileResult] = []
-        self._latest: FileProgress | None = None  # the newest report from inside a file
-        self._total = 0
-        # napari progress bars process Qt events on every change, so the worker's events are
-        # handled re-entrantly; the handlers only record state and a timer draws the bars.
-        # The per-file bar is not nested under the overall one: napari 0.9 can crash when a
-        # viewer closes after nested bars were shown.
-        self._bars: dict[str, progress] = {}
-        self._bar_file = -1
-        self._syncing = False
-        self._bar_timer = QTimer(self)
-        self._bar_timer.setInterval(BAR_INTERVAL_MS)
-        self._bar_timer.timeout.connect(self._sync_bars)
         self._build()
         self._refresh_models()
         SESSION.changed.connect(self._refresh_models)
@@ -144,8 +130,8 @@ class BatchPredictWidget(QWidget):
         except (Seg3DError, ValueError, OSError) as exc:
             show_error(str(exc))
             return
-        self.results, self._latest, self._total = [], None, len(job.inputs)
-        self._table.setRowCount(0)
+        self.results = []
+        self._progress.reset(len(job.inputs))
         self._status.setText(f"Predicting {len(job.inputs)} file(s)...")
         worker = thread_worker(_run_job, start_thread=False)(job)
         worker.yielded.connect(self._on_yielded)
@@ -155,7 +141,7 @@ class BatchPredictWidget(QWidget):
         self.worker = worker
         self._set_busy(True)
         worker.start()
-        self._bar_timer.start()
+        self._progress.start()
 
     def cancel(self) -> None:
         """Stop after the region being predicted; files already written are kept."""
@@ -167,8 +153,7 @@ class BatchPredictWidget(QWidget):
         """Add the outputs of ``rows`` of the results table (default: the selected rows, or every
         row when none is selected) to the viewer as Labels layers; returns the new layers."""
         if rows is None:
-            rows = sorted({index.row() for index in self._table.selectedIndexes()})
-            rows = rows or list(range(len(self.results)))
+            rows = self._progress.selected_rows() or list(range(len(self.results)))
         layers = []
         for result in (self.results[r] for r in rows if r < len(self.results)):
             if result.output is None or not Path(result.output).is_file():
@@ -227,11 +212,8 @@ class BatchPredictWidget(QWidget):
         self._cancel_button.clicked.connect(self.cancel)
         self._status = QLabel("Ready.")
         self._status.setWordWrap(True)
-        self._table = QTableWidget(0, 3)
-        self._table.setHorizontalHeaderLabels(["File", "Status", "Output / reason"])
-        self._table.setEditTriggers(QAbstractItemView.EditTrigger.NoEditTriggers)
-        self._table.setSelectionBehavior(QAbstractItemView.SelectionBehavior.SelectRows)
-        self._table.horizontalHeader().setSectionResizeMode(2, QHeaderView.ResizeMode.Stretch)
+        self._progress = BatchProgress(self)
+        self._table = self._progress.table
         open_button = QPushButton("Open selected results")
         open_button.setToolTip("Add the selected outputs (all when none is selected) as Labels.")
         open_button.clicked.connect(lambda: self.open_results())
@@ -306,79 +288,27 @@ class BatchPredictWidget(QWidget):
 
     def _on_yielded(self, item: FileProgress | FileResult) -> None:
         if isinstance(item, FileProgress):
-            self._latest = item
-            self._status.setText(f"File {item.index + 1} of {item.total}: "
-                                 f"{Path(item.input).name}, {item.windows_done} of "
-                                 f"{item.windows_total} windows")
+            self._progress.latest = item
+            self._status.setText(file_progress_text(item))
         else:
             self.results.append(item)
-            self._add_row(item)
-
-    def _sync_bars(self) -> None:
-        """Bring the progress bars up to date with the worker's reports; close them once the
-        worker is done (re-checked after drawing, which processes events)."""
-        if self._syncing:
-            return
-        self._syncing = True
-        try:
-            if self.worker is not None:
-                self._draw_bars()
-            if self.worker is None:
-                for name in ("file", "files"):
-                    self._close_bar(name)
-        finally:
-            self._syncing = False
-
-    def _draw_bars(self) -> None:
-        files = self._bars.get("files")
-        if files is None:
-            files = self._bars["files"] = progress(total=self._total, desc="Batch predict")
-        files.update(len(self.results) - files.n)
-        latest = self._latest
-        active = latest is not None and latest.index >= len(self.results)
-        if "file" in self._bars and not (active and self._bar_file == latest.index):
-            self._close_bar("file")
-        if active:
-            bar = self._bars.get("file")
-            if bar is None:
-                self._bar_file = latest.index
-                bar = self._bars["file"] = progress(total=latest.windows_total,
-                                                    desc=Path(latest.input).name)
-            bar.update(latest.windows_done - bar.n)
-
-    def _add_row(self, result: FileResult) -> None:
-        row = self._table.rowCount()
-        self._table.insertRow(row)
-        detail = result.reason if result.status == "failed" else str(result.output)
-        if result.status == "skipped":
-            detail = f"{result.output} ({result.reason})"
-        for col, text in enumerate((Path(result.input).name, result.status, detail)):
-            item = QTableWidgetItem(text)
-            item.setToolTip(result.input if col == 0 else text)
-            self._table.setItem(row, col, item)
+            self._progress.add_result(item)
 
     def _on_returned(self, value: list[FileResult] | str | None) -> None:
         if isinstance(value, str):
             show_error(value)
             self._status.setText(value)
             return
-        counts = {s: sum(r.status == s for r in self.results) for s in ("done", "skipped", "failed")}
-        self._status.setText(", ".join(f"{n} {s}" for s, n in counts.items()) + ".")
+        self._status.setText(summary_text(self.results))
 
     def _on_aborted(self) -> None:
         self._status.setText(f"Cancelled after {len(self.results)} file(s); outputs written so "
                              "far are complete, nothing partial was kept.")
 
     def _on_finished(self) -> None:
-        self._bar_timer.stop()
         self.worker = None
         self._set_busy(False)
-        self._sync_bars()
-
-    def _close_bar(self, name: str) -> None:
-        bar = self._bars.pop(name, None)
-        if bar is not None:
-            bar.close()
+        self._progress.finish()
 
     # --- file dialogs ----------------------------------------------------------------------
 

@@ -11,3 +11,7 @@ class AnnotationError(Seg3DError, ValueError):
 
 class ModelFileError(Seg3DError, ValueError):
     """A model file is missing, truncated, foreign or unsafe."""
+
+
+class VolumeError(Seg3DError, ValueError):
+    """A volume file cannot be read or written; the message says why and what to do."""

@@ -2,6 +2,7 @@
 
 An HDF5 dataset is named ``file.h5:/group/data``. Writes go to a hidden ``.part`` file beside the
 target and are moved onto it only once complete, so a crash never leaves half a file behind.
+The format details live in :mod:`._tiff` and :mod:`._hdf5`; this module is the public API.
 """
 
 from __future__ import annotations
@@ -10,7 +11,6 @@ import logging
 import os
 import re
 import secrets
-import shutil
 from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass, field
@@ -19,9 +19,17 @@ from typing import Any
 
 import h5py
 import numpy as np
-import tifffile
 
-from .errors import Seg3DError
+from . import _hdf5
+from ._hdf5 import VOXEL_ATTRS
+from ._tiff import read_tiff, write_tiff
+from .errors import VolumeError
+
+__all__ = [
+    "DEFAULT_KEY", "HDF5_SUFFIXES", "SUFFIXES", "TIFF_SUFFIXES", "VOXEL_ATTRS", "ChunkedWriter",
+    "Volume", "VolumeError", "VoxelSize", "list_datasets", "output_path", "read_volume",
+    "split_path", "write_volume",
+]
 
 log = logging.getLogger(__name__)
 
@@ -29,17 +37,9 @@ TIFF_SUFFIXES = (".tif", ".tiff")
 HDF5_SUFFIXES = (".h5", ".hdf5", ".hdf")
 SUFFIXES = (*TIFF_SUFFIXES, *HDF5_SUFFIXES, ".npy")
 DEFAULT_KEY = "/labels"
-VOXEL_ATTRS = ("element_size_um", "voxel_size", "resolution")
-_IMAGEJ_DTYPES = (np.dtype(np.uint8), np.dtype(np.uint16), np.dtype(np.float32))
 _H5_SPEC = re.compile(r"^(.+?\.(?:h5|hdf5|hdf)):(.*)$", re.IGNORECASE | re.DOTALL)
-# micrometres per TIFF ResolutionUnit: NONE (ImageJ, unit in its metadata), CM, MM, UM; not INCH.
-_UM_PER_UNIT = {1: 1.0, 3: 1e4, 4: 1e3, 5: 1.0}
 
 VoxelSize = tuple[float, float, float]
-
-
-class VolumeError(Seg3DError, ValueError):
-    """A volume file cannot be read or written; the message says why and what to do."""
 
 
 @dataclass(eq=False)
@@ -110,7 +110,7 @@ def read_volume(spec: str | os.PathLike, *, lazy: bool = False) -> Volume:
         return _read_hdf5(path, key, lazy)
     with _unreadable(path):
         if suffix in TIFF_SUFFIXES:
-            data, voxel_size = _read_tiff(path, lazy)
+            data, voxel_size = read_tiff(path, lazy)
         else:
             data, voxel_size = np.load(path, mmap_mode="r" if lazy else None), None
     log.debug("Read %s: shape %s, %s, voxel size %s", path, data.shape, data.dtype, voxel_size)
@@ -124,7 +124,7 @@ def list_datasets(path: str | os.PathLike) -> list[tuple[str, tuple[int, ...], s
     if not file_path.is_file():
         raise VolumeError(f"Cannot find the file {file_path}. Check the path and try again.")
     with _unreadable(file_path), h5py.File(file_path, "r") as file:
-        return [(ds.name, ds.shape, str(ds.dtype)) for ds in _datasets(file)]
+        return [(ds.name, ds.shape, str(ds.dtype)) for ds in _hdf5.datasets(file)]
 
 
 def write_volume(spec: str | os.PathLike, data: Any, *, voxel_size: Sequence[float] | None = None,
@@ -155,11 +155,11 @@ def write_volume(spec: str | os.PathLike, data: Any, *, voxel_size: Sequence[flo
     path.parent.mkdir(parents=True, exist_ok=True)
     with _atomic_temp(path) as tmp:
         if suffix in TIFF_SUFFIXES:
-            _write_tiff(tmp, data, voxel, compression)
+            write_tiff(tmp, data, voxel, compression)
         elif suffix in HDF5_SUFFIXES:
-            with _open_h5_copy(path, tmp) as file:
-                dataset = _create_dataset(file, key or DEFAULT_KEY, data.shape, data.dtype,
-                                          voxel, compression=compression)
+            with _hdf5.open_copy(path, tmp) as file:
+                dataset = _hdf5.create_dataset(file, key or DEFAULT_KEY, data.shape, data.dtype,
+                                               voxel, compression=compression)
                 dataset[...] = data
         else:
             with open(tmp, "xb") as fh:
@@ -203,9 +203,9 @@ class ChunkedWriter:
         self._tmp = _temp_path(self.path)
         try:
             if suffix in HDF5_SUFFIXES:
-                self._file = _open_h5_copy(self.path, self._tmp)
-                self._data = _create_dataset(self._file, key or DEFAULT_KEY, self.shape,
-                                             self.dtype, self._voxel, chunks=chunks)
+                self._file = _hdf5.open_copy(self.path, self._tmp)
+                self._data = _hdf5.create_dataset(self._file, key or DEFAULT_KEY, self.shape,
+                                                  self.dtype, self._voxel, chunks=chunks)
             else:
                 self._data = np.lib.format.open_memmap(self._tmp, "w+", self.dtype, self.shape)
         except BaseException:
@@ -312,95 +312,12 @@ def _unreadable(path: Path) -> Iterator[None]:
                           "export it again or choose another file.") from exc
 
 
-def _read_tiff(path: Path, lazy: bool) -> tuple[np.ndarray, VoxelSize | None]:
-    with tifffile.TiffFile(path) as tif:
-        series = tif.series[0]
-        _check_tiff_complete(tif, series, path)
-        if lazy and series.dataoffset is not None:
-            dtype = np.dtype(series.dtype).newbyteorder(tif.byteorder)
-            data = np.memmap(path, dtype, "r", series.dataoffset, series.shape)
-        else:
-            data = series.asarray()
-        return _to_zyx(data, series.axes, path), _tiff_voxel_size(tif)
-
-
-def _check_tiff_complete(tif: tifffile.TiffFile, series: Any, path: Path) -> None:
-    """Raise if pages or pixels are missing (tifffile may only log that and read what is left)."""
-    if (tif.is_imagej or tif.is_shaped) and series.kind.lower() in ("generic", "uniform"):
-        raise VolumeError(f"{path} is truncated or damaged: its metadata describes images that "
-                          "are missing. Copy or export the file again.")
-    if series.dataoffset is not None:
-        end = series.dataoffset + series.nbytes
-    else:
-        end = max((offset + count for page in series.pages if page is not None
-                   for offset, count in zip(page.dataoffsets, page.databytecounts)), default=0)
-    if end > tif.filehandle.size:
-        raise VolumeError(f"{path} is truncated: its image data needs {end} bytes but the file "
-                          f"has {tif.filehandle.size}. Copy or export the file again.")
-
-
-def _to_zyx(data: np.ndarray, axes: str, path: Path) -> np.ndarray:
-    """Squeeze singleton axes; return ``(Z, Y, X)`` or ``(C, Z, Y, X)`` with the channel first."""
-    keep = [i for i, (ax, n) in enumerate(zip(axes, data.shape)) if n > 1 or ax in "YX"]
-    kept = "".join(axes[i] for i in keep)
-    channel = [i for i, ax in enumerate(kept) if ax in "CS"]
-    spatial = [i for i, ax in enumerate(kept) if ax not in "CS"]
-    if len(channel) > 1 or len(spatial) > 3:
-        raise VolumeError(f"{path} has axes {axes} of shape {data.shape}; only (Z, Y, X) volumes "
-                          "with at most one channel axis can be used. Save one time point or "
-                          "channel group and try again.")
-    data = np.squeeze(data, axis=tuple(i for i in range(data.ndim) if i not in keep))
-    data = np.transpose(data, channel + spatial)
-    for _ in range(3 - len(spatial)):
-        data = np.expand_dims(data, len(channel))
-    return data
-
-
-def _tiff_voxel_size(tif: tifffile.TiffFile) -> VoxelSize | None:
-    meta = tif.imagej_metadata or next(iter(tif.shaped_metadata or ()), {})
-    page = tif.pages[0]
-    scale = _UM_PER_UNIT.get(int(page.tags.valueof("ResolutionUnit", 1)))
-    y, x = (_pixel_size(page.tags.valueof(name), scale) for name in ("YResolution", "XResolution"))
-    z = meta.get("spacing")
-    if z is None and y is None and x is None:
-        return None
-    return float(z or 1.0), y or 1.0, x or 1.0
-
-
-def _pixel_size(resolution: tuple[int, int] | None, scale: float | None) -> float | None:
-    """Pixel size from a TIFF rational resolution (pixels per unit); None if unset or (1, 1)."""
-    if resolution is None or scale is None or resolution[0] in (0, resolution[1]):
-        return None
-    return scale * resolution[1] / resolution[0]
-
-
-def _write_tiff(tmp: Path, data: np.ndarray, voxel: VoxelSize | None, compression: bool) -> None:
-    axes = {2: "YX", 3: "ZYX", 4: "CZYX"}.get(data.ndim)
-    if axes is None:
-        raise VolumeError(f"Cannot write an array of shape {data.shape} as TIFF. Give (Z, Y, X) "
-                          "or (C, Z, Y, X) data, or write HDF5 or .npy.")
-    imagej = data.dtype in _IMAGEJ_DTYPES
-    if imagej and data.ndim == 4:  # ImageJ hyperstacks are stored in TZCYXS order
-        data, axes = np.moveaxis(data, 0, 1), "ZCYX"
-    metadata: dict[str, Any] = {"axes": axes}
-    resolution, unit = None, None
-    if voxel is not None:
-        metadata.update(spacing=voxel[0], unit="um")
-        per_unit = 1.0 if imagej else 1e4  # ImageJ: pixels per micrometre; plain: per centimetre
-        resolution = (per_unit / voxel[2], per_unit / voxel[1])
-        unit = "NONE" if imagej else "CENTIMETER"
-    tifffile.imwrite(tmp, data, imagej=imagej, metadata=metadata, photometric="minisblack",
-                     resolution=resolution, resolutionunit=unit,
-                     compression="zlib" if compression else None,
-                     bigtiff=not imagej and data.nbytes > 2**31)
-
-
 def _read_hdf5(path: Path, key: str | None, lazy: bool) -> Volume:
     with _unreadable(path):
         file = h5py.File(path, "r")
     try:
-        dataset = _find_dataset(file, path, key)
-        volume = Volume(dataset, _h5_voxel_size(dataset), path, dataset.name, file)
+        dataset = _hdf5.find_dataset(file, path, key)
+        volume = Volume(dataset, _hdf5.voxel_size(dataset), path, dataset.name, file)
         if not lazy:
             with _unreadable(path):
                 volume.data = dataset[()]
@@ -411,82 +328,10 @@ def _read_hdf5(path: Path, key: str | None, lazy: bool) -> Volume:
         raise
 
 
-def _datasets(group: h5py.Group) -> list[h5py.Dataset]:
-    names: list[str] = []
-    group.visit(names.append)
-    return [node for node in map(group.get, names) if isinstance(node, h5py.Dataset)]
-
-
-def _find_dataset(file: h5py.File, path: Path, key: str | None) -> h5py.Dataset:
-    if key is not None:
-        node = file.get(key)
-        if not isinstance(node, h5py.Dataset):
-            raise VolumeError(f"{path} has no dataset {key}. Its datasets: "
-                              f"{_describe(_datasets(file))}.")
-        return node
-    volumes = [d for d in _datasets(file) if d.ndim >= 3]
-    if len(volumes) == 1:
-        return volumes[0]
-    if not volumes:
-        raise VolumeError(f"{path} holds no dataset with 3 or more dimensions (its datasets: "
-                          f"{_describe(_datasets(file))}). Choose a file that holds a volume.")
-    raise VolumeError(f"{path} holds several volumes: {_describe(volumes)}. Name the one to use "
-                      f"as {path}:/path/to/dataset, e.g. {path}:{volumes[0].name}")
-
-
-def _describe(datasets: list[h5py.Dataset], limit: int = 10) -> str:
-    """``"/raw (9, 8, 7) uint8; /labels ..."``, at most ``limit`` entries."""
-    text = "; ".join(f"{d.name} {d.shape} {d.dtype}" for d in datasets[:limit]) or "none"
-    return text + (f"; and {len(datasets) - limit} more" if len(datasets) > limit else "")
-
-
-def _h5_voxel_size(dataset: h5py.Dataset) -> VoxelSize | None:
-    for name in VOXEL_ATTRS:
-        try:
-            values = np.ravel(np.asarray(dataset.attrs.get(name, ()), dtype=float))
-        except (TypeError, ValueError):
-            continue
-        if values.size >= 3:
-            return tuple(float(v) for v in values[-3:])  # type: ignore[return-value]
-    return None
-
-
-def _open_h5_copy(path: Path, tmp: Path) -> h5py.File:
-    """Open ``tmp`` for writing, starting as a copy of ``path`` so its other datasets survive."""
-    if path.exists():
-        shutil.copy2(path, tmp)
-    try:
-        return h5py.File(tmp, "a")
-    except OSError as exc:
-        raise VolumeError(f"Cannot add a dataset to {path}: it is not a readable HDF5 file "
-                          f"({exc}). Choose another output file or delete this one.") from exc
-
-
-def _create_dataset(file: h5py.File, key: str, shape: tuple[int, ...], dtype: Any,
-                    voxel: VoxelSize | None, *, chunks: tuple[int, ...] | None = None,
-                    compression: bool = True) -> h5py.Dataset:
-    if key in file:
-        del file[key]
-    if 0 in shape or not shape:
-        chunks = None  # HDF5 cannot chunk an empty dataset
-    else:
-        chunks = chunks or tuple(64 if i >= len(shape) - 3 else 1 for i in range(len(shape)))
-        chunks = tuple(max(1, min(c, n)) for c, n in zip(chunks, shape))
-    dataset = file.create_dataset(key, shape=shape, dtype=dtype, chunks=chunks,
-                                  compression="gzip" if compression and chunks else None)
-    if voxel is not None:
-        dataset.attrs["element_size_um"] = np.asarray(voxel, dtype=np.float64)
-    return dataset
-
-
 def _target_exists(path: Path, key: str | None) -> bool:
     if not path.exists() or path.suffix.lower() not in HDF5_SUFFIXES:
         return path.exists()
-    try:
-        with h5py.File(path, "r") as file:
-            return (key or DEFAULT_KEY) in file
-    except OSError:
-        return True
+    return _hdf5.has_dataset(path, key or DEFAULT_KEY)
 
 
 def _temp_path(path: Path) -> Path:

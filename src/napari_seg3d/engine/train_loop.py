@@ -17,7 +17,7 @@ from .sampling import augment
 if TYPE_CHECKING:
     from .train import Trainer, TrainProgress, TrainResult
 
-_VAL_PATCHES = 8
+_VAL_PATCHES = 16
 
 
 def _make_batch(trainer: Trainer, iteration: int):

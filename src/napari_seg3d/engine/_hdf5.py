@@ -1,0 +1,100 @@
+"""HDF5 datasets for :mod:`napari_seg3d.engine.io`: find the volume in a file, read its voxel size,
+and add a chunked, compressed dataset to a copy of a file without losing its other datasets."""
+
+from __future__ import annotations
+
+import shutil
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+import h5py
+import numpy as np
+
+from .errors import VolumeError
+
+if TYPE_CHECKING:
+    from .io import VoxelSize
+
+VOXEL_ATTRS = ("element_size_um", "voxel_size", "resolution")
+
+
+def datasets(group: h5py.Group) -> list[h5py.Dataset]:
+    """Every dataset below ``group``, in visiting order."""
+    names: list[str] = []
+    group.visit(names.append)
+    return [node for node in map(group.get, names) if isinstance(node, h5py.Dataset)]
+
+
+def find_dataset(file: h5py.File, path: Path, key: str | None) -> h5py.Dataset:
+    """The dataset ``key``, or without a key the only dataset with 3 or more dimensions."""
+    if key is not None:
+        node = file.get(key)
+        if not isinstance(node, h5py.Dataset):
+            raise VolumeError(f"{path} has no dataset {key}. Its datasets: "
+                              f"{_describe(datasets(file))}.")
+        return node
+    volumes = [d for d in datasets(file) if d.ndim >= 3]
+    if len(volumes) == 1:
+        return volumes[0]
+    if not volumes:
+        raise VolumeError(f"{path} holds no dataset with 3 or more dimensions (its datasets: "
+                          f"{_describe(datasets(file))}). Choose a file that holds a volume.")
+    raise VolumeError(f"{path} holds several volumes: {_describe(volumes)}. Name the one to use "
+                      f"as {path}:/path/to/dataset, e.g. {path}:{volumes[0].name}")
+
+
+def _describe(items: list[h5py.Dataset], limit: int = 10) -> str:
+    """``"/raw (9, 8, 7) uint8; /labels ..."``, at most ``limit`` entries."""
+    text = "; ".join(f"{d.name} {d.shape} {d.dtype}" for d in items[:limit]) or "none"
+    return text + (f"; and {len(items) - limit} more" if len(items) > limit else "")
+
+
+def voxel_size(dataset: h5py.Dataset) -> VoxelSize | None:
+    """The last three values of the first of :data:`VOXEL_ATTRS` that holds three numbers."""
+    for name in VOXEL_ATTRS:
+        try:
+            values = np.ravel(np.asarray(dataset.attrs.get(name, ()), dtype=float))
+        except (TypeError, ValueError):
+            continue
+        if values.size >= 3:
+            return tuple(float(v) for v in values[-3:])  # type: ignore[return-value]
+    return None
+
+
+def has_dataset(path: Path, key: str) -> bool:
+    """Whether the existing file ``path`` holds ``key`` (True when it is not readable HDF5)."""
+    try:
+        with h5py.File(path, "r") as file:
+            return key in file
+    except OSError:
+        return True
+
+
+def open_copy(path: Path, tmp: Path) -> h5py.File:
+    """Open ``tmp`` for writing, starting as a copy of ``path`` so its other datasets survive."""
+    if path.exists():
+        shutil.copy2(path, tmp)
+    try:
+        return h5py.File(tmp, "a")
+    except OSError as exc:
+        raise VolumeError(f"Cannot add a dataset to {path}: it is not a readable HDF5 file "
+                          f"({exc}). Choose another output file or delete this one.") from exc
+
+
+def create_dataset(file: h5py.File, key: str, shape: tuple[int, ...], dtype: Any,
+                   voxel: VoxelSize | None, *, chunks: tuple[int, ...] | None = None,
+                   compression: bool = True) -> h5py.Dataset:
+    """Replace ``key`` in ``file`` by an empty dataset, chunked (default ``64`` on the spatial axes)
+    and gzip-compressed, with ``voxel`` as its ``element_size_um`` attribute."""
+    if key in file:
+        del file[key]
+    if 0 in shape or not shape:
+        chunks = None  # HDF5 cannot chunk an empty dataset
+    else:
+        chunks = chunks or tuple(64 if i >= len(shape) - 3 else 1 for i in range(len(shape)))
+        chunks = tuple(max(1, min(c, n)) for c, n in zip(chunks, shape))
+    dataset = file.create_dataset(key, shape=shape, dtype=dtype, chunks=chunks,
+                                  compression="gzip" if compression and chunks else None)
+    if voxel is not None:
+        dataset.attrs["element_size_um"] = np.asarray(voxel, dtype=np.float64)
+    return dataset
