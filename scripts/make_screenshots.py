@@ -76,7 +76,7 @@ def shoot(viewer, app, path: Path) -> None:
         img.resize((int(img.width * scale), int(img.height * scale)),
                    Image.Resampling.LANCZOS).save(path, optimize=True)
     print(f"  {path.relative_to(ROOT) if path.is_relative_to(ROOT) else path}: "
-          f"{path.stat().st_size // 1000} KB")
+          f"{path.stat().st_size // 1000} KB", flush=True)
 
 
 def mirror_tile(image: np.ndarray, reps: tuple[int, int, int]) -> np.ndarray:
@@ -141,17 +141,25 @@ def run(out: Path, iterations: int) -> int:
 
         # --- training.png: training with the live plot and the live preview ----------------------
         train.iterations_spin.setValue(iterations)
-        train.preview_check.setChecked(True)
-        train.preview_interval_s = 1.5
+        train.preview_interval_s = 1.0
         t0 = time.monotonic()
         if not train.start_training():
             print("Training could not start.", file=sys.stderr)
             return 1
-        # a screenshot while it runs (status line, progress, plot, preview), near the end
-        wait(app, lambda: train.worker is None or (
-            train._job is not None and train._job.latest is not None
-            and train._job.latest.iteration >= int(iterations * 0.85)
-            and "nuclei preview" in viewer.layers), timeout=900, what="Training")
+
+        def iteration() -> int:
+            job = train._job
+            return 0 if job is None or job.latest is None else job.latest.iteration
+
+        # the live preview costs a prediction a second on the CPU: switch it on near the end only
+        wait(app, lambda: train.worker is None or iteration() >= int(iterations * 0.7),
+             timeout=900, what="Training")
+        train.preview_check.setChecked(True)
+        print(f"  iteration {iteration()} after {time.monotonic() - t0:.0f} s", flush=True)
+        # a screenshot while it runs (status line, progress, plot, preview)
+        wait(app, lambda: train.worker is None or "nuclei preview" in viewer.layers,
+             timeout=900, what="Training")
+        pump(app, 1.0)
         viewer.layers.selection.active = ann
         shoot(viewer, app, out / "training.png")
         wait(app, lambda: train.worker is None, timeout=900, what="Training")

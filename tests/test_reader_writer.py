@@ -82,7 +82,7 @@ def test_writer_round_trip(tmp_path):
     volume = read_volume(f"{path}:/labels")
     np.testing.assert_array_equal(volume.data, labels)
     assert volume.voxel_size == (3.0, 1.0, 0.5)
-    data, kwargs, kind = get_reader(str(path))(str(path))[0]
+    _data, kwargs, kind = get_reader(str(path))(str(path))[0]
     assert (kind, kwargs["name"], kwargs["scale"]) == ("labels", "labels", (3.0, 1.0, 0.5))
     assert list(tmp_path.iterdir()) == [path]  # no temporary file left behind
 

@@ -7,8 +7,6 @@ failure or a cancel never leaves a partial output under its final name.
 
 from __future__ import annotations
 
-import tempfile
-from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -18,42 +16,17 @@ from qtpy.QtWidgets import (QAbstractItemView, QCheckBox, QComboBox, QDoubleSpin
                             QFormLayout, QHBoxLayout, QLabel, QLineEdit, QListWidget, QPushButton,
                             QVBoxLayout, QWidget)
 
-from ..engine import ModelFileError, SegmentationModel, load_model
-from ..engine.batch import FileProgress, FileResult, expand_inputs, iter_predict_files
+from ..engine import ModelFileError
+from ..engine.batch import FileProgress, FileResult, expand_inputs
 from ..engine.errors import Seg3DError
 from ..engine.io import SUFFIXES, read_volume
+from ._batch_job import BatchJob, run_batch_job, writable_folder
 from ._batch_progress import BatchProgress, file_progress_text, summary_text
 from ._session import SESSION
 
 MODEL_FILE = "Model file"
 FORMATS = ("tif", "h5")
 _INPUT_FILTER = "Volumes (" + " ".join(f"*{s}" for s in SUFFIXES) + ");;All files (*)"
-
-
-@dataclass(frozen=True)
-class _Job:
-    """Everything a run needs, read from the form once when *Run* is pressed."""
-
-    inputs: list[str]
-    model: SegmentationModel | None
-    model_path: Path | None
-    out_dir: Path
-    fmt: str
-    overwrite: bool
-    overlap: float
-    tta: bool
-
-
-def _run_job(job: _Job):
-    """The worker body: load the model, then predict file by file. Returns the list of
-    :class:`FileResult`, or the sentence of an error that stopped the whole run."""
-    try:
-        model = job.model if job.model is not None else load_model(job.model_path)
-    except ModelFileError as exc:
-        return str(exc)
-    return (yield from iter_predict_files(model, job.inputs, job.out_dir, fmt=job.fmt,
-                                          overwrite=job.overwrite, overlap=job.overlap,
-                                          tta=job.tta))
 
 
 class BatchPredictWidget(QWidget):
@@ -133,7 +106,7 @@ class BatchPredictWidget(QWidget):
         self.results = []
         self._progress.reset(len(job.inputs))
         self._status.setText(f"Predicting {len(job.inputs)} file(s)...")
-        worker = thread_worker(_run_job, start_thread=False)(job)
+        worker = thread_worker(run_batch_job, start_thread=False)(job)
         worker.yielded.connect(self._on_yielded)
         worker.returned.connect(self._on_returned)
         worker.aborted.connect(self._on_aborted)
@@ -239,7 +212,7 @@ class BatchPredictWidget(QWidget):
                               self._model_choice, self._model_path, browse_model, self._out_dir,
                               browse_out, self._format, self._overwrite, self._overlap, self._tta]
 
-    def _job(self) -> _Job:
+    def _job(self) -> BatchJob:
         inputs = expand_inputs(self.inputs(), self._pattern.text().strip() or "*")
         if not inputs:
             raise ValueError("No input files: add files, or a folder with files matching "
@@ -255,7 +228,7 @@ class BatchPredictWidget(QWidget):
                 raise ModelFileError("No model chosen: choose a model file or a model trained "
                                      "in this session.")
             model_path = Path(text).expanduser()
-        return _Job(inputs, model, model_path, _writable_folder(self._out_dir.text()),
+        return BatchJob(inputs, model, model_path, writable_folder(self._out_dir.text()),
                     self._format.currentText(), self._overwrite.isChecked(),
                     float(self._overlap.value()), self._tta.isChecked())
 
@@ -335,21 +308,6 @@ class BatchPredictWidget(QWidget):
         folder = QFileDialog.getExistingDirectory(self, "Output folder")
         if folder:
             self.set_output_dir(folder)
-
-
-def _writable_folder(text: str) -> Path:
-    """The output folder, created if needed; raises a sentence if it cannot be written to."""
-    if not text.strip():
-        raise ValueError("No output folder: choose the folder the predictions go to.")
-    folder = Path(text.strip()).expanduser()
-    try:
-        folder.mkdir(parents=True, exist_ok=True)
-        with tempfile.TemporaryFile(dir=folder):
-            pass
-    except OSError as exc:
-        raise OSError(f"Cannot write to the output folder {folder} ({exc.strerror or exc}). "
-                      "Choose a folder you can write to.") from exc
-    return folder
 
 
 def _row(*widgets: QWidget) -> QWidget:

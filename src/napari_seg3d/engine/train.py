@@ -10,7 +10,6 @@ import copy
 import logging
 import math
 import threading
-import time
 from dataclasses import dataclass
 from typing import Generator
 
@@ -19,10 +18,9 @@ import torch
 
 from .config import ModelConfig, TrainConfig
 from .errors import AnnotationError
-from .losses import dice_per_class, is_binary_loss, make_loss
+from .losses import is_binary_loss, make_loss
 from .model_file import SegmentationModel, resolve_device
 from .models import anisotropic_pooling, build_model
-from .prefetch import Prefetcher
 from .sampling import (AnnotationSet, PatchSampler, class_values_of, compute_normalization,
                        make_annotations)
 

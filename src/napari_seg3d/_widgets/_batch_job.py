@@ -1,0 +1,51 @@
+"""What one *Batch predict* run needs, read from the form once, and the worker body that runs it."""
+
+from __future__ import annotations
+
+import tempfile
+from dataclasses import dataclass
+from pathlib import Path
+
+from ..engine import ModelFileError, SegmentationModel, load_model
+from ..engine.batch import iter_predict_files
+
+
+@dataclass(frozen=True)
+class BatchJob:
+    """Everything a run needs, read from the form once when *Run* is pressed."""
+
+    inputs: list[str]
+    model: SegmentationModel | None
+    model_path: Path | None
+    out_dir: Path
+    fmt: str
+    overwrite: bool
+    overlap: float
+    tta: bool
+
+
+def run_batch_job(job: BatchJob):
+    """The worker body: load the model, then predict file by file. Returns the list of
+    :class:`FileResult`, or the sentence of an error that stopped the whole run."""
+    try:
+        model = job.model if job.model is not None else load_model(job.model_path)
+    except ModelFileError as exc:
+        return str(exc)
+    return (yield from iter_predict_files(model, job.inputs, job.out_dir, fmt=job.fmt,
+                                          overwrite=job.overwrite, overlap=job.overlap,
+                                          tta=job.tta))
+
+
+def writable_folder(text: str) -> Path:
+    """The output folder, created if needed; raises a sentence if it cannot be written to."""
+    if not text.strip():
+        raise ValueError("No output folder: choose the folder the predictions go to.")
+    folder = Path(text.strip()).expanduser()
+    try:
+        folder.mkdir(parents=True, exist_ok=True)
+        with tempfile.TemporaryFile(dir=folder):
+            pass
+    except OSError as exc:
+        raise OSError(f"Cannot write to the output folder {folder} ({exc.strerror or exc}). "
+                      "Choose a folder you can write to.") from exc
+    return folder

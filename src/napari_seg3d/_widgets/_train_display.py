@@ -1,0 +1,122 @@
+"""What the Train widget shows of a run: the status line, the plot of the loss and validation
+Dice, napari's progress bar and the live preview layer. Only the GUI thread calls it."""
+
+from __future__ import annotations
+
+from typing import TYPE_CHECKING
+
+import numpy as np
+from napari.utils import progress
+
+from . import _layers
+
+if TYPE_CHECKING:
+    from qtpy.QtWidgets import QLabel
+
+    from ..engine import Preview, SegmentationModel, TrainProgress, TrainResult
+    from ._plot import TrainingPlot
+    from ._train_job import TrainJob
+
+
+class TrainingDisplay:
+    """The views of one run at a time.
+
+    Attributes:
+        history: ``(iterations, losses, validation iterations, validation Dice per class)`` of
+            the plot, from the first iteration of a resumed run on.
+    """
+
+    def __init__(self, viewer, status: QLabel, plot: TrainingPlot) -> None:
+        self.viewer, self.status, self.plot = viewer, status, plot
+        self.history: tuple[list, list, list, list] = ([], [], [], [])
+        self._bar = None
+        self._preview_writer: _layers.RegionWriter | None = None
+        self._preview_region = None
+        self._rendering = False
+
+    def start(self, job: TrainJob, last_model: SegmentationModel | None) -> None:
+        """Start the plot (with the history of the run ``job`` resumes) and the progress bar."""
+        history = last_model.history if job.start_iteration and last_model else {}
+        losses = list(history.get("loss", []))[:job.start_iteration]
+        self.history = (list(range(1, len(losses) + 1)), losses,
+                        list(history.get("val_iteration", [])), list(history.get("val_dice", [])))
+        self.plot.clear()
+        self._bar = progress(total=job.iterations - job.start_iteration, desc="Training")
+
+    def record(self, p: TrainProgress) -> None:
+        its, losses, val_its, val_dice = self.history
+        its.append(p.iteration)
+        losses.append(p.loss)
+        if p.val_dice is not None:
+            val_its.append(p.iteration)
+            val_dice.append(list(p.val_dice))
+
+    def render(self, job: TrainJob, names: tuple[str, ...]) -> None:
+        """Status line, plot and progress bar from the newest progress record of ``job``."""
+        p = job.latest
+        if p is None or self._rendering:
+            return
+        self._rendering = True
+        try:
+            parts = [f"Iteration {p.iteration}/{p.iterations}", f"loss {p.loss:.4f}"]
+            if self.history[3]:
+                parts.append("val Dice " + _dice_text(self.history[3][-1], names))
+            parts += [f"{p.voxels_per_s / 1e6:.2f} Mvoxel/s", f"ETA {_duration(p.eta_s)}"]
+            if job.stop_requested:
+                parts.append("stopping...")
+            self.status.setText(" · ".join(parts))
+            self.plot.set_data(*self.history, names)
+            # last: napari's progress bar processes events
+            _layers.advance(self._bar, p.iteration - job.start_iteration)
+        finally:
+            self._rendering = False
+
+    def show_result(self, result: TrainResult, name: str) -> None:
+        """How the run ended and how good its best model is, saved in the session as ``name``."""
+        best = result.best.history.get("best_val_dice")
+        how = f"Stopped at iteration {result.last.iteration}" if result.stopped else \
+            f"Trained {result.last.iteration} iterations"
+        quality = ("best val Dice " + _dice_text(best, result.best.class_names)
+                   + f" (iteration {result.best.iteration})") if best else \
+            "no validation set (paint more strokes on more slices to get one)"
+        self.status.setText(f"{how}; {quality}. '{name}' is ready in Predict.")
+
+    def show_preview(self, image, preview: Preview) -> None:
+        """Write the preview into ``<image> preview`` (made if needed), clearing the last one."""
+        writer = self._preview_writer
+        name = f"{image.name} preview"
+        if (writer is None or writer.layer not in self.viewer.layers or writer.layer.name != name
+                or writer.layer.data.dtype != preview.labels.dtype):
+            layer = _layers.output_labels_layer(self.viewer, name, image, preview.labels.dtype,
+                                                "preview", opacity=0.5)
+            writer = self._preview_writer = _layers.RegionWriter(layer, interval=0.1)
+            self._preview_region = None
+        if self._preview_region is not None:
+            writer.write(self._preview_region, 0)
+        writer.write(preview.slices, preview.labels)
+        self._preview_region = preview.slices
+
+    def finish(self, job: TrainJob | None, names: tuple[str, ...]) -> None:
+        """Draw the whole history, show the last preview and close the progress bar (last: it
+        processes events)."""
+        bar, self._bar = self._bar, None
+        self.plot.set_data(*self.history, names)
+        if self._preview_writer is not None:
+            self._preview_writer.close()
+        if bar is not None:
+            if job is not None and job.latest is not None:
+                _layers.advance(bar, job.latest.iteration - job.start_iteration)
+            bar.close()
+
+
+def _dice_text(dice, names) -> str:
+    """``"background: 0.91, nucleus: 0.78"`` (the index where a class has no name)."""
+    return ", ".join(f"{names[i] if i < len(names) else i}: {d:.2f}" for i, d in enumerate(dice))
+
+
+def _duration(seconds: float) -> str:
+    if not np.isfinite(seconds):
+        return "?"
+    m, s = divmod(int(round(seconds)), 60)
+    h, m = divmod(m, 60)
+    return f"{h}:{m:02d}:{s:02d}" if h else f"{m}:{s:02d}"
