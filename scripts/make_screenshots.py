@@ -60,11 +60,33 @@ def wait(app, done, timeout: float, what: str) -> None:
             raise TimeoutError(f"{what} did not finish in {timeout:.0f} s.")
 
 
-def shoot(viewer, app, path: Path) -> None:
+def dismiss_notifications(viewer) -> None:
+    """Close the notification toasts (they would cover the canvas in the next screenshot)."""
+    try:
+        from napari._qt.dialogs.qt_notification import NapariQtNotification
+    except ImportError:  # moved in another napari version: keep the toasts
+        return
+    for toast in viewer.window._qt_window.findChildren(NapariQtNotification):
+        toast.hide()
+
+
+def layout(viewer, app, docks=(), widths=()) -> None:
+    """The window at 1500 x 950, the right-hand docks at ``widths`` pixels."""
+    from qtpy.QtCore import Qt
+
+    window = viewer.window._qt_window
+    window.resize(1500, 950)
+    if docks:
+        window.resizeDocks(list(docks), list(widths), Qt.Orientation.Horizontal)
+    pump(app, 0.3)
+
+
+def shoot(viewer, app, path: Path, settle: float = 0.5) -> None:
     """Screenshot of the whole window; shrunk to an adaptive palette if over MAX_BYTES."""
     from PIL import Image
 
-    pump(app, 0.5)
+    dismiss_notifications(viewer)
+    pump(app, settle)
     viewer.screenshot(str(path), canvas_only=False)
     if path.stat().st_size > MAX_BYTES:
         img = Image.open(path).convert("RGB")
@@ -110,6 +132,7 @@ def main(argv: list[str] | None = None) -> int:
 def run(out: Path, iterations: int) -> int:
     import napari
     import tifffile
+    from qtpy.QtCore import Qt
     from qtpy.QtWidgets import QApplication
 
     from napari_seg3d._sample_data import load_nuclei
@@ -127,8 +150,6 @@ def run(out: Path, iterations: int) -> int:
         dock_train, train = viewer.window.add_plugin_dock_widget(PLUGIN, "Train")
         image = viewer.layers["nuclei"]
         ann = viewer.layers["nuclei annotations"]
-        z_mid = image.data.shape[0] // 2
-        viewer.dims.set_current_step(0, z_mid)
         # the z-slice with the most strokes, so the screenshot shows some
         z_best = int(np.argmax((np.asarray(ann.data) > 0).sum(axis=(1, 2))))
         viewer.dims.set_current_step(0, z_best)
@@ -136,6 +157,7 @@ def run(out: Path, iterations: int) -> int:
         ann.mode = "paint"
         ann.selected_label = 2
         ann.brush_size = 3
+        layout(viewer, app, [dock_train], [440])
         viewer.reset_view()
         shoot(viewer, app, out / "annotate.png")
 
@@ -162,6 +184,8 @@ def run(out: Path, iterations: int) -> int:
         pump(app, 1.0)
         viewer.layers.selection.active = ann
         shoot(viewer, app, out / "training.png")
+        train.preview_check.setChecked(False)  # the rest of the run at full speed
+        print(f"  iteration {iteration()} after {time.monotonic() - t0:.0f} s", flush=True)
         wait(app, lambda: train.worker is None, timeout=900, what="Training")
         print(f"  trained {iterations} iterations in {time.monotonic() - t0:.0f} s")
         model = train.model
@@ -170,13 +194,17 @@ def run(out: Path, iterations: int) -> int:
         if "nuclei preview" in viewer.layers:
             viewer.layers.remove("nuclei preview")
 
-        # --- demo.png: sample + prediction, Train and Predict widgets -----------------------------
+        # --- demo.png: sample + prediction; Train on the right, Predict under the layer list -----
         dock_predict, predict = viewer.window.add_plugin_dock_widget(PLUGIN, "Predict")
+        viewer.window._qt_window.addDockWidget(Qt.DockWidgetArea.LeftDockWidgetArea,
+                                               dock_predict)
+        layout(viewer, app, [dock_train, dock_predict], [440, 330])
         predict.image_combo.setCurrentText("nuclei")
         predict.start_prediction()
         wait(app, lambda: predict.worker is None, timeout=300, what="Prediction")
         predict.layer.opacity = 0.5
         viewer.layers.selection.active = predict.layer
+        viewer.reset_view()
         shoot(viewer, app, out / "demo.png")
 
         # --- prediction-streaming.png: a larger volume, half predicted ---------------------------
@@ -184,24 +212,29 @@ def run(out: Path, iterations: int) -> int:
         for layer in list(viewer.layers):
             layer.visible = False
         viewer.window.remove_dock_widget(dock_train)
+        viewer.window._qt_window.addDockWidget(Qt.DockWidgetArea.RightDockWidgetArea,
+                                               dock_predict)
+        viewer.window._qt_window.resizeDocks([viewer.window._qt_viewer.dockLayerList], [300],
+                                             Qt.Orientation.Horizontal)
         big_layer = viewer.add_image(big, name="nuclei x12", colormap="gray")
         predict.image_combo.setCurrentText("nuclei x12")
         predict.batch_spin.setValue(2)  # smaller steps: the stream advances in more, finer slabs
         viewer.dims.order = (1, 0, 2)  # look from the side: z runs down the screen
         viewer.dims.set_current_step(1, big.shape[1] // 2)
+        layout(viewer, app, [dock_predict], [440])
         viewer.reset_view()
         pump(app, 0.5)
         predict.start_prediction()
         layer = predict.layer
         layer.opacity = 0.6
+        viewer.layers.selection.active = layer
         half = big.shape[0] // 2
-        wait(app, lambda: predict.worker is None or filled_slabs(layer.data) >= half,
+        wait(app, lambda: predict.worker is None or filled_slabs(layer.data) >= half - 4,
              timeout=300, what="Streaming prediction")
+        shoot(viewer, app, out / "prediction-streaming.png", settle=0.15)  # while it streams
+        print(f"  {filled_slabs(layer.data)}/{big.shape[0]} z-slices in the screenshot")
         predict.cancel()  # what is done stays, the layer is marked (partial)
         wait(app, lambda: predict.worker is None, timeout=60, what="Cancel")
-        viewer.layers.selection.active = layer
-        print(f"  streamed {filled_slabs(layer.data)}/{big.shape[0]} z-slices before cancelling")
-        shoot(viewer, app, out / "prediction-streaming.png")
 
         # --- batch.png: three files, one corrupt --------------------------------------------------
         viewer.window.remove_dock_widget(dock_predict)
@@ -209,7 +242,7 @@ def run(out: Path, iterations: int) -> int:
         viewer.layers.remove(layer)
         viewer.dims.order = (0, 1, 2)
         for lyr in viewer.layers:
-            lyr.visible = lyr.name in ("nuclei",)
+            lyr.visible = False
         vols = tmp / "volumes"
         vols.mkdir()
         raw, _, _ = load_nuclei()
@@ -217,16 +250,20 @@ def run(out: Path, iterations: int) -> int:
         tifffile.imwrite(vols / "embryo_02.tif", np.ascontiguousarray(raw[:, ::-1]))
         good = (vols / "embryo_01.tif").read_bytes()
         (vols / "embryo_03.tif").write_bytes(good[: len(good) // 3])  # a truncated copy
-        _, batch = viewer.window.add_plugin_dock_widget(PLUGIN, "Batch predict")
+        dock_batch, batch = viewer.window.add_plugin_dock_widget(PLUGIN, "Batch predict")
         batch.set_inputs([vols])
         batch.set_model_path(model_path)
         batch.set_output_dir(tmp / "results")
         batch.run()
         wait(app, lambda: batch.worker is None, timeout=300, what="Batch prediction")
+        viewer.add_image(raw, name="embryo_01")
         opened = batch.open_results()
+        for lyr in opened:
+            lyr.opacity = 0.5
         for lyr in opened[1:]:
             lyr.visible = False
-        batch._table.resizeColumnsToContents()
+        layout(viewer, app, [dock_batch], [520])
+        batch._table.resizeRowsToContents()  # the failure reason wraps instead of being cut
         shoot(viewer, app, out / "batch.png")
         print("  batch: " + ", ".join(f"{Path(r.input).name} {r.status}" for r in batch.results))
     finally:

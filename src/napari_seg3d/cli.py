@@ -149,7 +149,7 @@ def build_parser() -> argparse.ArgumentParser:
     t.add_argument("--image", required=True, help="TIFF, HDF5 (file.h5:/key) or .npy volume")
     t.add_argument("--labels", required=True, help="annotations: 0 = not annotated, 1.. = classes")
     t.add_argument("--out", required=True, help="model file to write (the best model)")
-    t.add_argument("--iterations", type=int, default=300)
+    t.add_argument("--iterations", type=int, default=400)
     t.add_argument("--patch-size", type=int, nargs=3, metavar=("Z", "Y", "X"))
     t.add_argument("--batch-size", type=int, default=2)
     t.add_argument("--learning-rate", type=float, default=3e-3)
@@ -185,7 +185,7 @@ def build_parser() -> argparse.ArgumentParser:
 
     d = sub.add_parser("demo", help="the whole workflow on the bundled nuclei sample")
     d.add_argument("--out", default="demo-output", help="folder for the screenshot, model, prediction")
-    d.add_argument("--iterations", type=int, default=300)
+    d.add_argument("--iterations", type=int, default=400)
     d.add_argument("--headless", action="store_true", help="scripted run, even with a display")
     d.add_argument("--device", default="auto", choices=["auto", "cpu", "cuda", "mps"])
     d.set_defaults(func=_demo)

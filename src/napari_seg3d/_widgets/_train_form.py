@@ -88,7 +88,7 @@ class TrainForm(QWidget):
             self.patch_spins.append(spin)
             row.addWidget(spin)
         form.addRow("Patch size", row)
-        self.iterations_spin = QSpinBox(minimum=1, maximum=1_000_000, value=300, singleStep=100)
+        self.iterations_spin = QSpinBox(minimum=1, maximum=1_000_000, value=400, singleStep=100)
         self.batch_spin = QSpinBox(minimum=1, maximum=256, value=2)
         form.addRow("Iterations", self.iterations_spin)
         form.addRow("Batch size", self.batch_spin)

@@ -18,7 +18,7 @@ if TYPE_CHECKING:
     from .train import Trainer, TrainProgress, TrainResult
 
 _VAL_PATCHES = 16
-_BEST_MARGIN = 0.01
+_BEST_MARGIN = 0.05
 
 
 def _make_batch(trainer: Trainer, iteration: int):
@@ -141,8 +141,10 @@ def training_loop(trainer: Trainer) -> Generator[TrainProgress, np.ndarray | Non
                     m.history["val_dice"].append(list(val_dice))
                     m.history["val_iteration"].append(it + 1)
                 score = _score(val_dice, m.history)
-                # Held-out strokes are few, so their Dice is noisy and saturates early: a later
-                # model within _BEST_MARGIN of the best score replaces it (it has seen more).
+                # Held-out strokes are few and easy (inside objects, far from borders), so their
+                # Dice saturates early and is noisy: on the nuclei sample the model picked at the
+                # top score was often an early one, 0.05 worse against the ground truth than the
+                # last. A later model replaces the best unless validation clearly degraded.
                 if score >= best_score - _BEST_MARGIN:
                     best_score, is_best = max(score, best_score), True
                     if val_dice is not None:
