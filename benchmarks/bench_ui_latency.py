@@ -45,6 +45,7 @@ PATCH = (16, 64, 64)
 BASE_FILTERS = 8
 LEAD_S, TAIL_S, SETTLE_S = 0.2, 0.5, 1.5  # measured before a press / after the end; unmeasured
 STALL_MS = 50.0  # ticks later than this are listed with the handlers that ran during them
+STALLS_SHOWN = 3  # per phase
 
 NOTES = """\
 Notes:
@@ -233,6 +234,33 @@ class Handlers:
         self.wrap(progress, "update", "napari progress.update")
         self.wrap(Layer, "refresh", "napari Layer.refresh")
         self.wrap(FigureCanvasQTAgg, "draw", "matplotlib FigureCanvasQTAgg.draw")
+        self.wrap(FigureCanvasQTAgg, "paintEvent", "matplotlib FigureCanvasQTAgg.paintEvent")
+        self._wrap_window_events()
+
+    def _wrap_window_events(self, min_s: float = 0.002) -> None:
+        """Time napari's main-window events (its ``event`` override is Python) taking at least
+        ``min_s``, by type: an UpdateRequest is Qt repainting and composing the window (the
+        canvas's paintGL nests in it)."""
+        from napari._qt.qt_main_window import _QtMainWindow
+
+        original = _QtMainWindow.event
+        calls, counts, handlers = self.calls, self.counts, self
+
+        @functools.wraps(original)
+        def event(window, e):
+            depth, handlers._depth = handlers._depth, handlers._depth + 1
+            t = time.perf_counter()
+            try:
+                return original(window, e)
+            finally:
+                dur = time.perf_counter() - t
+                handlers._depth = depth
+                if dur >= min_s:
+                    name = f"Qt window event {getattr(e.type(), 'name', e.type())}"
+                    calls.append((name, t, dur, depth))
+                    counts[name] += 1
+
+        _QtMainWindow.event = event
 
     def install_canvas(self, gl_finish: bool) -> None:
         """Time the canvas paints (vispy's Qt backend can only be imported by vispy: patch it once
@@ -597,6 +625,18 @@ def _last_ms(handlers: Handlers, name: str) -> float | None:
     return None
 
 
+def _overlapping(calls, a: float, b: float, min_s: float = 0.005, most: int = 8) -> str:
+    """The calls that ran at least ``min_s`` of the interval ``(a, b)``, in order: ``name ms``,
+    or ``name ms (of total)`` when the call was longer than its part of the interval."""
+    out = []
+    for name, start, dur, depth in sorted(calls, key=lambda c: c[1]):
+        part = min(start + dur, b) - max(start, a)
+        if part >= min_s:
+            total = f" (of {dur * 1e3:.0f})" if dur - part > 0.002 else ""
+            out.append(f"{'>' * depth}{name} {part * 1e3:.0f}{total}")
+    return "; ".join(out[:most])
+
+
 def _report(args, rows, phases, first_region, start_ms, handlers, probe, sampler, monitor,
             painted, renderer, total_s, virtual, env) -> None:
     z, y, x = args.size
@@ -639,34 +679,32 @@ def _report(args, rows, phases, first_region, start_ms, handlers, probe, sampler
         [n] + [f"{s[n]['max_ms']:.0f}/{s[n]['total_ms']:.0f} ({s[n]['calls']})" if n in s else ""
                for s in shown.values()] for n in names]))
 
-    # The longest stalls and what ran in them.
-    stalls = []
+    # The longest stalls of each phase and what ran in them.
+    stalls: list[tuple[float, str, float, float]] = []
+    print()
+    print(f"Ticks more than {STALL_MS:.0f} ms late, the {STALLS_SHOWN} longest of each phase, with "
+          "the GUI-thread calls of 5 ms or more that ran in them ('>': nested in the call before):")
     for p, nd, t0, t1 in phases:
         ends, late = probe.window(t0, t1)
-        for end, lt in zip(ends, late):
-            if lt > STALL_MS:
-                stalls.append((float(lt), f"{p} {nd}D", float(end) - (lt + TICK_MS) / 1e3,
-                               float(end)))
-    stalls.sort(reverse=True)
-    print()
-    if not stalls:
-        print(f"No tick was more than {STALL_MS:.0f} ms late.")
-    else:
-        print(f"Ticks more than {STALL_MS:.0f} ms late: {len(stalls)}; the longest, with the "
-              "GUI-thread calls of 5 ms or more that ran in them (nesting shown by '>'):")
-        for lt, where, a, b in stalls[:10]:
-            inner = [c for c in handlers.calls if a <= c[1] and c[1] + c[2] <= b + 1e-4
-                     and c[2] >= 0.005]
-            inner.sort(key=lambda c: c[1])
-            text = "; ".join(f"{'>' * d}{n} {dur * 1e3:.0f}" for n, _, dur, d in inner[:8]) \
-                or "(no instrumented call: napari/Qt internals)"
-            print(f"  {lt:6.0f} ms  {where:10s}  {text}")
+        found = sorted(((float(lt), f"{p} {nd}D", float(end) - (lt + TICK_MS) / 1e3, float(end))
+                        for end, lt in zip(ends, late) if lt > STALL_MS), reverse=True)
+        stalls += found
+        if not found:
+            continue
+        print(f"  {p} {nd}D: {len(found)} ticks")
+        for lt, _, a, b in found[:STALLS_SHOWN]:
+            text = _overlapping(handlers.calls, a, b) \
+                or "(no instrumented call: napari/Qt internals or the GIL)"
+            print(f"    {lt:6.0f} ms  {text}")
             if sampler is not None:
                 key = max((k for k in sampler.samples if a - 1e-3 <= k <= a + 1e-3), default=None)
                 for stack, n in collections.Counter(
                         frames_of_interest(s) for s in sampler.samples.get(key, [])
-                ).most_common(3):
-                    print(f"           {n} samples: {stack}")
+                ).most_common(2):
+                    print(f"               {n} samples: {stack}")
+    if not stalls:
+        print("  none")
+    stalls.sort(reverse=True)
     print()
     print(NOTES.format(lead=LEAD_S, tail=TAIL_S, redraws=args.redraws))
     note = monitor.note()

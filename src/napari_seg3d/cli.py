@@ -7,6 +7,7 @@ Errors a user can cause end with one line on stderr and exit code 2 (1 for anyth
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import json
 import logging
 import sys
@@ -15,6 +16,9 @@ from pathlib import Path
 import numpy as np
 
 log = logging.getLogger("napari_seg3d")
+
+
+_TRAIN_SETTINGS = ("batch_size", "learning_rate", "loss", "seed", "validation_fraction")
 
 
 def _train(args: argparse.Namespace) -> int:
@@ -32,13 +36,16 @@ def _train(args: argparse.Namespace) -> int:
     else:
         patch = tuple(args.patch_size or propose_patch_size(image.data.shape[-3:], voxel))
     start = init.iteration if args.resume else 0
-    cfg = TrainConfig(patch_size=patch, batch_size=args.batch_size, iterations=start + args.iterations,
-                      learning_rate=args.learning_rate, loss=args.loss, device=args.device,
-                      seed=args.seed, validation_fraction=args.validation_fraction)
+    # settings not given on the command line come from the model file (resume, fine-tune)
+    base = init.train_config if init is not None else TrainConfig()
+    given = {name: getattr(args, name) for name in _TRAIN_SETTINGS}
+    cfg = dataclasses.replace(
+        base, patch_size=patch, iterations=start + args.iterations, device=args.device,
+        **{k: v for k, v in given.items() if v is not None})
     model_config = None
     if init is None:
         channels = image.data.shape[0] if image.data.ndim == 4 else 1
-        k = 1 if is_binary_loss(args.loss) else len(np.unique(labels[labels > 0]))
+        k = 1 if is_binary_loss(cfg.loss) else len(np.unique(labels[labels > 0]))
         model_config = default_model_config(channels, k, patch, voxel,
                                             base_filters=args.base_filters, levels=args.levels)
     trainer = Trainer(image.data, labels, cfg, model_config=model_config, voxel_size=voxel,
@@ -141,6 +148,8 @@ def _demo(args: argparse.Namespace) -> int:
 
 
 def build_parser() -> argparse.ArgumentParser:
+    from .engine.config import LOSSES
+
     p = argparse.ArgumentParser(prog="napari-seg3d", description=__doc__.splitlines()[0])
     p.add_argument("--debug", action="store_true", help="show tracebacks and debug logging")
     sub = p.add_subparsers(dest="command", required=True)
@@ -151,14 +160,14 @@ def build_parser() -> argparse.ArgumentParser:
     t.add_argument("--out", required=True, help="model file to write (the best model)")
     t.add_argument("--iterations", type=int, default=400)
     t.add_argument("--patch-size", type=int, nargs=3, metavar=("Z", "Y", "X"))
-    t.add_argument("--batch-size", type=int, default=2)
-    t.add_argument("--learning-rate", type=float, default=3e-3)
-    t.add_argument("--loss", default="ce_dice", help="ce_dice, ce, dice, bce or bce_dice")
+    t.add_argument("--batch-size", type=int, help="default 2")
+    t.add_argument("--learning-rate", type=float, help="default 0.003")
+    t.add_argument("--loss", help=f"{', '.join(LOSSES)} (default ce_dice)")
     t.add_argument("--base-filters", type=int, default=16)
     t.add_argument("--levels", type=int, default=None)
-    t.add_argument("--validation-fraction", type=float, default=0.15)
+    t.add_argument("--validation-fraction", type=float, help="default 0.15")
     t.add_argument("--device", default="auto", choices=["auto", "cpu", "cuda", "mps"])
-    t.add_argument("--seed", type=int, default=0)
+    t.add_argument("--seed", type=int, help="default 0")
     g = t.add_mutually_exclusive_group()
     g.add_argument("--resume", metavar="MODEL", help="continue a run exactly from its model file")
     g.add_argument("--fine-tune", metavar="MODEL", help="start from a model, fresh optimizer")
@@ -198,6 +207,9 @@ def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     logging.basicConfig(level=logging.DEBUG if args.debug else logging.WARNING,
                         format="%(levelname)s %(name)s: %(message)s")
+    if not args.debug:  # failures are reported once, as the command's own line
+        logging.getLogger("tifffile").setLevel(logging.CRITICAL)
+        logging.getLogger("napari_seg3d.engine.batch").setLevel(logging.ERROR)
     from .engine.errors import Seg3DError
 
     try:
