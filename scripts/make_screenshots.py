@@ -29,19 +29,13 @@ MAX_BYTES = 400_000
 
 
 def start_xvfb() -> subprocess.Popen:
-    """Start Xvfb on a free display and point DISPLAY at it (as ``napari_seg3d._demo`` does)."""
-    if shutil.which("Xvfb") is None:
+    """Start Xvfb on a free display and point DISPLAY at it (the demo's own helper)."""
+    from napari_seg3d._demo import _start_xvfb
+
+    proc = _start_xvfb()
+    if proc is None:
         sys.exit("No display and no Xvfb: install xvfb (apt-get install xvfb libxcb-cursor0).")
-    for n in range(99, 140):
-        if Path(f"/tmp/.X{n}-lock").exists():
-            continue
-        proc = subprocess.Popen(["Xvfb", f":{n}", "-screen", "0", "1600x1000x24", "-nolisten", "tcp"],
-                                stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-        time.sleep(1.0)
-        if proc.poll() is None:
-            os.environ["DISPLAY"] = f":{n}"
-            return proc
-    sys.exit("Could not start Xvfb on any display :99 to :139.")
+    return proc
 
 
 def pump(app, seconds: float = 0.3) -> None:
