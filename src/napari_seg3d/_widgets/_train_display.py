@@ -3,12 +3,15 @@ Dice, napari's progress bar and the live preview layer. Only the GUI thread call
 
 from __future__ import annotations
 
+import time
 from typing import TYPE_CHECKING
 
 import numpy as np
 from napari.utils import progress
 
 from . import _layers
+
+PLOT_INTERVAL_S = 2.0  # the live plot redraws at most this often (the status line 5 times a second)
 
 if TYPE_CHECKING:
     from qtpy.QtWidgets import QLabel
@@ -28,6 +31,7 @@ class TrainingDisplay:
 
     def __init__(self, viewer, status: QLabel, plot: TrainingPlot) -> None:
         self.viewer, self.status, self.plot = viewer, status, plot
+        self._last_plot = 0.0
         self.history: tuple[list, list, list, list] = ([], [], [], [])
         self._bar = None
         self._preview_writer: _layers.RegionWriter | None = None
@@ -65,7 +69,10 @@ class TrainingDisplay:
             if job.stop_requested:
                 parts.append("stopping...")
             self.status.setText(" · ".join(parts))
-            self.plot.set_data(*self.history, names)
+            now = time.monotonic()
+            if now - self._last_plot >= PLOT_INTERVAL_S:  # a matplotlib draw costs ~50 ms here
+                self._last_plot = now
+                self.plot.set_data(*self.history, names)
             # last: napari's progress bar processes events
             _layers.advance(self._bar, p.iteration - job.start_iteration)
         finally:
