@@ -4,9 +4,10 @@ A 10 ms Qt timer ticks all the time; each tick's lateness is its actual interval
 handler that blocks the GUI thread for 300 ms shows as one tick 290 ms late. The script opens a
 napari viewer (on a virtual display: it starts Xvfb when DISPLAY is unset), adds a synthetic
 volume with simulated brush strokes, docks the plugin's Train and Predict widgets and, in the 2D
-view and then in the 3D view, measures three phases:
+view and then in the 3D view, measures these phases:
 
 - idle: nothing running;
+- redraw (a reference, no plugin code): a few canvas redraws, what one frame costs here;
 - train: ``TrainWidget.start_training()`` (as pressing Train) until its worker finished;
 - predict: ``PredictWidget.start_prediction()`` (as pressing Predict), streaming the result into
   the ``<image> prediction`` Labels layer, until its worker finished.
@@ -15,8 +16,8 @@ Targets (from the issue): p99 lateness < 50 ms and max < 200 ms in both views. I
 time from pressing Predict to the first region in the layer, the GUI-thread handlers' times and
 the longest stalls with the handlers that ran in them.
 
-    python benchmarks/bench_ui_latency.py                 # 64x256x256, 60 iterations (~3 min)
-    python benchmarks/bench_ui_latency.py --quick         # 32x128x128, 20 iterations
+    python benchmarks/bench_ui_latency.py                 # 64x256x256, 60 iterations (~2.5 min)
+    python benchmarks/bench_ui_latency.py --quick         # 32x128x128, 20 iterations (~1 min)
     python benchmarks/bench_ui_latency.py --trace-stalls 40   # also sample the GUI thread's stack
 
 The last line printed is one JSON object with every figure.
@@ -63,7 +64,11 @@ Notes:
   labels in the layer (written and its refresh issued); on screen: to the first region that
   covers the displayed slice (2D: the current z; 3D: any region).
 - handlers: wall time of GUI-thread calls (inclusive: napari's progress bar runs
-  processEvents, so a handler can contain canvas paints and other handlers)."""
+  processEvents, so a handler can contain canvas paints and other handlers). "Qt window event
+  UpdateRequest" is Qt repainting and composing the window (2 ms or longer only); canvas paints
+  end with glFinish(){gl_note}, so a software renderer's work is timed in paintGL.
+- the first training of a process also imports torch._dynamo in the worker (torch.optim builds
+  it lazily), which holds the GIL long enough to show in the first train row."""
 
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
@@ -304,22 +309,38 @@ class StallSampler(threading.Thread):
         self.probe, self.threshold = probe, threshold_ms / 1e3 + TICK_MS / 1e3
         self.main = threading.get_ident()
         self.samples: dict[float, list[tuple[str, ...]]] = collections.defaultdict(list)
+        self.others: dict[float, list[str]] = collections.defaultdict(list)  # other threads
         self.stopped = False
 
+    @staticmethod
+    def _stack(frame) -> tuple[str, ...]:
+        return tuple(f"{'napari_seg3d/' if 'napari_seg3d' in f.filename else ''}"
+                     f"{Path(f.filename).name}:{f.name}:{f.lineno}"
+                     for f in traceback.extract_stack(frame)
+                     if not (f.name == "timed" and f.filename == __file__))
+
     def run(self) -> None:
+        me = threading.get_ident()
+        names = {}
         while not self.stopped:
             time.sleep(0.004)
             last = self.probe.last
             if last is None or time.perf_counter() - last < self.threshold:
                 continue
-            frame = sys._current_frames().get(self.main)
-            if frame is not None:
-                self.samples[last].append(tuple(
-                    f"{'napari_seg3d/' if 'napari_seg3d' in f.filename else ''}"
-                    f"{Path(f.filename).name}:{f.name}:{f.lineno}"
-                    for f in traceback.extract_stack(frame)
-                    if not (f.name == "timed" and f.filename == __file__)))
-            del frame
+            frames = sys._current_frames()
+            main = frames.pop(self.main, None)
+            if main is not None:
+                self.samples[last].append(self._stack(main))
+            for ident, frame in frames.items():
+                if ident == me:
+                    continue
+                if ident not in names:
+                    names = {t.ident: t.name for t in threading.enumerate()}
+                stack = self._stack(frame)
+                if stack and not stack[-1].startswith("threading.py:wait"):
+                    self.others[last].append(
+                        f"[{names.get(ident, ident)}] {frames_of_interest(stack, 4)}")
+            del main, frames
 
 
 def frames_of_interest(stack: tuple[str, ...], depth: int = 6) -> str:
@@ -534,6 +555,7 @@ def _run(args: argparse.Namespace, virtual: bool) -> int:
     first_region: dict[str, dict[str, float | None]] = {}
     start_ms: dict[str, float] = {}
     renderer = "?"
+    net_info: dict = {}
     try:
         settle(app, 2 * SETTLE_S)
         try:
@@ -575,6 +597,9 @@ def _run(args: argparse.Namespace, virtual: bool) -> int:
             record("train", t0, press, end, cpu)
             start_ms[f"train_{label}"] = _last_ms(handlers, "start_training")
             model = train.model
+            if model is not None:
+                net_info = {"patch": [int(p) for p in model.patch_size],
+                            "parameters": sum(p.numel() for p in model.network.parameters())}
             if model is None:
                 raise RuntimeError("training ended without a model (see the messages above)")
             settle(app)
@@ -609,7 +634,7 @@ def _run(args: argparse.Namespace, virtual: bool) -> int:
             painted, renderer, total_s, virtual,
             env={"napari": napari.__version__, "qt": f"{qtpy.API_NAME} {qtpy.QT_VERSION}",
                  "torch": torch.__version__, "torch_threads": torch.get_num_threads(),
-                 "cpu_count": os.cpu_count()})
+                 "cpu_count": os.cpu_count(), "network": net_info})
     return 0
 
 
@@ -637,11 +662,25 @@ def _overlapping(calls, a: float, b: float, min_s: float = 0.005, most: int = 8)
     return "; ".join(out[:most])
 
 
+def _outermost(calls, a: float, b: float, min_s: float = 0.005) -> str:
+    """The least nested call that ran at least ``min_s`` of ``(a, b)`` (the longest part among
+    equals), or ``(none)``."""
+    best = None
+    for name, start, dur, depth in calls:
+        part = min(start + dur, b) - max(start, a)
+        if part >= min_s and (best is None or (depth, -part) < best[0]):
+            best = ((depth, -part), name)
+    return "(none)" if best is None else best[1]
+
+
 def _report(args, rows, phases, first_region, start_ms, handlers, probe, sampler, monitor,
             painted, renderer, total_s, virtual, env) -> None:
     z, y, x = args.size
+    net = env["network"]
+    size = f", {net['parameters'] / 1e6:.2f}M parameters" if "parameters" in net else ""
     print(f"GUI event-loop lateness: {z}x{y}x{x} float32 volume, {painted} voxels painted; "
-          f"U-Net base filters {BASE_FILTERS}, patch {PATCH}, batch 2, {args.iterations} "
+          f"U-Net base filters {BASE_FILTERS}{size}, patch {tuple(net.get('patch', PATCH))}, "
+          f"batch 2, {args.iterations} "
           f"iterations{' with live preview' if args.preview else ''}; prediction overlap 0.5, "
           "batch 4, streamed into a Labels layer.")
     print(f"napari {env['napari']}, {env['qt']}, torch {env['torch']} "
@@ -691,28 +730,36 @@ def _report(args, rows, phases, first_region, start_ms, handlers, probe, sampler
         stalls += found
         if not found:
             continue
-        print(f"  {p} {nd}D: {len(found)} ticks")
+        blame = collections.Counter(_outermost(handlers.calls, a, b) for _, _, a, b in found)
+        print(f"  {p} {nd}D: {len(found)} ticks; by the outermost call in them: " + ", ".join(
+            f"{n} {k}" for n, k in blame.most_common()))
+        press = next((c[1] for c in handlers.calls if t0 <= c[1] <= t1 and (
+            c[0].endswith(".start_training") or c[0].endswith(".start_prediction"))), t0)
         for lt, _, a, b in found[:STALLS_SHOWN]:
             text = _overlapping(handlers.calls, a, b) \
                 or "(no instrumented call: napari/Qt internals or the GIL)"
-            print(f"    {lt:6.0f} ms  {text}")
+            print(f"    {lt:6.0f} ms at {a - press:+6.1f} s  {text}")
             if sampler is not None:
                 key = max((k for k in sampler.samples if a - 1e-3 <= k <= a + 1e-3), default=None)
                 for stack, n in collections.Counter(
                         frames_of_interest(s) for s in sampler.samples.get(key, [])
                 ).most_common(2):
                     print(f"               {n} samples: {stack}")
+                for stack, n in collections.Counter(sampler.others.get(key, [])).most_common(2):
+                    print(f"               other thread, {n} samples: {stack}")
     if not stalls:
         print("  none")
     stalls.sort(reverse=True)
     print()
-    print(NOTES.format(lead=LEAD_S, tail=TAIL_S, redraws=args.redraws))
+    print(NOTES.format(lead=LEAD_S, tail=TAIL_S, redraws=args.redraws,
+                       gl_note=" (not in this run: --no-gl-finish)" if args.no_gl_finish else ""))
     note = monitor.note()
     if note:
         print(note)
     print(json_line({
         "benchmark": "ui_latency", "size": list(args.size), "iterations": args.iterations,
-        "patch": list(PATCH), "base_filters": BASE_FILTERS, "preview": args.preview,
+        "patch": list(env["network"].get("patch", PATCH)), "base_filters": BASE_FILTERS,
+        "preview": args.preview,
         "gl_finish": not args.no_gl_finish,
         "tick_ms": TICK_MS, "targets_ms": {"p99": TARGET_P99_MS, "max": TARGET_MAX_MS},
         "rows": rows, "first_region": first_region, "start_call_ms": start_ms,
