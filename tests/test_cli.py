@@ -16,7 +16,7 @@ import pytest
 import torch
 
 from napari_seg3d.cli import main
-from napari_seg3d.engine import ModelFileError, load_model
+from napari_seg3d.engine import ModelFileError, load_model, uncertainty_map
 from napari_seg3d.engine.io import read_volume, write_volume
 from napari_seg3d.engine.scribbles import simulate_scribbles
 
@@ -123,6 +123,22 @@ def test_predict_h5_format_and_probabilities(workspace, tmp_path):
     assert probs.shape == (2, 13, 24, 26) and probs.dtype == np.float32
     np.testing.assert_allclose(probs.sum(0), 1.0, rtol=1e-5)
     np.testing.assert_array_equal(labels, np.array([3, 7])[probs.argmax(0)])
+
+
+@pytest.mark.parametrize("fmt", ["tif", "h5"])
+def test_predict_uncertainty_is_written_beside_the_labels(workspace, tmp_path, fmt):
+    out = tmp_path / "out"
+    assert _predict(workspace, out, "--format", fmt, "--uncertainty") == 0
+    assert sorted(p.name for p in out.iterdir()) == [f"image_labels.{fmt}",
+                                                     f"image_uncertainty.{fmt}"]
+    written = read_volume(out / f"image_uncertainty.{fmt}")
+    assert written.key == ("/uncertainty" if fmt == "h5" else None)
+    unc = written.data
+    assert unc.shape == (13, 24, 26) and unc.dtype == np.float32
+    assert 0 <= unc.min() and unc.max() <= 1 and unc.max() > unc.min()
+    probs = load_model(workspace / "model.pt").predict(
+        read_volume(workspace / "image.tif").data, device="cpu", probabilities=True)
+    np.testing.assert_allclose(unc, uncertainty_map(probs), atol=1e-5)
 
 
 def test_predict_reports_failed_files_with_exit_code_3(workspace, tmp_path, capsys):

@@ -10,7 +10,8 @@ from napari.utils._proxies import PublicOnlyProxy
 from napari_seg3d._widgets import predict as predict_module
 from napari_seg3d._widgets._session import SESSION
 from napari_seg3d._widgets.predict import FROM_FILE, PredictWidget
-from napari_seg3d.engine import TrainConfig, Trainer, default_model_config, save_model
+from napari_seg3d.engine import (TrainConfig, Trainer, default_model_config, save_model,
+                                 uncertainty_map)
 
 WAIT_MS = 30_000
 SCALE = (2.0, 1.0, 1.0)
@@ -105,6 +106,29 @@ def test_prediction_reuses_its_layer_and_writes_probabilities(qtbot, viewer, blo
     np.testing.assert_array_equal(lut[probs.data.argmax(axis=0)], layer.data)
 
 
+def test_uncertainty_layer_shows_where_the_model_is_unsure(qtbot, viewer, blobs, model, shown):
+    widget = make_widget(viewer, model)
+    assert "least sure" in widget.uncertainty_check.toolTip()
+    widget.uncertainty_check.setChecked(True)
+    predict(qtbot, widget)
+    assert not shown["error"] and not shown["warning"], shown
+    assert "blobs probabilities" not in viewer.layers  # not asked for
+    layer = viewer.layers["blobs uncertainty"]
+    assert widget.uncertainty_layer is layer and not layer.metadata["partial"]
+    assert layer.data.shape == (17, 24, 26) and layer.data.dtype == np.float32
+    np.testing.assert_allclose(layer.scale, SCALE)
+    np.testing.assert_allclose(layer.translate, (4, 0, 1))
+    assert layer.colormap.name == "magma" and tuple(layer.contrast_limits) == (0, 1)
+    assert 0 <= layer.data.min() and layer.data.max() <= 1
+    probs = model.predict(blobs[0], overlap=0.5, device="cpu", probabilities=True)
+    np.testing.assert_allclose(layer.data, uncertainty_map(probs), atol=1e-5)
+    gap = np.abs(probs[1] - probs[0])  # the two class probabilities close: the model hesitates
+    close, clear = gap < 0.3, gap > 0.8
+    assert close.any() and clear.any()
+    assert layer.data[close].min() > 0.9 and layer.data[clear].max() < 0.5
+    assert viewer.layers.selection.active.name == "blobs"
+
+
 def test_cancel_keeps_a_partial_layer(qtbot, viewer, model, shown):
     slow = copy.deepcopy(model)
     gate, calls = threading.Event(), []
@@ -118,6 +142,7 @@ def test_cancel_keeps_a_partial_layer(qtbot, viewer, model, shown):
 
     slow.network.forward = gated_forward
     widget = make_widget(viewer, slow)
+    widget.uncertainty_check.setChecked(True)
     try:
         assert widget.start_prediction()
         qtbot.waitUntil(lambda: widget.layer.data[:4].all(), timeout=WAIT_MS)
@@ -130,10 +155,16 @@ def test_cancel_keeps_a_partial_layer(qtbot, viewer, model, shown):
     assert layer.data[:4].all() and not layer.data[9:].any()
     assert shown["info"] and "partial" in shown["info"][0]
     assert widget.predict_button.isEnabled()
+    uncertainty = widget.uncertainty_layer  # the uncertainty layer is cut short alike
+    assert uncertainty.name == "blobs uncertainty (partial)" and uncertainty.metadata["partial"]
+    assert uncertainty.data[:4].all() and not uncertainty.data[9:].any()
     slow.network.forward = forward
     widget.set_model(slow)
     predict(qtbot, widget)  # a new prediction takes the partial layer back
     assert widget.layer is layer and layer.name == "blobs prediction" and layer.data[9:].all()
+    names = [lay.name for lay in viewer.layers]
+    assert "blobs uncertainty" in names and not any("uncertainty (partial)" in n for n in names)
+    assert not widget.uncertainty_layer.metadata["partial"]
 
 
 def test_models_from_the_session_and_from_files(viewer, model, shown, tmp_path):

@@ -119,7 +119,8 @@ def _predict(args: argparse.Namespace) -> int:
         raise ValueError("No input volumes found; name TIFF, HDF5 or .npy files or a folder.")
     gen = iter_predict_files(model, inputs, args.out, fmt=args.format, overwrite=args.overwrite,
                              overlap=args.overlap, tta=args.tta, probabilities=args.probabilities,
-                             batch_size=args.batch_size, device=args.device)
+                             uncertainty=args.uncertainty, batch_size=args.batch_size,
+                             device=args.device)
     failed = 0
     with tqdm(total=len(inputs), unit="file", desc="predict", disable=args.quiet) as bar:
         for item in gen:
@@ -182,6 +183,8 @@ def build_parser() -> argparse.ArgumentParser:
     r.add_argument("--overlap", type=float, default=0.5)
     r.add_argument("--tta", action="store_true", help="average mirrored predictions")
     r.add_argument("--probabilities", action="store_true", help="also write class probabilities")
+    r.add_argument("--uncertainty", action="store_true",
+                   help="also write DIR/<stem>_uncertainty.<ext>: 0 = sure, 1 = least sure")
     r.add_argument("--format", default="tif", choices=["tif", "h5", "npy"])
     r.add_argument("--batch-size", type=int, default=4)
     r.add_argument("--device", default="auto", choices=["auto", "cpu", "cuda", "mps"])

@@ -1,6 +1,6 @@
 """The Predict dock widget: apply a model to an image layer, streaming the result region by
-region into a ``<image> prediction`` Labels layer (and optionally class probabilities into an
-Image layer) while the sliding window advances in a background thread."""
+region into a ``<image> prediction`` Labels layer (and optionally class probabilities and an
+uncertainty map into Image layers) while the sliding window advances in a background thread."""
 
 from __future__ import annotations
 
@@ -16,26 +16,27 @@ from qtpy.QtWidgets import (QCheckBox, QComboBox, QDoubleSpinBox, QFileDialog, Q
                             QHBoxLayout, QLabel, QPushButton, QSpinBox, QVBoxLayout, QWidget)
 
 from ..engine import ModelFileError, load_model, resolve_device
-from . import _layers
+from . import _layers, _predict_outputs
 from ._session import SESSION
 
 if TYPE_CHECKING:
     import napari
 
-    from ..engine import RegionDone, SegmentationModel
+    from ..engine import SegmentationModel
+    from ._predict_outputs import PredictedRegion
 
 log = logging.getLogger(__name__)
 
 FROM_FILE = "From file..."
 LABELS_REFRESH_S = 0.1  # the prediction layer shows new regions at most 10 times a second
-PROBABILITIES_REFRESH_S = 1.0  # an Image layer has no partial refresh: redraw it less often
 
 
 class _PredictJob:
     """One prediction run; ``run`` is the worker's generator."""
 
-    def __init__(self, model: SegmentationModel, image, options: dict) -> None:
+    def __init__(self, model: SegmentationModel, image, options: dict, shown: dict) -> None:
         self.model, self.image, self.options = model, image, options
+        self.shown = shown  # with_outputs' flags: probabilities, uncertainty
         self.inner = None
         self.cancelled = False
         self.windows_done = self.windows_total = 0
@@ -45,11 +46,12 @@ class _PredictJob:
         return self.windows_total > 0 and self.windows_done == self.windows_total
 
     def run(self):
-        """Yields :class:`RegionDone`; returns "done", "cancelled" or a ``_layers.WorkerFailed``."""
+        """Yields ``_predict_outputs.PredictedRegion``; returns "done", "cancelled" or a
+        ``_layers.WorkerFailed``."""
         try:
             self.inner = self.model.iter_predict(self.image, **self.options)
             for region in self.inner:
-                yield region
+                yield _predict_outputs.with_outputs(region, **self.shown)
                 if self.cancelled:
                     return "cancelled"
             return "done"
@@ -70,7 +72,7 @@ class PredictWidget(QWidget):
 
     Public for scripts and tests: :meth:`start_prediction`, :meth:`cancel`, :meth:`set_model`,
     :meth:`load_model_from`; ``worker`` (the running worker or None), ``layer`` (the last
-    prediction layer), ``probabilities_layer``.
+    prediction layer), ``probabilities_layer`` and ``uncertainty_layer`` (those of the last run).
     """
 
     def __init__(self, napari_viewer: napari.viewer.Viewer, parent: QWidget | None = None) -> None:
@@ -78,10 +80,10 @@ class PredictWidget(QWidget):
         self.viewer = _layers.unwrap(napari_viewer)
         self.worker = None
         self.layer = None
-        self.probabilities_layer = None
         self._own_models: dict[str, SegmentationModel] = {}
         self._job: _PredictJob | None = None
-        self._writer = self._prob_writer = None
+        self._writer = None
+        self._outputs: _predict_outputs.OutputLayers | None = None
         self._progress_bar = None
         self._image_name = ""
         self._model_name = ""
@@ -103,12 +105,16 @@ class PredictWidget(QWidget):
                                            value=0.5)
         self.tta_check = QCheckBox("Test-time augmentation (mirroring, 4x slower)")
         self.probabilities_check = QCheckBox("Class probabilities layer")
+        self.uncertainty_check = QCheckBox("Uncertainty layer")
+        self.uncertainty_check.setToolTip("Where the model is least sure: paint your next strokes "
+                                          "there.")
         self.batch_spin = QSpinBox(minimum=1, maximum=256, value=4)
         self.device_combo = QComboBox()
         self.device_combo.addItems(["auto", "cpu", "cuda"])
         for label, w in (("Model", self.model_combo), ("Image", self.image_combo),
                          ("Overlap", self.overlap_spin), ("", self.tta_check),
-                         ("", self.probabilities_check), ("Batch size", self.batch_spin),
+                         ("", self.probabilities_check), ("", self.uncertainty_check),
+                         ("Batch size", self.batch_spin),
                          ("Device", self.device_combo)):
             form.addRow(label, w)
         layout.addLayout(form)
@@ -125,6 +131,14 @@ class PredictWidget(QWidget):
         self.predict_button.clicked.connect(self.start_prediction)
         self.cancel_button.clicked.connect(self.cancel)
         self._update_buttons()
+
+    @property
+    def probabilities_layer(self):
+        return self._outputs.layers.get("probabilities") if self._outputs else None
+
+    @property
+    def uncertainty_layer(self):
+        return self._outputs.layers.get("uncertainty") if self._outputs else None
 
     # --- models and images ------------------------------------------------------------------------
 
@@ -209,11 +223,13 @@ class PredictWidget(QWidget):
             reuse_names=(f"{image.name} prediction (partial)",))
         self.layer.metadata["model"] = self.model_combo.currentText()
         self._writer = _layers.RegionWriter(self.layer, interval=LABELS_REFRESH_S)
-        self._prob_writer = None
-        options = dict(overlap=self.overlap_spin.value(), tta=self.tta_check.isChecked(),
-                       batch_size=self.batch_spin.value(), device=device,
-                       probabilities=self.probabilities_check.isChecked())
-        self._job = _PredictJob(model, _layers.layer_array(image), options)
+        self._outputs = _predict_outputs.OutputLayers(self.viewer, image.name)
+        shown = {"probabilities": self.probabilities_check.isChecked(),
+                 "uncertainty": self.uncertainty_check.isChecked()}
+        options = {"overlap": self.overlap_spin.value(), "tta": self.tta_check.isChecked(),
+                   "batch_size": self.batch_spin.value(), "device": device,
+                   "probabilities": any(shown.values())}
+        self._job = _PredictJob(model, _layers.layer_array(image), options, shown)
         self._progress_bar = progress(total=0, desc="Predicting")
         worker = thread_worker(self._job.run, start_thread=False)()
         worker.yielded.connect(self._on_region)
@@ -233,14 +249,13 @@ class PredictWidget(QWidget):
             self.worker.quit()
             self.status.setText("Cancelling...")
 
-    def _on_region(self, region: RegionDone) -> None:
+    def _on_region(self, region: PredictedRegion) -> None:
         job = self._job
-        if job is None or self._writer is None:
+        if job is None or self._writer is None or self._outputs is None:
             return
         job.windows_done, job.windows_total = region.windows_done, region.windows_total
         self._writer.write(region.slices, region.labels)
-        if region.probabilities is not None:
-            self._write_probabilities(region)
+        self._outputs.write(region)
         self.status.setText(f"Predicting '{self._image_name}': "
                             f"{region.windows_done}/{region.windows_total} windows")
         bar = self._progress_bar
@@ -248,20 +263,6 @@ class PredictWidget(QWidget):
             if bar.total != region.windows_total:
                 bar.total = region.windows_total
             bar.update(region.windows_done - bar.n)
-
-    def _write_probabilities(self, region: RegionDone) -> None:
-        if self._prob_writer is None or self._prob_writer.layer not in self.viewer.layers:
-            image = _layers.find_layer(self.viewer, self._image_name)
-            if image is None:
-                return
-            k = region.probabilities.shape[0]
-            data = np.zeros((k,) + _layers.spatial_shape(image), np.float32)
-            self.probabilities_layer = _layers.output_image_layer(
-                self.viewer, f"{image.name} probabilities", image, data, "probabilities",
-                contrast_limits=(0.0, 1.0), colormap="magma", blending="additive", opacity=0.7)
-            self._prob_writer = _layers.RegionWriter(self.probabilities_layer,
-                                                     interval=PROBABILITIES_REFRESH_S)
-        self._prob_writer.write((slice(None),) + tuple(region.slices), region.probabilities)
 
     def _on_result(self, result) -> None:
         if isinstance(result, _layers.WorkerFailed):
@@ -277,11 +278,12 @@ class PredictWidget(QWidget):
         job, bar = self._job, self._progress_bar
         self.worker, self._job, self._progress_bar = None, None, None
         self._update_buttons()
-        for writer in (self._writer, self._prob_writer):
-            if writer is not None:
-                writer.close()
+        if self._writer is not None:
+            self._writer.close()
         if job is not None:
             job.close()  # after quit() the worker leaves the generator open
+            if self._outputs is not None:
+                self._outputs.close(job.complete)
             self._report(job)
         if bar is not None:
             bar.close()

@@ -11,11 +11,12 @@ from .predict import RegionDone, iter_predict_volume, predict_volume
 from .sampling import Normalization, PatchSampler, compute_normalization
 from .train import (Preview, Trainer, TrainerUpdate, TrainProgress, TrainResult,
                     default_model_config, propose_patch_size)
+from .uncertainty import uncertainty_map
 
 __all__ = [
     "LOSSES", "MODELS", "AnnotationError", "ModelConfig", "ModelFileError", "Normalization",
     "PatchSampler", "Preview", "RegionDone", "Seg3DError", "SegmentationModel", "TrainConfig", "TrainProgress",
     "TrainResult", "Trainer", "TrainerUpdate", "UNet", "anisotropic_pooling", "build_model", "compute_normalization",
     "default_model_config", "propose_patch_size", "describe", "iter_predict_volume", "load_model", "predict_volume",
-    "resolve_device", "save_model",
+    "resolve_device", "save_model", "uncertainty_map",
 ]

@@ -5,15 +5,16 @@ from __future__ import annotations
 
 import logging
 import time
+from collections.abc import Generator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Generator, Sequence
 
 import numpy as np
 
 from .errors import Seg3DError
-from .io import output_path, read_volume, split_path, write_volume
+from .io import HDF5_SUFFIXES, output_path, read_volume, split_path, write_volume
 from .model_file import SegmentationModel
+from .uncertainty import uncertainty_map
 
 log = logging.getLogger(__name__)
 
@@ -42,25 +43,39 @@ class FileResult:
     seconds: float = 0.0
 
 
-def _predict_one(model, spec, out, *, voxel_size_default, index, total, **opts):
+def _predict_one(model, spec, out, *, voxel_size_default, index, total, probabilities=False,
+                 uncertainty=False, **opts):
     vol = read_volume(spec)
-    labels, probs = None, None
-    want_probs = opts.get("probabilities", False)
+    labels = probs = unc = None
     shape = vol.data.shape[-3:]
-    for r in model.iter_predict(vol.data, **opts):
+    for r in model.iter_predict(vol.data, probabilities=probabilities or uncertainty, **opts):
         if labels is None:
             labels = np.zeros(shape, r.labels.dtype)
-            if want_probs:
+            if probabilities:
                 probs = np.zeros((r.probabilities.shape[0],) + shape, np.float32)
+            if uncertainty:
+                unc = np.zeros(shape, np.float32)
         labels[r.slices] = r.labels
-        if want_probs:
+        if probs is not None:
             probs[(slice(None),) + r.slices] = r.probabilities
+        if unc is not None:
+            unc[r.slices] = uncertainty_map(r.probabilities)
         yield FileProgress(index, total, str(spec), r.windows_done, r.windows_total)
     voxel = vol.voxel_size or voxel_size_default
+    # the labels last: an existing labels file (which skips the input) has its companions
+    if probs is not None:
+        write_volume(_beside(out, "probabilities"), probs, voxel_size=voxel)
+    if unc is not None:
+        write_volume(_beside(out, "uncertainty", key="/uncertainty"), unc, voxel_size=voxel)
     write_volume(out, labels, voxel_size=voxel)
-    if want_probs:
-        write_volume(out.with_name(out.name.replace("_labels", "_probabilities")), probs,
-                     voxel_size=voxel)
+
+
+def _beside(out: Path, what: str, key: str = "") -> str:
+    """``<stem>_<what>.<ext>`` for the labels output ``<stem>_labels.<ext>``; ``key`` names the
+    dataset of an HDF5 file."""
+    head, _, tail = out.name.rpartition("_labels")
+    path = str(out.with_name(f"{head}_{what}{tail}"))
+    return f"{path}:{key}" if key and out.suffix.lower() in HDF5_SUFFIXES else path
 
 
 def iter_predict_files(model: SegmentationModel, inputs: Sequence[str | Path], out_dir: str | Path,
@@ -75,7 +90,9 @@ def iter_predict_files(model: SegmentationModel, inputs: Sequence[str | Path], o
         out_dir: output folder (created if missing); nothing is written outside it.
         fmt: ``"tif"``, ``"h5"`` or ``"npy"``.
         overwrite: replace existing outputs; otherwise they are skipped.
-        predict_options: passed to :meth:`SegmentationModel.iter_predict` (overlap, tta, ...).
+        predict_options: passed to :meth:`SegmentationModel.iter_predict` (overlap, tta, ...);
+            ``probabilities=True`` also writes ``<stem>_probabilities.<fmt>``, ``uncertainty=True``
+            ``<stem>_uncertainty.<fmt>`` (see :func:`uncertainty_map`; HDF5 key ``/uncertainty``).
     """
     out_dir = Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)

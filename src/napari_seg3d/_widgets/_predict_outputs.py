@@ -1,0 +1,100 @@
+"""The optional Image layers of a prediction, ``<image> probabilities`` and ``<image> uncertainty``:
+each is created at the first region that carries it, written region by region, and renamed
+``... (partial)`` when the prediction stops before the end, like the prediction layer."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, fields
+from typing import TYPE_CHECKING
+
+import numpy as np
+
+from ..engine import RegionDone, uncertainty_map
+from . import _layers
+
+if TYPE_CHECKING:
+    import napari
+
+REFRESH_S = 1.0  # an Image layer has no partial refresh: redraw it less often
+PARTIAL = " (partial)"
+ROLES = ("probabilities", "uncertainty")
+_STYLE = {"contrast_limits": (0.0, 1.0), "colormap": "magma", "blending": "additive",
+          "opacity": 0.7}
+
+
+@dataclass(frozen=True)
+class PredictedRegion(RegionDone):
+    """A :class:`RegionDone` with what the widget shows of it.
+
+    Attributes:
+        uncertainty: ``(z, Y, X)`` float32 in [0, 1] (1 = least sure), or None when not asked for.
+    """
+
+    uncertainty: np.ndarray | None = None
+
+
+def with_outputs(region: RegionDone, *, probabilities: bool, uncertainty: bool) -> PredictedRegion:
+    """``region`` with its uncertainty map computed (in the worker thread, off the event loop)
+    and its probabilities kept only when they are shown."""
+    values = {f.name: getattr(region, f.name) for f in fields(region)}
+    probs = values["probabilities"]
+    if uncertainty and probs is not None:
+        values["uncertainty"] = uncertainty_map(probs)
+    if not probabilities:
+        values["probabilities"] = None
+    return PredictedRegion(**values)
+
+
+class OutputLayers:
+    """The probabilities and uncertainty layers of one prediction run. GUI thread only.
+
+    Args:
+        viewer: the viewer.
+        image_name: the predicted image layer, whose grid the layers take.
+    """
+
+    def __init__(self, viewer: napari.viewer.Viewer, image_name: str) -> None:
+        self.viewer, self.image_name = viewer, image_name
+        self.layers: dict[str, object] = {}
+        self._writers: dict[str, _layers.RegionWriter] = {}
+
+    def write(self, region: RegionDone) -> None:
+        """Write the probabilities ``(K, z, Y, X)`` and uncertainty ``(z, Y, X)`` the region has."""
+        for role in ROLES:
+            values = getattr(region, role, None)
+            if values is None:
+                continue
+            writer = self._writers.get(role)
+            if writer is None or writer.layer not in self.viewer.layers:
+                writer = self._start(role, values)
+                if writer is None:
+                    continue
+            lead = (slice(None),) * (values.ndim - 3)
+            writer.write(lead + tuple(region.slices), values)
+
+    def _start(self, role: str, values: np.ndarray) -> _layers.RegionWriter | None:
+        """A zeroed layer ``<image> <role>`` (replacing one of that name or its partial name)."""
+        image = _layers.find_layer(self.viewer, self.image_name)
+        if image is None:
+            return None
+        name = f"{image.name} {role}"
+        old = _layers.find_layer(self.viewer, name + PARTIAL)
+        if old is not None and old.metadata.get(_layers.ROLE) == role:
+            self.viewer.layers.remove(old)
+        data = np.zeros(values.shape[:-3] + _layers.spatial_shape(image), np.float32)
+        layer = _layers.output_image_layer(self.viewer, name, image, data, role, **_STYLE)
+        layer.metadata["partial"] = False
+        self.layers[role] = layer
+        self._writers[role] = _layers.RegionWriter(layer, interval=REFRESH_S)
+        return self._writers[role]
+
+    def close(self, complete: bool) -> None:
+        """Show everything written; mark the layers partial unless the prediction ``complete``d."""
+        for writer in self._writers.values():
+            writer.close()
+        for layer in self.layers.values():
+            if layer not in self.viewer.layers:
+                continue
+            layer.metadata["partial"] = not complete
+            if not complete and not layer.name.endswith(PARTIAL):
+                layer.name += PARTIAL
