@@ -268,7 +268,8 @@ def test_console_script_prints_json_one_line_errors_and_debug_tracebacks(workspa
 
 def test_resume_takes_unspecified_settings_from_the_model_file(workspace, tmp_path):
     """`--resume` without repeating non-default settings continues with the saved ones."""
-    first = _train_args(workspace, tmp_path, None, None, "--learning-rate", "0.01", "--seed", "7")
+    first = _train_args(workspace, tmp_path, None, None, "--learning-rate", "0.01", "--seed", "7",
+                        "--smoothness", "0.5", "--self-training", "1")
     assert main(first) == 0
     resumed = ["train", "--image", str(workspace / "image.tif"), "--labels",
                str(workspace / "labels.tif"), "--out", str(tmp_path / "r.pt"), "--iterations", "2",
@@ -276,3 +277,4 @@ def test_resume_takes_unspecified_settings_from_the_model_file(workspace, tmp_pa
     assert main(resumed) == 0
     cfg = load_model(tmp_path / "r.last.pt").train_config
     assert (cfg.learning_rate, cfg.seed, cfg.iterations) == (0.01, 7, 3)
+    assert (cfg.smoothness, cfg.self_training) == (0.5, 1)

@@ -167,6 +167,7 @@ def test_strokes_painted_while_training_reach_the_trainer(qtbot, viewer, blobs, 
 def test_live_preview_writes_the_preview_layer(qtbot, viewer, blobs, shown):
     widget = make_widget(viewer, iterations=100_000)
     annotated(widget, blobs[2])
+    widget.quick_check.setChecked(False)
     widget.preview_check.setChecked(True)
     widget.preview_interval_s = 0.2
     viewer.dims.set_point(0, 2.0 * 9 + 4.0)  # z = 9 in data coordinates
@@ -183,6 +184,26 @@ def test_live_preview_writes_the_preview_layer(qtbot, viewer, blobs, shown):
     assert set(np.unique(preview.data)) <= {0, 1, 2}
     assert widget.annotation_combo.currentText() == "blobs annotations"
     assert viewer.layers.selection.active.name == "blobs annotations"
+
+
+def test_instant_forest_preview_before_the_first_iteration(qtbot, viewer, blobs, shown):
+    widget = make_widget(viewer, iterations=100_000)
+    annotated(widget, blobs[2])
+    assert widget.quick_check.isChecked()  # on by default
+    seen = []
+    assert widget.start_training()
+    widget.worker.yielded.connect(lambda p: seen.append(type(p).__name__))
+    qtbot.waitUntil(lambda: "blobs preview" in viewer.layers, timeout=WAIT_MS)
+    first_progress(qtbot, widget)
+    widget.stop_training()
+    qtbot.waitUntil(lambda: widget.worker is None, timeout=WAIT_MS)
+    assert seen[0] == "Preview" and "TrainProgress" in seen[1:]
+    preview = viewer.layers["blobs preview"].data
+    assert preview.shape == blobs[1].shape  # the whole (small) volume
+    dice = [2 * np.sum((preview == v) & (blobs[1] == v)) / (np.sum(preview == v) + np.sum(blobs[1] == v))
+            for v in (1, 2)]
+    assert min(dice) > 0.8, dice
+    assert not shown["error"], shown["error"]
 
 
 def test_save_and_load_model(qtbot, viewer, blobs, shown, tmp_path):
@@ -282,3 +303,19 @@ def test_channels_first_image(qtbot, make_napari_viewer, blobs, shown):
     train(qtbot, widget)
     assert not shown["error"], shown["error"]
     assert widget.model.in_channels == 2 and SESSION.get("two model") is widget.model
+
+
+def test_advanced_settings_reach_the_config(viewer):
+    from napari_seg3d.engine import TrainConfig
+
+    defaults = TrainConfig()
+    fresh = TrainWidget(PublicOnlyProxy(viewer))
+    viewer.window.add_dock_widget(fresh)
+    assert fresh.iterations_spin.value() == defaults.iterations
+    assert fresh.smoothness_spin.value() == defaults.smoothness
+    assert fresh.self_training_spin.value() == defaults.self_training
+    widget = make_widget(viewer)
+    widget.smoothness_spin.setValue(0.0)
+    widget.self_training_spin.setValue(3)
+    cfg = widget.train_config()
+    assert (cfg.smoothness, cfg.self_training, cfg.iterations) == (0.0, 3, 6)

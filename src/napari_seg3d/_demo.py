@@ -104,7 +104,7 @@ def _scripted(out_dir: Path, iterations: int, device: str) -> int:
     return 0
 
 
-def run_demo(out_dir: Path, iterations: int = 400, headless: bool = False,
+def run_demo(out_dir: Path, iterations: int = 800, headless: bool = False,
              device: str = "auto") -> int:
     """Run the demo; returns the process exit code."""
     if not headless and os.environ.get("DISPLAY"):

@@ -18,7 +18,8 @@ import numpy as np
 log = logging.getLogger("napari_seg3d")
 
 
-_TRAIN_SETTINGS = ("batch_size", "learning_rate", "loss", "seed", "validation_fraction")
+_TRAIN_SETTINGS = ("batch_size", "learning_rate", "loss", "seed", "validation_fraction", "smoothness",
+                   "self_training")
 
 
 def _train(args: argparse.Namespace) -> int:
@@ -149,7 +150,7 @@ def _demo(args: argparse.Namespace) -> int:
 
 
 def build_parser() -> argparse.ArgumentParser:
-    from .engine.config import LOSSES
+    from .engine.config import LOSSES, TrainConfig
 
     p = argparse.ArgumentParser(prog="napari-seg3d", description=__doc__.splitlines()[0])
     p.add_argument("--debug", action="store_true", help="show tracebacks and debug logging")
@@ -159,7 +160,7 @@ def build_parser() -> argparse.ArgumentParser:
     t.add_argument("--image", required=True, help="TIFF, HDF5 (file.h5:/key) or .npy volume")
     t.add_argument("--labels", required=True, help="annotations: 0 = not annotated, 1.. = classes")
     t.add_argument("--out", required=True, help="model file to write (the best model)")
-    t.add_argument("--iterations", type=int, default=400)
+    t.add_argument("--iterations", type=int, default=TrainConfig().iterations)
     t.add_argument("--patch-size", type=int, nargs=3, metavar=("Z", "Y", "X"))
     t.add_argument("--batch-size", type=int, help="default 2")
     t.add_argument("--learning-rate", type=float, help="default 0.003")
@@ -167,6 +168,13 @@ def build_parser() -> argparse.ArgumentParser:
     t.add_argument("--base-filters", type=int, default=16)
     t.add_argument("--levels", type=int, default=None)
     t.add_argument("--validation-fraction", type=float, help="default 0.15")
+    t.add_argument("--smoothness", type=float,
+                   help="weight of the edge-aware smoothness loss that spreads strokes along "
+                        f"regions up to image edges (0 = off; default {TrainConfig().smoothness:g})")
+    t.add_argument("--self-training", type=int, metavar="ROUNDS",
+                   help="rounds in the second half of the run in which the network also learns "
+                        "from the voxels it is sure of (0 = off; default "
+                        f"{TrainConfig().self_training})")
     t.add_argument("--device", default="auto", choices=["auto", "cpu", "cuda", "mps"])
     t.add_argument("--seed", type=int, help="default 0")
     g = t.add_mutually_exclusive_group()
@@ -197,7 +205,7 @@ def build_parser() -> argparse.ArgumentParser:
 
     d = sub.add_parser("demo", help="the whole workflow on the bundled nuclei sample")
     d.add_argument("--out", default="demo-output", help="folder for the screenshot, model, prediction")
-    d.add_argument("--iterations", type=int, default=400)
+    d.add_argument("--iterations", type=int, default=TrainConfig().iterations)
     d.add_argument("--headless", action="store_true", help="scripted run, even with a display")
     d.add_argument("--device", default="auto", choices=["auto", "cpu", "cuda", "mps"])
     d.set_defaults(func=_demo)

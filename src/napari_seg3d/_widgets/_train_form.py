@@ -60,8 +60,14 @@ class TrainForm(QWidget):
         self.fine_tune_check = QCheckBox("Start from the current model (fine-tune)")
         self.fine_tune_check.setEnabled(False)
         self.preview_check = QCheckBox("Live preview")
+        self.quick_check = QCheckBox("Instant first prediction (random forest)")
+        self.quick_check.setChecked(True)
+        self.quick_check.setToolTip("Segment with a random forest on filter features of your strokes "
+                                    "within seconds, shown in the preview layer while the network "
+                                    "learns.")
         layout.addWidget(self.fine_tune_check)
         layout.addWidget(self.preview_check)
+        layout.addWidget(self.quick_check)
         self.train_button, self.stop_button = QPushButton("Train"), QPushButton("Stop")
         self.continue_button = QPushButton("Continue training")
         self.save_button = QPushButton("Save model...")
@@ -88,7 +94,8 @@ class TrainForm(QWidget):
             self.patch_spins.append(spin)
             row.addWidget(spin)
         form.addRow("Patch size", row)
-        self.iterations_spin = QSpinBox(minimum=1, maximum=1_000_000, value=400, singleStep=100)
+        self.iterations_spin = QSpinBox(minimum=1, maximum=1_000_000,
+                                        value=TrainConfig().iterations, singleStep=100)
         self.batch_spin = QSpinBox(minimum=1, maximum=256, value=2)
         form.addRow("Iterations", self.iterations_spin)
         form.addRow("Batch size", self.batch_spin)
@@ -109,8 +116,21 @@ class TrainForm(QWidget):
         self.seed_spin = QSpinBox(minimum=0, maximum=2**31 - 1, value=0)
         self.val_spin = QDoubleSpinBox(minimum=0.0, maximum=0.5, decimals=2, value=0.15,
                                        singleStep=0.05)
+        self.smoothness_spin = QDoubleSpinBox(minimum=0.0, maximum=20.0, decimals=2,
+                                              value=TrainConfig().smoothness, singleStep=0.5)
+        self.smoothness_spin.setToolTip(
+            "Weight of the edge-aware smoothness loss: nearby voxels of similar intensity are "
+            "pushed to the same class, so strokes spread along regions and stop at edges. "
+            "0 turns it off.")
+        self.self_training_spin = QSpinBox(minimum=0, maximum=8, value=TrainConfig().self_training)
+        self.self_training_spin.setToolTip(
+            "Rounds of self-training in the second half of the run: the network segments the "
+            "whole volume and learns from the voxels it is sure of, as well as from your strokes. "
+            "0 turns it off.")
         for label, w in (("U-Net levels", self.levels_spin), ("Base filters", self.filters_spin),
                          ("Learning rate", self.lr_spin), ("Loss", self.loss_combo),
+                         ("Edge-aware smoothness", self.smoothness_spin),
+                         ("Self-training rounds", self.self_training_spin),
                          ("Device", self.device_combo), ("Seed", self.seed_spin),
                          ("Validation fraction", self.val_spin)):
             form.addRow(label, w)
@@ -125,7 +145,8 @@ class TrainForm(QWidget):
             batch_size=self.batch_spin.value(), iterations=iterations,
             learning_rate=self.lr_spin.value(), loss=self.loss_combo.currentText(),
             device=self.device_combo.currentText(), seed=self.seed_spin.value(),
-            validation_fraction=self.val_spin.value(),
+            validation_fraction=self.val_spin.value(), smoothness=self.smoothness_spin.value(),
+            self_training=self.self_training_spin.value(),
             validate_every=int(np.clip(iterations // 10, 5, 50)))
 
     def _patch_target(self) -> int:

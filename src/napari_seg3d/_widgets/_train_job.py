@@ -46,6 +46,8 @@ class TrainJob:
         self.warned_values: set[int] = set()
         self.gen = None  # the training generator, for finish()
         self.result_seen = False
+        self.quick_preview = False  # True: a random-forest preview before the network trains
+        self.quick_region = None  # its region (None: the whole volume)
 
     def __repr__(self) -> str:  # napari lists running workers by their function
         return f"napari-seg3d training on '{self.image_name}'"
@@ -66,6 +68,8 @@ class TrainJob:
                 self.build()
             if self.stop_requested:
                 self.trainer.request_stop()
+            if self.quick_preview and not self.stop_requested:
+                yield from self._quick_preview()
             gen = self.gen = self.trainer.run()
             update = None
             while True:
@@ -83,6 +87,14 @@ class TrainJob:
             self.gen = None
             if gen is not None:
                 gen.close()
+
+    def _quick_preview(self):
+        """Yield the forest's :class:`Preview`; strokes sent meanwhile go to the trainer."""
+        update = yield self.trainer.quick_preview(self.quick_region)
+        if update is not None:
+            self.consumed = update
+            if update.labels is not None:
+                self.trainer.update_annotations(update.labels)
 
     def finish(self):
         """When the worker was quit (napari cancels workers when the window closes) the training

@@ -18,7 +18,8 @@ from napari.utils.notifications import show_error, show_info, show_warning
 from qtpy.QtCore import QTimer
 from qtpy.QtWidgets import QFileDialog, QWidget
 
-from ..engine import ModelFileError, Seg3DError, Trainer, load_model, save_model
+from ..engine import (ModelFileError, Preview, Seg3DError, Trainer, load_model,
+                      save_model)
 from . import _layers
 from ._session import SESSION
 from ._train_display import TrainingDisplay
@@ -60,6 +61,7 @@ class TrainWidget(TrainForm):
         self._connect_ui()
         self._update_buttons()
         self._timers()
+        _warm_up_forest()
         layers = self.viewer.layers
         for event in (layers.events.inserted, layers.events.removed):
             event.connect(self._refresh_layers)
@@ -151,9 +153,13 @@ class TrainWidget(TrainForm):
         image_layer, ann = self.image_layer(), self.annotation_layer()
         check_layers(image_layer, ann)
         cfg, init = self._run_config(resume, self.model, self.last_model)
-        return new_job(image_layer, ann, cfg, init, resume=resume,
-                       levels=self.levels_spin.value() or None,
-                       filters=self.filters_spin.value(), names=self.class_table)
+        job = new_job(image_layer, ann, cfg, init, resume=resume,
+                      levels=self.levels_spin.value() or None,
+                      filters=self.filters_spin.value(), names=self.class_table)
+        job.quick_preview = self.quick_check.isChecked() and not resume
+        job.quick_region = _layers.view_region(image_layer, self.viewer, cfg.patch_size[0],
+                                               PREVIEW_YX)
+        return job
 
     def _launch(self, job: TrainJob) -> None:
         self._job, self._image_name = job, job.image_name
@@ -173,6 +179,11 @@ class TrainWidget(TrainForm):
     def _on_progress(self, p: TrainProgress) -> None:
         job = self._job
         if job is None:
+            return
+        if isinstance(p, Preview):  # the instant forest preview, before the first iteration
+            self._show_preview(p)
+            self.status.setText("First prediction from a random forest on your strokes "
+                                "(preview layer); the network is training...")
             return
         job.latest = p
         self._display.record(p)
@@ -335,3 +346,12 @@ class TrainWidget(TrainForm):
         self.load_button.setEnabled(not busy)
         self.new_layer_button.setEnabled(self.image_combo.count() > 0)
 
+
+def _warm_up_forest() -> None:
+    """Import scikit-learn in the background (1-3 s) so the instant preview of the first
+    *Train* does not wait for it."""
+    import importlib
+    import threading
+
+    threading.Thread(target=importlib.import_module, args=("sklearn.ensemble",), daemon=True,
+                     name="seg3d-warm-up").start()

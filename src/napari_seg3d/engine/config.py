@@ -35,7 +35,7 @@ class TrainConfig:
 
     patch_size: tuple[int, int, int] = (32, 64, 64)
     batch_size: int = 2
-    iterations: int = 500
+    iterations: int = 800
     learning_rate: float = 3e-3
     weight_decay: float = 1e-4
     loss: str = "ce_dice"
@@ -46,6 +46,9 @@ class TrainConfig:
     validate_every: int = 50
     random_patch_fraction: float = 0.1
     augment: bool = True
+    smoothness: float = 1.0
+    self_training: int = 2
+    pseudo_threshold: float = 0.9
 
     def __post_init__(self) -> None:
         if self.loss not in LOSSES:
@@ -54,6 +57,9 @@ class TrainConfig:
             raise ValueError(f"Unknown device {self.device!r}; choose one of {', '.join(DEVICES)}.")
         if len(self.patch_size) != 3 or min(self.patch_size) < 1:
             raise ValueError(f"patch_size must be three positive integers (Z, Y, X), got {self.patch_size}.")
+        if self.smoothness < 0 or self.self_training < 0 or not 0.5 <= self.pseudo_threshold <= 1:
+            raise ValueError("smoothness and self_training must be >= 0 and pseudo_threshold "
+                             "between 0.5 and 1.")
         if self.batch_size < 1 or self.iterations < 1:
             raise ValueError("batch_size and iterations must be at least 1.")
         object.__setattr__(self, "patch_size", tuple(int(p) for p in self.patch_size))

@@ -18,11 +18,24 @@ class Prefetcher:
 
     def __init__(self, make_batch: Callable[[int], tuple], iterations: range, depth: int = 3) -> None:
         self._make = make_batch
+        self._depth = depth
+        self._setup(iterations)
+
+    def _setup(self, iterations: range) -> None:
         self._iterations = iterations
-        self._queue: queue.Queue = queue.Queue(maxsize=depth)
+        self._queue: queue.Queue = queue.Queue(maxsize=self._depth)
         self._done = threading.Event()
         self._limited = threading.Event()
         self._thread = threading.Thread(target=self._work, name="seg3d-prefetch", daemon=True)
+
+    def restart(self, iterations: range, between: Callable[[], object] | None = None):
+        """Drop the batches made so far, call ``between()`` with the thread stopped (to change
+        what batches are made from), then make ``iterations``; returns what ``between`` returned."""
+        self.__exit__(None, None, None)
+        result = between() if between is not None else None
+        self._setup(iterations)
+        self.__enter__()
+        return result
 
     def __enter__(self) -> Prefetcher:
         threads = torch.get_num_threads()  # fixes this (training) thread's count before...

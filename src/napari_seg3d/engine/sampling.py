@@ -16,6 +16,7 @@ import torch
 from .errors import AnnotationError
 
 _VAL_BLOCK = 8  # edge of the spatial blocks that go wholly to training or to validation
+_MAX_PSEUDO_CENTRES = 50_000  # per class: patch centres drawn from pseudo-labelled voxels
 
 
 @dataclass(frozen=True)
@@ -198,6 +199,23 @@ class PatchSampler:
         self.random_fraction = random_fraction
         self.shape = tuple(image.shape[-3:])
         self._annotations = annotations
+        self._pseudo: tuple[np.ndarray, tuple[np.ndarray, ...]] | None = None
+
+    def set_pseudo_labels(self, pseudo: np.ndarray | None, seed: int = 0) -> None:
+        """Targets for voxels without strokes (self-training): ``(Z, Y, X)`` class index + 1 where
+        the network was sure, 0 elsewhere; None removes them. Strokes and held-out voxels always
+        win over pseudo-labels. Half the patches are then centred on pseudo-labelled voxels."""
+        if pseudo is None:
+            self._pseudo = None
+            return
+        rng = np.random.default_rng([seed, 7])
+        coords = []
+        for k in range(len(self._annotations.class_values)):
+            flat = np.flatnonzero(pseudo.ravel() == k + 1)
+            if len(flat) > _MAX_PSEUDO_CENTRES:
+                flat = rng.choice(flat, _MAX_PSEUDO_CENTRES, replace=False)
+            coords.append(np.stack(np.unravel_index(flat, pseudo.shape), 1).astype(np.int32))
+        self._pseudo = (pseudo, tuple(coords))  # one assignment: safe across threads
 
     def set_annotations(self, annotations: AnnotationSet) -> None:
         """Swap in a new snapshot (one reference assignment, safe across threads)."""
@@ -220,25 +238,40 @@ class PatchSampler:
             patch = padded
         return patch
 
-    def _train_target(self, ann: AnnotationSet, start) -> tuple[np.ndarray, np.ndarray]:
+    def _train_target(self, ann: AnnotationSet, start, pseudo) -> tuple[np.ndarray, np.ndarray]:
         idx = read_patch(ann.index, start, self.patch_size, False)
         mask = idx > 0
-        return np.where(mask, idx - 1, 0).astype(np.int64), mask
+        target = np.where(mask, idx - 1, 0).astype(np.int64)
+        if pseudo is not None:
+            p = read_patch(pseudo[0], start, self.patch_size, False)
+            fill = (idx == 0) & (p > 0)
+            target[fill] = p[fill] - 1
+            mask |= fill
+        return target, mask
+
+    def _centre(self, ann: AnnotationSet, pseudo, rng: np.random.Generator) -> np.ndarray:
+        """Class-balanced on strokes (or, with pseudo-labels, on them half of the time), or
+        anywhere for a ``random_fraction`` of the patches."""
+        classes = [k for k, c in enumerate(ann.train_coords) if len(c)]
+        if not classes or rng.random() < self.random_fraction:
+            return np.array([rng.integers(0, d) for d in self.shape])
+        if pseudo is not None and rng.random() < 0.5:
+            sure = [c for c in pseudo[1] if len(c)]
+            if sure:
+                coords = sure[int(rng.integers(len(sure)))]
+                return coords[int(rng.integers(len(coords)))]
+        coords = ann.train_coords[classes[int(rng.integers(len(classes)))]]
+        return coords[int(rng.integers(len(coords)))]
 
     def sample(self, batch_size: int, rng: np.random.Generator) -> Batch:
         """Draw ``batch_size`` patches; class-balanced centres on annotated voxels."""
-        ann = self._annotations
-        classes = [k for k, c in enumerate(ann.train_coords) if len(c)]
+        ann, pseudo = self._annotations, self._pseudo
         images, targets, masks = [], [], []
         for _ in range(batch_size):
-            if not classes or rng.random() < self.random_fraction:
-                center = np.array([rng.integers(0, d) for d in self.shape])
-            else:
-                coords = ann.train_coords[classes[int(rng.integers(len(classes)))]]
-                center = coords[int(rng.integers(len(coords)))]
+            center = self._centre(ann, pseudo, rng)
             start = patch_start(center, self.patch_size, self.shape, rng)
             images.append(self._read(start))
-            t, m = self._train_target(ann, start)
+            t, m = self._train_target(ann, start, pseudo)
             targets.append(t)
             masks.append(m)
         return Batch(np.stack(images), np.stack(targets), np.stack(masks))

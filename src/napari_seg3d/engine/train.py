@@ -26,6 +26,9 @@ from .sampling import (AnnotationSet, PatchSampler, class_values_of, compute_nor
 
 log = logging.getLogger(__name__)
 
+QUICK_PREVIEW_VOXELS = 8_000_000  # larger volumes get the quick preview of a region only
+SELF_TRAINING_VOXELS = 16_000_000  # larger volumes train on strokes only (no whole-volume pass)
+
 
 @dataclass(frozen=True)
 class TrainProgress:
@@ -210,10 +213,73 @@ class Trainer:
             net.train()
         return Preview(region, self.model.label_lut()[labels], iteration)
 
+    def quick_preview(self, region: tuple[slice, slice, slice] | None = None) -> Preview:
+        """A first segmentation in seconds, before the network has learnt anything: a random
+        forest on multiscale filter features, fit on the current strokes (see ``forest.py``).
+
+        Args:
+            region: the part to segment; the whole volume when None or when the volume has at
+                most :data:`QUICK_PREVIEW_VOXELS` voxels.
+        """
+        from .forest import fit_forest, forest_predict
+
+        shape = self.sampler.shape
+        if region is None or np.prod(shape) <= QUICK_PREVIEW_VOXELS:
+            region = tuple(slice(0, n) for n in shape)
+        region = tuple(slice(*s.indices(n)[:2]) for s, n in zip(region, shape))
+        image = self.sampler.image if self.sampler.has_channels else _Channel(self.sampler.image)
+        forest = fit_forest(image, self.sampler.annotations.index, self.model.normalization,
+                            spacing=self.model.voxel_size, seed=self.config.seed)
+        probs = forest_predict(forest, _Region(image, region))
+        return Preview(region, self.model.label_lut()[probs.argmax(0)], 0)
+
+    def self_train(self, iteration: int) -> Preview | None:
+        """One self-training round: predict the whole volume with the current network; voxels
+        it gives a probability of at least ``pseudo_threshold`` become targets where there is no
+        stroke, until the next round. Returns the prediction as a :class:`Preview` (None when
+        the volume is above :data:`SELF_TRAINING_VOXELS`, where rounds are skipped)."""
+        from .predict import predict_volume
+
+        shape = self.sampler.shape
+        if np.prod(shape) > SELF_TRAINING_VOXELS:
+            log.info("Self-training skipped: the volume has more than %d voxels.",
+                     SELF_TRAINING_VOXELS)
+            return None
+        net = self.model.network
+        net.eval()
+        try:
+            probs = predict_volume(net, self.model.prepare(np.asarray(self.sampler.image)),
+                                   patch_size=self.config.patch_size, overlap=0.25, batch_size=2,
+                                   device=self.device, probabilities=True)
+        finally:
+            net.train()
+        if probs.shape[0] == 1:  # one sigmoid channel: the probability of the second class
+            probs = np.concatenate([1 - probs, probs])
+        classes = probs.argmax(0)
+        sure = probs.max(0) >= self.config.pseudo_threshold
+        pseudo = np.where(sure, classes + 1, 0).astype(np.int16)
+        self.sampler.set_pseudo_labels(pseudo, seed=self.config.seed + iteration)
+        log.info("Self-training at iteration %d: %.0f%% of the voxels pseudo-labelled.",
+                 iteration, 100 * sure.mean())
+        return Preview(tuple(slice(0, n) for n in shape), self.model.label_lut()[classes], iteration)
+
     def run(self) -> Generator[TrainProgress, TrainerUpdate | np.ndarray | None, TrainResult]:
         from .train_loop import training_loop
 
         return (yield from training_loop(self))
+
+
+class _Region:
+    """A ``(C, z, y, x)`` view of one region of a ``(C, Z, Y, X)`` source."""
+
+    def __init__(self, source, region: tuple[slice, slice, slice]) -> None:
+        self.source, self.region = source, region
+        self.shape = (source.shape[0],) + tuple(s.stop - s.start for s in region)
+
+    def __getitem__(self, key):
+        ch, *spatial = key
+        inner = tuple(slice(r.start + k.start, r.start + k.stop) for r, k in zip(self.region, spatial))
+        return self.source[(ch,) + inner]
 
 
 class _Channel:
@@ -233,6 +299,15 @@ def batch_rng(seed: int, iteration: int) -> tuple[np.random.Generator, torch.Gen
     rng = np.random.default_rng([seed, iteration])
     gen = torch.Generator().manual_seed(int(rng.integers(2**62)))
     return rng, gen
+
+
+def self_training_starts(config: TrainConfig) -> list[int]:
+    """Iterations at which self-training rounds start: the first half of the run learns from
+    the strokes alone, the second half is split evenly between ``config.self_training`` rounds
+    (800 iterations, 2 rounds: 400 and 600)."""
+    n, rounds = config.iterations, config.self_training
+    starts = {int(n * (1 - 0.5 * (rounds - r) / rounds)) for r in range(rounds)} if rounds else set()
+    return sorted(s for s in starts if s > 0)
 
 
 def eta(seconds_per_step: float, remaining: int) -> float:

@@ -12,6 +12,7 @@ import torch
 from .losses import dice_per_class, is_binary_loss
 from .model_file import SegmentationModel
 from .prefetch import Prefetcher
+from .regularizer import edge_aware_smoothness
 from .sampling import augment
 
 if TYPE_CHECKING:
@@ -36,6 +37,18 @@ def _make_batch(trainer: Trainer, iteration: int):
     if trainer.device.type == "cuda":
         image, target, mask = image.pin_memory(), target.pin_memory(), mask.pin_memory()
     return image, target, mask
+
+
+def _smoothness(trainer: Trainer, logits: torch.Tensor, image: torch.Tensor) -> torch.Tensor:
+    """The edge-aware smoothness loss of a batch (every voxel, annotated or not)."""
+    logits = logits.float()
+    if is_binary_loss(trainer.config.loss):
+        fg = torch.sigmoid(logits)
+        probs = torch.cat([1 - fg, fg], 1)
+    else:
+        probs = torch.softmax(logits, 1)
+    spacing = trainer.model.voxel_size or (1.0, 1.0, 1.0)
+    return edge_aware_smoothness(probs, image, spacing=spacing)
 
 
 def _predict_classes(net: torch.nn.Module, x: torch.Tensor, binary: bool) -> torch.Tensor:
@@ -93,7 +106,8 @@ def _score(val_dice, history) -> float:
 
 
 def training_loop(trainer: Trainer) -> Generator[TrainProgress, np.ndarray | None, TrainResult]:
-    from .train import TrainerUpdate, TrainProgress, TrainResult, eta, learning_rate_at
+    from .train import (TrainerUpdate, TrainProgress, TrainResult, eta, learning_rate_at,
+                        self_training_starts)
 
     cfg, dev, m = trainer.config, trainer.device, trainer.model
     net = m.network.to(dev).train()
@@ -107,11 +121,16 @@ def training_loop(trainer: Trainer) -> Generator[TrainProgress, np.ndarray | Non
     voxels = cfg.batch_size * int(np.prod(cfg.patch_size))
     step_time, wait_frac, it = float("nan"), 0.0, trainer.start_iteration
     stopped, preview = False, None
+    rounds = self_training_starts(cfg)
+    if any(r <= trainer.start_iteration for r in rounds):  # resumed after self-training began
+        preview = trainer.self_train(trainer.start_iteration)
     with Prefetcher(lambda i: _make_batch(trainer, i), range(trainer.start_iteration, cfg.iterations)) as pf:
         for it in range(trainer.start_iteration, cfg.iterations):
             if trainer._stop.is_set():
                 stopped = True
                 break
+            if it in rounds and it > trainer.start_iteration:
+                preview = pf.restart(range(it, cfg.iterations), lambda it=it: trainer.self_train(it))
             t0 = time.perf_counter()
             image, target, mask = (t.to(dev, non_blocking=True) for t in pf.get(it))
             t_data = time.perf_counter() - t0
@@ -122,6 +141,8 @@ def training_loop(trainer: Trainer) -> Generator[TrainProgress, np.ndarray | Non
             with torch.autocast("cuda", enabled=use_amp):
                 logits = net(image)
             loss = trainer.loss_fn(logits, target, mask)
+            if cfg.smoothness > 0:
+                loss = loss + cfg.smoothness * _smoothness(trainer, logits, image)
             optimizer.zero_grad(set_to_none=True)
             scaler.scale(loss).backward()
             scaler.unscale_(optimizer)

@@ -1,0 +1,71 @@
+"""The random-forest quick segmentation: features, block-wise prediction, the Trainer's preview."""
+
+import numpy as np
+import pytest
+
+from napari_seg3d.engine import TrainConfig, Trainer
+from napari_seg3d.engine.forest import (
+    SIGMAS,
+    fit_forest,
+    forest_predict,
+    halo_of,
+    image_features,
+    iter_forest_predict,
+    symmetric_eigenvalues,
+)
+from napari_seg3d.engine.metrics import dice_scores
+from napari_seg3d.engine.sampling import compute_normalization
+
+
+def test_closed_form_eigenvalues_match_numpy():
+    rng = np.random.default_rng(0)
+    a = rng.normal(size=(500, 3, 3)).astype(np.float32)
+    a = a + a.swapaxes(1, 2)
+    a[:3] = 0  # degenerate: all equal
+    a[3:6] = np.diag([2.0, 2.0, -1.0])
+    h = {(i, j): a[:, i, j] for i in range(3) for j in range(i, 3)}
+    ours = np.stack(symmetric_eigenvalues(h), 1)
+    np.testing.assert_allclose(ours, np.linalg.eigvalsh(a)[:, ::-1], atol=1e-4)
+
+
+def test_features_shape_and_anisotropic_halo():
+    image = np.random.default_rng(0).random((2, 9, 12, 10), dtype=np.float32)
+    f = image_features(image)
+    assert f.shape == (2 * (1 + 5 * len(SIGMAS)), 9, 12, 10) and f.dtype == np.float32
+    assert np.isfinite(f).all()
+    z, y, x = halo_of((3.0, 1.0, 1.0))
+    assert y == x and z < y  # coarse z: fewer voxels of context
+
+
+def test_forest_segments_blobs_and_blocks_match_the_whole(blobs):
+    image, truth, scribbles = blobs
+    norm = compute_normalization(image[None])
+    forest = fit_forest(image[None], scribbles.astype(np.int16), norm, n_trees=20, n_jobs=1)
+    whole = forest_predict(forest, image[None])
+    assert whole.shape == (2,) + image.shape
+    np.testing.assert_allclose(whole.sum(0), 1, atol=1e-5)
+    dice = dice_scores(whole.argmax(0) + 1, truth, (1, 2))
+    assert min(dice) > 0.8, dice
+    tiled = np.zeros_like(whole)
+    regions = list(iter_forest_predict(forest, image[None], block=(6, 10, 10)))
+    assert regions[-1].regions_done == regions[-1].regions_total == len(regions) > 1
+    for r in regions:
+        tiled[(slice(None),) + r.slices] = r.probabilities
+    # each block sees the context its filters need, so tiling changes nothing
+    np.testing.assert_allclose(tiled, whole, atol=1e-5)
+
+
+@pytest.mark.parametrize("region", [None, (slice(3, 9), slice(0, 24), slice(5, 20))])
+def test_trainer_quick_preview(blobs, region, monkeypatch):
+    from napari_seg3d.engine import train
+
+    image, truth, scribbles = blobs
+    trainer = Trainer(image, scribbles, TrainConfig(patch_size=(8, 16, 16), device="cpu"))
+    if region is not None:
+        monkeypatch.setattr(train, "QUICK_PREVIEW_VOXELS", 1000)  # "a large volume"
+    preview = trainer.quick_preview(region)
+    expected = region or tuple(slice(0, n) for n in image.shape)
+    assert preview.slices == expected and preview.iteration == 0
+    assert preview.labels.shape == tuple(s.stop - s.start for s in expected)
+    assert set(np.unique(preview.labels)) <= {1, 2}
+    assert np.mean(preview.labels == truth[expected]) > 0.85
