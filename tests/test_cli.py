@@ -192,7 +192,7 @@ def _one_class(workspace, tmp_path):
 
 
 def _unknown_loss(workspace, tmp_path):
-    return _train_args(workspace, tmp_path, None, None, "--loss", "focal")
+    return _train_args(workspace, tmp_path, None, None, "--loss", "lovasz")
 
 
 def _corrupt_model(workspace, tmp_path):
@@ -222,7 +222,7 @@ def _missing_model(workspace, tmp_path):
     (_labels_wrong_shape, r"train: error: The annotations have shape \(3, 4, 5\)"),
     (_no_annotations, "train: error: There are no annotations"),
     (_one_class, r"train: error: Only one class \(value 5\)"),
-    (_unknown_loss, "train: error: Unknown loss 'focal'; choose one of ce_dice"),
+    (_unknown_loss, "train: error: Unknown loss 'lovasz'; choose one of ce_dice"),
     (_corrupt_model, "predict: error: Cannot load cut.pt: it is truncated, corrupt"),
     (_torch_pickle_model, "info: error: Cannot load evil.pt: it holds code or objects"),
     (_plain_pickle_model, "info: error: Cannot load evil.pt"),

@@ -87,6 +87,7 @@ def test_loss_decreases_as_logits_move_toward_the_target(name):
 @pytest.mark.parametrize(("name", "expected"), [
     ("ce", math.log(K)),  # uniform softmax: -log(1/K) per voxel
     ("bce", math.log(2)),  # sigmoid(0) = 0.5
+    ("focal", (1 - 1 / K) ** 2 * math.log(K)),  # cross-entropy scaled by (1 - p)^2
 ])
 def test_cross_entropy_of_zero_logits(name, expected):
     logits, target, mask, _ = _case(name)
@@ -106,8 +107,8 @@ def test_dice_per_class_known_answers():
 
 
 def test_make_loss_unknown_name_lists_the_valid_ones():
-    with pytest.raises(ValueError, match="Unknown loss 'focal'") as info:
-        make_loss("focal")
+    with pytest.raises(ValueError, match="Unknown loss 'lovasz'") as info:
+        make_loss("lovasz")
     for name in LOSSES:
         assert name in str(info.value)
 

@@ -6,7 +6,7 @@ import dataclasses
 from dataclasses import dataclass, field
 from typing import Any
 
-LOSSES = ("ce_dice", "ce", "dice", "bce", "bce_dice")
+LOSSES = ("ce_dice", "ce", "dice", "focal", "focal_dice", "bce", "bce_dice")
 DEVICES = ("auto", "cpu", "cuda", "mps")
 
 

@@ -35,6 +35,20 @@ def masked_cross_entropy(logits: torch.Tensor, target: torch.Tensor, mask: torch
     return torch.where(mask, ce, torch.zeros_like(ce)).sum() / n
 
 
+def masked_focal(logits: torch.Tensor, target: torch.Tensor, mask: torch.Tensor,
+                 gamma: float = 2.0) -> torch.Tensor:
+    """Focal loss (Lin et al. 2017) averaged over annotated voxels: cross-entropy scaled by
+    ``(1 - p_true) ** gamma``, so voxels already right count little and hard ones (thin
+    structures, borders) count more."""
+    n = mask.sum()
+    if n == 0:
+        return _zero(logits)
+    logp = torch.log_softmax(logits.float(), dim=1)
+    logp_true = logp.gather(1, (target.long() * mask).unsqueeze(1)).squeeze(1)
+    focal = -((1 - logp_true.exp()) ** gamma) * logp_true
+    return torch.where(mask, focal, torch.zeros_like(focal)).sum() / n
+
+
 def masked_soft_dice(logits: torch.Tensor, target: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
     """One minus the soft Dice averaged over classes, computed on annotated voxels only.
 
@@ -80,6 +94,10 @@ def _ce_dice(logits, target, mask):
     return masked_cross_entropy(logits, target, mask) + masked_soft_dice(logits, target, mask)
 
 
+def _focal_dice(logits, target, mask):
+    return masked_focal(logits, target, mask) + masked_soft_dice(logits, target, mask)
+
+
 def _bce_dice(logits, target, mask):
     return masked_bce(logits, target, mask) + masked_binary_dice(logits, target, mask)
 
@@ -88,6 +106,8 @@ _LOSS_FNS: dict[str, LossFn] = {
     "ce_dice": _ce_dice,
     "ce": masked_cross_entropy,
     "dice": masked_soft_dice,
+    "focal": masked_focal,
+    "focal_dice": _focal_dice,
     "bce": masked_bce,
     "bce_dice": _bce_dice,
 }
