@@ -278,3 +278,62 @@ def test_resume_takes_unspecified_settings_from_the_model_file(workspace, tmp_pa
     cfg = load_model(tmp_path / "r.last.pt").train_config
     assert (cfg.learning_rate, cfg.seed, cfg.iterations) == (0.01, 7, 3)
     assert (cfg.smoothness, cfg.self_training) == (0.5, 1)
+
+
+def _captured(argv) -> tuple[int, str]:
+    out = io.StringIO()
+    with contextlib.redirect_stdout(out):
+        code = main(argv)
+    return code, out.getvalue()
+
+
+def test_info_config_reproduces_the_run_through_train_config(workspace, tmp_path):
+    torch.set_num_threads(1)
+    first = ["train", "--image", str(workspace / "image.tif"), "--labels",
+             str(workspace / "labels.tif"), "--out", str(tmp_path / "a.pt"), "--iterations", "3",
+             "--seed", "5", "--smoothness", "0.5", "--learning-rate", "0.01", *TINY]
+    assert main(first) == 0
+    code, text = _captured(["info", str(tmp_path / "a.last.pt"), "--config"])
+    assert code == 0 and "seed: 5" in text and "smoothness: 0.5" in text
+    config = tmp_path / "run.yaml"
+    config.write_text(text)
+    again = ["train", "--image", str(workspace / "image.tif"), "--labels",
+             str(workspace / "labels.tif"), "--out", str(tmp_path / "b.pt"), "--config",
+             str(config), "--quiet", "--device", "cpu"]
+    assert main(again) == 0
+    a, b = load_model(tmp_path / "a.last.pt"), load_model(tmp_path / "b.last.pt")
+    assert a.train_config == b.train_config and a.model_config == b.model_config
+    for name, tensor in a.network.state_dict().items():
+        assert torch.equal(tensor, b.network.state_dict()[name]), name
+
+
+def test_command_line_options_win_over_the_config_file(workspace, tmp_path):
+    config = tmp_path / "run.yaml"
+    config.write_text("iterations: 2\nseed: 3\nloss: dice\nbase_filters: 4\nlevels: 2\n"
+                      "patch_size: [8, 16, 16]\nself_training: 0\n")
+    argv = ["train", "--image", str(workspace / "image.tif"), "--labels",
+            str(workspace / "labels.tif"), "--out", str(tmp_path / "m.pt"), "--config",
+            str(config), "--seed", "9", "--quiet", "--device", "cpu"]
+    assert main(argv) == 0
+    model = load_model(tmp_path / "m.last.pt")
+    cfg = model.train_config
+    assert (cfg.iterations, cfg.seed, cfg.loss, cfg.self_training) == (2, 9, "dice", 0)
+    assert model.model_config.kwargs["base_filters"] == 4 and cfg.patch_size == (8, 16, 16)
+
+
+@pytest.mark.parametrize("text, message", [
+    ("iterations: 2\nlerning_rate: 0.1\n", "Unknown settings in .*: lerning_rate. Valid settings:"),
+    ("loss: lovasz\n", "Invalid setting in .*Unknown loss 'lovasz'"),
+    ("- 1\n- 2\n", "must hold a mapping of settings"),
+    ("seed: [1\n", "is not valid YAML"),
+])
+def test_bad_config_files_are_one_line_errors(workspace, tmp_path, text, message):
+    config = tmp_path / "bad.yaml"
+    config.write_text(text)
+    result = subprocess.run(
+        [sys.executable, "-m", "napari_seg3d.cli", "train", "--image", str(workspace / "image.tif"),
+         "--labels", str(workspace / "labels.tif"), "--out", str(tmp_path / "m.pt"), "--config",
+         str(config), "--quiet"], capture_output=True, text=True)
+    assert result.returncode == 2
+    assert len(result.stderr.strip().splitlines()) == 1 and re.search(message, result.stderr)
+    assert not (tmp_path / "m.pt").exists()

@@ -18,37 +18,45 @@ import numpy as np
 log = logging.getLogger("napari_seg3d")
 
 
-_TRAIN_SETTINGS = ("batch_size", "learning_rate", "loss", "seed", "validation_fraction", "smoothness",
-                   "self_training")
 
 
 def _train(args: argparse.Namespace) -> int:
+    from ._config_file import read_config
     from .engine import (TrainConfig, Trainer, default_model_config, load_model,
                          propose_patch_size, save_model)
     from .engine.io import read_volume
     from .engine.losses import is_binary_loss
+
+    file = read_config(args.config) if args.config else {}
+
+    def setting(name, default=None):  # the command line wins over the file
+        value = getattr(args, name, None)
+        return value if value is not None else file.get(name, default)
 
     image = read_volume(args.image, lazy=True)
     labels = read_volume(args.labels).data
     init = load_model(args.resume or args.fine_tune) if (args.resume or args.fine_tune) else None
     voxel = image.voxel_size
     if init is not None:
-        patch = tuple(args.patch_size or init.patch_size)
+        patch = tuple(setting("patch_size") or init.patch_size)
     else:
-        patch = tuple(args.patch_size or propose_patch_size(image.data.shape[-3:], voxel))
+        patch = tuple(setting("patch_size") or propose_patch_size(image.data.shape[-3:], voxel))
     start = init.iteration if args.resume else 0
-    # settings not given on the command line come from the model file (resume, fine-tune)
+    # settings given neither on the command line nor in --config come from the model file
+    # (resume, fine-tune), else from the defaults
     base = init.train_config if init is not None else TrainConfig()
-    given = {name: getattr(args, name) for name in _TRAIN_SETTINGS}
+    names = {f.name for f in dataclasses.fields(TrainConfig)} - {"patch_size", "iterations", "device"}
+    given = {name: setting(name) for name in names}
     cfg = dataclasses.replace(
-        base, patch_size=patch, iterations=start + args.iterations, device=args.device,
-        **{k: v for k, v in given.items() if v is not None})
+        base, patch_size=patch, iterations=start + setting("iterations", TrainConfig().iterations),
+        device=setting("device", "auto"), **{k: v for k, v in given.items() if v is not None})
     model_config = None
     if init is None:
         channels = image.data.shape[0] if image.data.ndim == 4 else 1
         k = 1 if is_binary_loss(cfg.loss) else len(np.unique(labels[labels > 0]))
         model_config = default_model_config(channels, k, patch, voxel,
-                                            base_filters=args.base_filters, levels=args.levels)
+                                            base_filters=setting("base_filters", 16),
+                                            levels=setting("levels"))
     trainer = Trainer(image.data, labels, cfg, model_config=model_config, voxel_size=voxel,
                       init=init, resume=bool(args.resume))
     result = _run_training(trainer, cfg.iterations, start, quiet=args.quiet)
@@ -138,7 +146,13 @@ def _predict(args: argparse.Namespace) -> int:
 def _info(args: argparse.Namespace) -> int:
     from .engine import describe, load_model
 
-    print(json.dumps(describe(load_model(args.model)), indent=2, default=str))
+    model = load_model(args.model)
+    if args.config:
+        from ._config_file import model_config_yaml
+
+        print(model_config_yaml(model), end="")
+        return 0
+    print(json.dumps(describe(model), indent=2, default=str))
     return 0
 
 
@@ -160,12 +174,14 @@ def build_parser() -> argparse.ArgumentParser:
     t.add_argument("--image", required=True, help="TIFF, HDF5 (file.h5:/key) or .npy volume")
     t.add_argument("--labels", required=True, help="annotations: 0 = not annotated, 1.. = classes")
     t.add_argument("--out", required=True, help="model file to write (the best model)")
-    t.add_argument("--iterations", type=int, default=TrainConfig().iterations)
+    t.add_argument("--config", metavar="FILE.yaml",
+                   help="training settings from a YAML file (options given here win over it)")
+    t.add_argument("--iterations", type=int, help=f"default {TrainConfig().iterations}")
     t.add_argument("--patch-size", type=int, nargs=3, metavar=("Z", "Y", "X"))
     t.add_argument("--batch-size", type=int, help="default 2")
     t.add_argument("--learning-rate", type=float, help="default 0.003")
     t.add_argument("--loss", help=f"{', '.join(LOSSES)} (default ce_dice)")
-    t.add_argument("--base-filters", type=int, default=16)
+    t.add_argument("--base-filters", type=int, help="default 16")
     t.add_argument("--levels", type=int, default=None)
     t.add_argument("--validation-fraction", type=float, help="default 0.15")
     t.add_argument("--smoothness", type=float,
@@ -175,7 +191,7 @@ def build_parser() -> argparse.ArgumentParser:
                    help="rounds in the second half of the run in which the network also learns "
                         "from the voxels it is sure of (0 = off; default "
                         f"{TrainConfig().self_training})")
-    t.add_argument("--device", default="auto", choices=["auto", "cpu", "cuda", "mps"])
+    t.add_argument("--device", choices=["auto", "cpu", "cuda", "mps"])
     t.add_argument("--seed", type=int, help="default 0")
     g = t.add_mutually_exclusive_group()
     g.add_argument("--resume", metavar="MODEL", help="continue a run exactly from its model file")
@@ -201,6 +217,8 @@ def build_parser() -> argparse.ArgumentParser:
 
     i = sub.add_parser("info", help="print what a model file holds")
     i.add_argument("model")
+    i.add_argument("--config", action="store_true",
+                   help="print the training settings as a YAML file for train --config")
     i.set_defaults(func=_info)
 
     d = sub.add_parser("demo", help="the whole workflow on the bundled nuclei sample")

@@ -1,0 +1,64 @@
+"""Training settings as a YAML file: ``napari-seg3d train --config FILE.yaml`` reads one, and
+``napari-seg3d info MODEL --config`` writes the one that reproduces a model's run.
+
+The file is a flat mapping of :class:`TrainConfig` fields plus the network's ``base_filters``
+and ``levels``; every key is optional. Options given on the command line win over the file.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from pathlib import Path
+from typing import Any
+
+from .engine.config import TrainConfig
+from .engine.errors import Seg3DError
+
+NETWORK_KEYS = ("base_filters", "levels")
+
+
+def setting_names() -> tuple[str, ...]:
+    """Every key a config file may hold."""
+    return tuple(f.name for f in dataclasses.fields(TrainConfig)) + NETWORK_KEYS
+
+
+def read_config(path: str | Path) -> dict[str, Any]:
+    """The settings in a YAML file, checked: unknown keys and invalid values raise a
+    :class:`Seg3DError` that names them."""
+    import yaml
+
+    try:
+        data = yaml.safe_load(Path(path).read_text(encoding="utf-8"))
+    except OSError as e:
+        raise Seg3DError(f"Cannot read the config file {path}: {e.strerror or e}.") from e
+    except yaml.YAMLError as e:
+        raise Seg3DError(f"The config file {path} is not valid YAML: {e}".splitlines()[0]) from e
+    if data is None:
+        return {}
+    if not isinstance(data, dict):
+        raise Seg3DError(f"The config file {path} must hold a mapping of settings, "
+                         f"got {type(data).__name__}.")
+    unknown = sorted(set(map(str, data)) - set(setting_names()))
+    if unknown:
+        raise Seg3DError(f"Unknown settings in {path}: {', '.join(unknown)}. Valid settings: "
+                         f"{', '.join(setting_names())}.")
+    train = {k: v for k, v in data.items() if k not in NETWORK_KEYS}
+    try:
+        TrainConfig.from_dict(train)
+    except (TypeError, ValueError) as e:
+        raise Seg3DError(f"Invalid setting in {path}: {e}") from e
+    return dict(data)
+
+
+def model_config_yaml(model) -> str:
+    """The YAML config that trains ``model`` again from the same image and strokes."""
+    import yaml
+
+    settings = model.train_config.to_dict()
+    settings.pop("device", None)  # where to run is the machine's business, not the run's
+    kwargs = model.model_config.kwargs
+    settings["base_filters"] = int(kwargs.get("base_filters", 16))
+    settings["levels"] = int(kwargs["levels"]) if "levels" in kwargs else None
+    header = (f"# napari-seg3d training settings of a model trained {model.iteration} iterations;\n"
+              "# napari-seg3d train --image IMAGE --labels LABELS --out MODEL --config THIS.yaml\n")
+    return header + yaml.safe_dump(settings, sort_keys=False)
