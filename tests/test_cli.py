@@ -70,6 +70,10 @@ def test_train_writes_the_best_and_the_last_model_and_reports_dice(workspace, ca
     assert last["network"]["base_filters"] == 4 and last["patch_size"] == [8, 16, 16]
     best = _info(capsys, workspace / "model.pt")
     assert 1 <= best["iterations_trained"] <= 4
+    report = workspace / "model.report.png"
+    assert f"Training report: {report}" in printed
+    assert report.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n" and report.stat().st_size > 10_000
+    assert not list(workspace.glob("*.part"))
 
 
 @pytest.mark.parametrize(("option", "more", "total"), [("--resume", 2, 6), ("--fine-tune", 3, 3)])
@@ -291,7 +295,7 @@ def test_info_config_reproduces_the_run_through_train_config(workspace, tmp_path
     torch.set_num_threads(1)
     first = ["train", "--image", str(workspace / "image.tif"), "--labels",
              str(workspace / "labels.tif"), "--out", str(tmp_path / "a.pt"), "--iterations", "3",
-             "--seed", "5", "--smoothness", "0.5", "--learning-rate", "0.01", *TINY]
+             "--seed", "5", "--smoothness", "0.5", "--learning-rate", "0.01", "--no-report", *TINY]
     assert main(first) == 0
     code, text = _captured(["info", str(tmp_path / "a.last.pt"), "--config"])
     assert code == 0 and "seed: 5" in text and "smoothness: 0.5" in text
@@ -301,6 +305,7 @@ def test_info_config_reproduces_the_run_through_train_config(workspace, tmp_path
              str(workspace / "labels.tif"), "--out", str(tmp_path / "b.pt"), "--config",
              str(config), "--quiet", "--device", "cpu"]
     assert main(again) == 0
+    assert not (tmp_path / "a.report.png").exists() and (tmp_path / "b.report.png").exists()
     a, b = load_model(tmp_path / "a.last.pt"), load_model(tmp_path / "b.last.pt")
     assert a.train_config == b.train_config and a.model_config == b.model_config
     for name, tensor in a.network.state_dict().items():

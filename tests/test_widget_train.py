@@ -319,3 +319,20 @@ def test_advanced_settings_reach_the_config(viewer):
     widget.self_training_spin.setValue(3)
     cfg = widget.train_config()
     assert (cfg.smoothness, cfg.self_training, cfg.iterations) == (0.0, 3, 6)
+
+
+def test_training_report_is_shown_and_saved(qtbot, viewer, blobs, shown, tmp_path):
+    widget = make_widget(viewer, iterations=6)
+    assert not widget.report_button.isEnabled()  # no model yet
+    annotated(widget, blobs[2])
+    train(qtbot, widget)
+    assert widget.report_button.isEnabled()
+    assert widget.show_report()
+    qtbot.waitUntil(lambda: widget.report_dialog is not None, timeout=WAIT_MS)
+    dialog = widget.report_dialog
+    assert not dialog.pixmap.isNull() and dialog.pixmap.width() > 500
+    path = dialog.save_to(tmp_path / "report.png")
+    assert path.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+    assert "Training report" in widget.status.text() and widget.report_button.isEnabled()
+    dialog.close()
+    assert not shown["error"], shown["error"]

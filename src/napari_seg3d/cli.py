@@ -66,6 +66,11 @@ def _train(args: argparse.Namespace) -> int:
     save_model(result.last, last)
     best = result.best.history.get("best_val_dice")
     print(f"Saved the best model to {out} and the last one (to resume) to {last}.")
+    if not args.no_report:
+        from ._report import save_report, training_report
+
+        fig = training_report(result.best, image.data, labels, title=out.name, device=cfg.device)
+        print(f"Training report: {save_report(fig, out.with_name(out.stem + '.report.png'))}")
     if best:
         names = result.best.class_names
         print("Validation Dice: " + ", ".join(f"{n} {d:.3f}" for n, d in zip(names, best)))
@@ -196,6 +201,8 @@ def build_parser() -> argparse.ArgumentParser:
     g = t.add_mutually_exclusive_group()
     g.add_argument("--resume", metavar="MODEL", help="continue a run exactly from its model file")
     g.add_argument("--fine-tune", metavar="MODEL", help="start from a model, fresh optimizer")
+    t.add_argument("--no-report", action="store_true",
+                   help="do not write the training report (<out>.report.png)")
     t.add_argument("--truth", help="dense ground truth to report Dice against after training")
     t.set_defaults(func=_train)
 

@@ -72,7 +72,10 @@ class TrainForm(QWidget):
         self.continue_button = QPushButton("Continue training")
         self.save_button = QPushButton("Save model...")
         self.load_button = QPushButton("Load model...")
-        for row in ((self.train_button, self.stop_button),
+        self.report_button = QPushButton("Report")
+        self.report_button.setToolTip("Loss and validation Dice curves, and the image, strokes "
+                                      "and prediction on the slices with the most strokes.")
+        for row in ((self.train_button, self.stop_button, self.report_button),
                     (self.continue_button, self.save_button, self.load_button)):
             box = QHBoxLayout()
             for b in row:

@@ -22,6 +22,7 @@ from ..engine import (ModelFileError, Preview, Seg3DError, Trainer, load_model,
                       save_model)
 from . import _layers
 from ._session import SESSION
+from ._report_dialog import ReportDialog, start_report
 from ._train_display import TrainingDisplay
 from ._train_form import TrainForm
 from ._train_job import TrainJob, check_layers, new_job
@@ -58,6 +59,8 @@ class TrainWidget(TrainForm):
         self._job: TrainJob | None = None
         self._display = TrainingDisplay(self.viewer, self.status, self.plot)
         self._image_name = ""
+        self._report_worker = None
+        self.report_dialog: ReportDialog | None = None
         self._connect_ui()
         self._update_buttons()
         self._timers()
@@ -79,6 +82,7 @@ class TrainWidget(TrainForm):
         self.stop_button.clicked.connect(self.stop_training)
         self.continue_button.clicked.connect(self.continue_training)
         self.save_button.clicked.connect(self._save_dialog)
+        self.report_button.clicked.connect(self.show_report)
         self.load_button.clicked.connect(self._load_dialog)
 
     def _timers(self) -> None:
@@ -323,6 +327,41 @@ class TrainWidget(TrainForm):
                             f"{model.iteration} iterations trained. Train fine-tunes it.")
         return model
 
+    # --- training report --------------------------------------------------------------------------
+
+    def show_report(self) -> bool:
+        """Build the training report of the current model on the chosen layers in a worker
+        thread, then show it in a window (:attr:`report_dialog`). Returns False (after a
+        notification) when there is nothing to report on."""
+        image, annotations = self.image_layer(), self.annotation_layer()
+        if self.model is None or image is None or annotations is None:
+            show_error("The report needs a model (train or load one) and the image and "
+                       "annotation layers chosen above.")
+            return False
+        labels = np.array(_layers.layer_array(annotations), copy=True)
+        if labels.shape != _layers.spatial_shape(image):
+            show_error("The annotation layer does not have the image's size.")
+            return False
+        name = f"{image.name} model"
+        self.status.setText("Making the training report...")
+        self._report_worker = start_report(
+            self.model, _layers.layer_array(image), labels, name,
+            lambda png: self._on_report(png, name), self._on_report_error)
+        self._update_buttons()
+        return True
+
+    def _on_report(self, png: bytes, name: str) -> None:
+        self._report_worker = None
+        self.report_dialog = ReportDialog(png, name, self)
+        self.report_dialog.show()
+        self.status.setText(f"Training report of '{name}' shown in its own window.")
+        self._update_buttons()
+
+    def _on_report_error(self, error: BaseException) -> None:
+        self._report_worker = None
+        show_error(_layers.error_message(error, "The training report"))
+        self._update_buttons()
+
     def _save_dialog(self) -> None:
         image = self.image_combo.currentText() or "model"
         path, _ = QFileDialog.getSaveFileName(self, "Save model", f"{image} model.pt",
@@ -343,6 +382,8 @@ class TrainWidget(TrainForm):
         self.continue_button.setEnabled(not busy and self.last_model is not None
                                         and self.last_model.optimizer_state is not None)
         self.save_button.setEnabled(not busy and self.model is not None)
+        self.report_button.setEnabled(not busy and self.model is not None
+                                      and getattr(self, "_report_worker", None) is None)
         self.load_button.setEnabled(not busy)
         self.new_layer_button.setEnabled(self.image_combo.count() > 0)
 

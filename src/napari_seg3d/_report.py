@@ -1,0 +1,125 @@
+"""The training report: one PNG with the loss and validation Dice curves and, on the slices with
+the most strokes, the image, the strokes and the model's prediction side by side.
+
+Headless (matplotlib's Agg canvas): the command line writes it beside the model file, the Train
+widget shows it. Only the slabs around the chosen slices are predicted, so it takes seconds.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+from matplotlib.backends.backend_agg import FigureCanvasAgg
+from matplotlib.colors import ListedColormap
+from matplotlib.figure import Figure
+
+_CLASS_COLORS = ("#1f77b4", "#ff7f0e", "#2ca02c", "#d62728", "#9467bd", "#8c564b", "#e377c2")
+
+
+def report_slices(labels: np.ndarray, count: int = 3) -> list[int]:
+    """The ``count`` z indices with the most painted voxels (held-out first among equals)."""
+    painted = (np.asarray(labels) != 0).reshape(labels.shape[0], -1).sum(1)
+    order = np.argsort(-painted, kind="stable")
+    chosen = [int(z) for z in order[:count] if painted[z] > 0]
+    return sorted(chosen or [labels.shape[0] // 2])
+
+
+def _predict_slice(model, image: np.ndarray, z: int, device) -> np.ndarray:
+    """The model's labels on slice ``z``, predicted on a slab one patch deep around it."""
+    depth = model.patch_size[0]
+    n = image.shape[-3]
+    start = int(np.clip(z - depth // 2, 0, max(n - depth, 0)))
+    stop = min(start + depth, n)
+    slab = np.asarray(image[start:stop] if image.ndim == 3 else image[:, start:stop])
+    return model.predict(slab, device=device)[z - start]
+
+
+def _plane(image, z: int) -> np.ndarray:
+    """Slice ``z`` of the first channel, read alone from a lazy source."""
+    return np.asarray(image[z] if image.ndim == 3 else image[0, z], np.float32)
+
+
+def _overlay(ax, labels2d: np.ndarray, values) -> None:
+    lut = {v: i + 1 for i, v in enumerate(values)}
+    index = np.zeros(labels2d.shape, int)
+    for v, i in lut.items():
+        index[labels2d == v] = i
+    colors = ["none"] + [_CLASS_COLORS[i % len(_CLASS_COLORS)] for i in range(len(values))]
+    ax.imshow(np.ma.masked_equal(index, 0), cmap=ListedColormap(colors[1:]), alpha=0.55,
+              vmin=1, vmax=max(len(values), 1), interpolation="nearest")
+
+
+def _curves(ax, history: dict, names) -> None:
+    loss = np.asarray(history.get("loss", []), float)
+    if loss.size:
+        ax.plot(np.arange(1, loss.size + 1), loss, color="0.7", lw=0.6, label="loss")
+        ax.set_yscale("log")
+    ax.set_xlabel("iteration")
+    ax.set_ylabel("loss")
+    for i, start in enumerate(_rounds(history, loss.size)):
+        ax.axvline(start, color="0.4", ls="--", lw=0.8, label="self-training" if i == 0 else None)
+    if loss.size:
+        ax.legend(fontsize=7, loc="upper right")
+    dice = np.asarray(history.get("val_dice", []), float)
+    if dice.size:
+        twin = ax.twinx()
+        its = history.get("val_iteration", [])
+        for k in range(dice.shape[1]):
+            twin.plot(its, dice[:, k], "o-", ms=3, color=_CLASS_COLORS[k % len(_CLASS_COLORS)],
+                      label=f"val Dice {names[k]}")
+        twin.set_ylim(0, 1.02)
+        twin.set_ylabel("validation Dice")
+        twin.legend(fontsize=7, loc="lower right")
+
+
+def _rounds(history: dict, iterations: int) -> list[int]:
+    return [r for r in history.get("self_training", []) if r <= iterations]
+
+
+def training_report(model, image, labels, *, title: str = "", device=None) -> Figure:
+    """A figure: curves on top, then image | strokes | prediction for each report slice.
+
+    Args:
+        model: a trained :class:`SegmentationModel` (its ``history`` gives the curves).
+        image: ``(Z, Y, X)`` or ``(C, Z, Y, X)`` array (or lazy source: only the slabs around
+            the report slices are read) the model was trained on.
+        labels: ``(Z, Y, X)`` the strokes (0 = not annotated).
+        title: first line of the figure title.
+        device: where to predict (None: automatic).
+    """
+    labels = np.asarray(labels)
+    slices = report_slices(labels)
+    fig = Figure(figsize=(10, 3 + 3 * len(slices)), dpi=90)
+    FigureCanvasAgg(fig)
+    grid = fig.add_gridspec(1 + len(slices), 3, height_ratios=[0.8] + [1] * len(slices))
+    _curves(fig.add_subplot(grid[0, :]), model.history, model.class_names)
+    planes = {z: _plane(image, z) for z in slices}
+    lo, hi = np.percentile(np.concatenate([p.ravel() for p in planes.values()]), (0.5, 99.5))
+    for row, z in enumerate(slices, start=1):
+        pred = _predict_slice(model, image, z, device)
+        for col, (overlay, name) in enumerate(((None, "image"), (labels[z], "strokes"),
+                                               (pred, "prediction"))):
+            ax = fig.add_subplot(grid[row, col])
+            ax.imshow(planes[z], cmap="gray", vmin=lo, vmax=hi, interpolation="nearest")
+            if overlay is not None:
+                _overlay(ax, overlay, model.class_values)
+            ax.set_title(f"{name}, z = {z}", fontsize=9)
+            ax.set_axis_off()
+    best = model.history.get("best_val_dice")
+    subtitle = f"{model.iteration} iterations"
+    if best:
+        subtitle += "; validation Dice " + ", ".join(
+            f"{n} {d:.3f}" for n, d in zip(model.class_names, best))
+    fig.suptitle(f"{title}\n{subtitle}" if title else subtitle, fontsize=10)
+    fig.tight_layout()
+    return fig
+
+
+def save_report(fig: Figure, path: str | Path) -> Path:
+    """Write the figure as a PNG, atomically (a temporary file renamed into place)."""
+    path = Path(path)
+    part = path.with_name(path.name + ".part")
+    fig.savefig(part, format="png")
+    part.replace(path)
+    return path
