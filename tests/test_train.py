@@ -407,3 +407,22 @@ def test_self_training_is_skipped_on_volumes_above_the_limit(blobs, monkeypatch)
     trainer = _trainer(image, labels, _config(iterations=4, self_training=1))
     records, _ = _run(trainer)
     assert all(r.preview is None for r in records) and trainer.sampler._pseudo is None
+
+
+def test_self_training_pseudo_labels_average_the_network_and_a_forest(blobs):
+    image, truth, labels = blobs
+    pseudo = {}
+    for with_forest in (False, True):
+        trainer = _trainer(image, labels, _config(iterations=12, self_training=1,
+                                                  pseudo_threshold=0.6,
+                                                  self_training_forest=with_forest))
+        _run(trainer)
+        pseudo[with_forest] = trainer.sampler._pseudo[0]
+    forest = trainer._forest_probabilities()
+    assert forest.shape == (2,) + truth.shape
+    np.testing.assert_allclose(forest.sum(0), 1, atol=1e-5)
+    assert np.mean(forest.argmax(0) + 1 == truth) > 0.85  # the forest alone reads the blobs
+    # the forest's opinion changes which voxels are sure, and makes the labels more right
+    assert not np.array_equal(pseudo[False], pseudo[True])
+    right = {k: np.sum((p > 0) & (p == truth)) for k, p in pseudo.items()}
+    assert right[True] > right[False]

@@ -49,6 +49,7 @@ class TrainConfig:
     smoothness: float = 1.0
     self_training: int = 2
     pseudo_threshold: float = 0.9
+    self_training_forest: bool = True
 
     def __post_init__(self) -> None:
         if self.loss not in LOSSES:
