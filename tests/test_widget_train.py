@@ -336,3 +336,15 @@ def test_training_report_is_shown_and_saved(qtbot, viewer, blobs, shown, tmp_pat
     assert "Training report" in widget.status.text() and widget.report_button.isEnabled()
     dialog.close()
     assert not shown["error"], shown["error"]
+
+
+def test_architecture_choice_builds_that_network(qtbot, viewer, blobs, shown):
+    widget = make_widget(viewer, iterations=3)
+    annotated(widget, blobs[2])
+    assert [widget.architecture_combo.itemText(i) for i in range(3)] == \
+        ["unet", "unetpp", "resenc_unet"]
+    widget.architecture_combo.setCurrentText("unetpp")
+    train(qtbot, widget)
+    assert not shown["error"], shown["error"]
+    assert widget.model.model_config.architecture == "unetpp"
+    assert type(widget.model.network).__name__ == "UNetPlusPlus"

@@ -1,8 +1,8 @@
 """Training settings as a YAML file: ``napari-seg3d train --config FILE.yaml`` reads one, and
 ``napari-seg3d info MODEL --config`` writes the one that reproduces a model's run.
 
-The file is a flat mapping of :class:`TrainConfig` fields plus the network's ``base_filters``
-and ``levels``; every key is optional. Options given on the command line win over the file.
+The file is a flat mapping of :class:`TrainConfig` fields plus the network's ``architecture``,
+``base_filters`` and ``levels``; every key is optional. Options given on the command line win over the file.
 """
 
 from __future__ import annotations
@@ -14,7 +14,7 @@ from typing import Any
 from .engine.config import TrainConfig
 from .engine.errors import Seg3DError
 
-NETWORK_KEYS = ("base_filters", "levels")
+NETWORK_KEYS = ("architecture", "base_filters", "levels")
 
 
 def setting_names() -> tuple[str, ...]:
@@ -45,9 +45,18 @@ def read_config(path: str | Path) -> dict[str, Any]:
     train = {k: v for k, v in data.items() if k not in NETWORK_KEYS}
     try:
         TrainConfig.from_dict(train)
+        _check_network(data)
     except (TypeError, ValueError) as e:
         raise Seg3DError(f"Invalid setting in {path}: {e}") from e
     return dict(data)
+
+
+def _check_network(data: dict) -> None:
+    from .engine.models import MODELS
+
+    if "architecture" in data and data["architecture"] not in MODELS:
+        raise ValueError(f"Unknown architecture {data['architecture']!r}; choose one of "
+                         f"{', '.join(MODELS)}.")
 
 
 def model_config_yaml(model) -> str:
@@ -57,6 +66,7 @@ def model_config_yaml(model) -> str:
     settings = model.train_config.to_dict()
     settings.pop("device", None)  # where to run is the machine's business, not the run's
     kwargs = model.model_config.kwargs
+    settings["architecture"] = model.model_config.architecture
     settings["base_filters"] = int(kwargs.get("base_filters", 16))
     settings["levels"] = int(kwargs["levels"]) if "levels" in kwargs else None
     header = (f"# napari-seg3d training settings of a model trained {model.iteration} iterations;\n"

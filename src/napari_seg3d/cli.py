@@ -56,7 +56,8 @@ def _train(args: argparse.Namespace) -> int:
         k = 1 if is_binary_loss(cfg.loss) else len(np.unique(labels[labels > 0]))
         model_config = default_model_config(channels, k, patch, voxel,
                                             base_filters=setting("base_filters", 16),
-                                            levels=setting("levels"))
+                                            levels=setting("levels"),
+                                            architecture=setting("architecture", "unet"))
     trainer = Trainer(image.data, labels, cfg, model_config=model_config, voxel_size=voxel,
                       init=init, resume=bool(args.resume))
     result = _run_training(trainer, cfg.iterations, start, quiet=args.quiet)
@@ -170,6 +171,7 @@ def _demo(args: argparse.Namespace) -> int:
 
 def build_parser() -> argparse.ArgumentParser:
     from .engine.config import LOSSES, TrainConfig
+    from .engine.models import MODELS
 
     p = argparse.ArgumentParser(prog="napari-seg3d", description=__doc__.splitlines()[0])
     p.add_argument("--debug", action="store_true", help="show tracebacks and debug logging")
@@ -186,6 +188,9 @@ def build_parser() -> argparse.ArgumentParser:
     t.add_argument("--batch-size", type=int, help="default 2")
     t.add_argument("--learning-rate", type=float, help="default 0.003")
     t.add_argument("--loss", help=f"{', '.join(LOSSES)} (default ce_dice)")
+    t.add_argument("--architecture", choices=sorted(MODELS),
+                   help="network of a new model: unet (default), unetpp (U-Net++), resenc_unet "
+                        "(residual encoder, as nnU-Net's ResEnc)")
     t.add_argument("--base-filters", type=int, help="default 16")
     t.add_argument("--levels", type=int, default=None)
     t.add_argument("--validation-fraction", type=float, help="default 0.15")

@@ -15,6 +15,7 @@ from qtpy.QtWidgets import (QCheckBox, QComboBox, QDoubleSpinBox, QFormLayout, Q
 from superqt import QCollapsible
 
 from ..engine import LOSSES, AnnotationError, TrainConfig, propose_patch_size, resolve_device
+from ..engine.models import MODELS
 from . import _layers
 from ._class_table import ClassTable
 from ._plot import TrainingPlot
@@ -108,6 +109,12 @@ class TrainForm(QWidget):
         box = QCollapsible("Advanced")
         inner = QWidget()
         form = QFormLayout(inner)
+        self.architecture_combo = QComboBox()
+        self.architecture_combo.addItems(list(MODELS))
+        self.architecture_combo.setToolTip(
+            "unet: U-Net with residual blocks. unetpp: U-Net++ (nested skip connections). "
+            "resenc_unet: residual encoder U-Net (more blocks in deeper levels, as nnU-Net's "
+            "ResEnc). For new models; a loaded model keeps its own.")
         self.levels_spin = QSpinBox(minimum=0, maximum=6, value=0, specialValueText="auto")
         self.filters_spin = QSpinBox(minimum=2, maximum=256, value=16)
         self.lr_spin = QDoubleSpinBox(minimum=1e-6, maximum=1.0, decimals=6, value=3e-3,
@@ -130,7 +137,8 @@ class TrainForm(QWidget):
             "Rounds of self-training in the second half of the run: the network segments the "
             "whole volume and learns from the voxels it is sure of, as well as from your strokes. "
             "0 turns it off.")
-        for label, w in (("U-Net levels", self.levels_spin), ("Base filters", self.filters_spin),
+        for label, w in (("Architecture", self.architecture_combo),
+                         ("U-Net levels", self.levels_spin), ("Base filters", self.filters_spin),
                          ("Learning rate", self.lr_spin), ("Loss", self.loss_combo),
                          ("Edge-aware smoothness", self.smoothness_spin),
                          ("Self-training rounds", self.self_training_spin),

@@ -181,7 +181,8 @@ def check_layers(image_layer, annotation_layer) -> None:
 
 
 def new_job(image_layer, annotation_layer, cfg: TrainConfig, init: SegmentationModel | None, *,
-            resume: bool, levels: int | None, filters: int, names: ClassTable) -> TrainJob:
+            resume: bool, levels: int | None, filters: int, names: ClassTable,
+            architecture: str = "unet") -> TrainJob:
     """A job training on a copy of the annotations (checked by :func:`check_layers`): from
     ``init`` (fine-tuned, or resumed exactly when ``resume``) or a new U-Net of ``levels``
     (None: automatic) and ``filters`` base filters, classes named by ``names``."""
@@ -194,7 +195,8 @@ def new_job(image_layer, annotation_layer, cfg: TrainConfig, init: SegmentationM
         painted = class_values_of(labels)
         out = 1 if is_binary_loss(cfg.loss) else len(painted)
         mc = None if init is not None else default_model_config(
-            channels, out, cfg.patch_size, vs, base_filters=filters, levels=levels)
+            channels, out, cfg.patch_size, vs, base_filters=filters, levels=levels,
+            architecture=architecture)
         return Trainer(image, labels, cfg, model_config=mc, voxel_size=vs, init=init,
                        class_names=[names.name(v) for v in painted], resume=resume)
 

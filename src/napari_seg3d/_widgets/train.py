@@ -159,7 +159,8 @@ class TrainWidget(TrainForm):
         cfg, init = self._run_config(resume, self.model, self.last_model)
         job = new_job(image_layer, ann, cfg, init, resume=resume,
                       levels=self.levels_spin.value() or None,
-                      filters=self.filters_spin.value(), names=self.class_table)
+                      filters=self.filters_spin.value(), names=self.class_table,
+                      architecture=self.architecture_combo.currentText())
         job.quick_preview = self.quick_check.isChecked() and not resume
         job.quick_region = _layers.view_region(image_layer, self.viewer, cfg.patch_size[0],
                                                PREVIEW_YX)

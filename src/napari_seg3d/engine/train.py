@@ -20,7 +20,7 @@ from .config import ModelConfig, TrainConfig
 from .errors import AnnotationError
 from .losses import is_binary_loss, make_loss
 from .model_file import SegmentationModel, resolve_device
-from .models import anisotropic_pooling, build_model
+from .models import MODELS, anisotropic_pooling, build_model
 from .sampling import (AnnotationSet, PatchSampler, class_values_of, compute_normalization,
                        make_annotations)
 
@@ -77,7 +77,8 @@ class TrainResult:
 
 
 def default_model_config(in_channels: int, out_channels: int, patch_size, voxel_size=None,
-                         base_filters: int = 16, levels: int | None = None) -> ModelConfig:
+                         base_filters: int = 16, levels: int | None = None,
+                         architecture: str = "unet") -> ModelConfig:
     """A 3D U-Net sized for ``patch_size``: as many levels (at most 4) as keep every axis of the
     deepest feature map at least 4 voxels, pooling per axis for anisotropic voxels."""
     if levels is None:
@@ -93,7 +94,9 @@ def default_model_config(in_channels: int, out_channels: int, patch_size, voxel_
     kwargs = dict(spatial_dims=3, in_channels=in_channels, out_channels=out_channels,
                   levels=levels, base_filters=base_filters, growth=2.0, residual=True,
                   norm="instance", dropout=0.0, pooling=[list(p) for p in pool])
-    return ModelConfig("unet", kwargs)
+    if architecture not in MODELS:
+        raise ValueError(f"Unknown architecture {architecture!r}; choose one of {', '.join(MODELS)}.")
+    return ModelConfig(architecture, kwargs)
 
 
 def learning_rate_at(iteration: int, total: int, base: float, warmup: int = 20) -> float:

@@ -12,9 +12,12 @@ from typing import Any
 from torch import nn
 
 from .unet import UNet, anisotropic_pooling
+from .variants import ResEncUNet, UNetPlusPlus
 
 MODELS: dict[str, type[nn.Module]] = {
     "unet": UNet,
+    "unetpp": UNetPlusPlus,
+    "resenc_unet": ResEncUNet,
 }
 
 
@@ -36,4 +39,4 @@ def build_model(architecture: str, **kwargs: Any) -> nn.Module:
     return model_class(**kwargs)
 
 
-__all__ = ["MODELS", "UNet", "anisotropic_pooling", "build_model"]
+__all__ = ["MODELS", "ResEncUNet", "UNet", "UNetPlusPlus", "anisotropic_pooling", "build_model"]
