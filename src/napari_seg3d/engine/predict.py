@@ -10,13 +10,14 @@ from __future__ import annotations
 import contextlib
 import logging
 import warnings
-from collections.abc import Generator, Iterator, Sequence
+from collections.abc import Generator, Sequence
 from dataclasses import dataclass
 
 import numpy as np
 import torch
 from torch import nn
 
+from .errors import Seg3DError
 from .windows import (
     Window,
     constant_weights,
@@ -112,12 +113,17 @@ def _stream(
     was_training = model.training
     model.eval()
     acc: tuple[torch.Tensor, torch.Tensor] | None = None
-    z_done, n_done = 0, 0
+    z_done, n_done, size = 0, 0, batch_size
     try:
-        for batch in _batches(windows, batch_size):
+        while n_done < len(windows):
+            batch = windows[n_done:n_done + size]
             # Inference mode only around the work: never leak it to the consumer across a yield.
             with torch.inference_mode():
-                probs = _forward(model, _to_device(_gather(source, batch, device), device), tta)
+                try:
+                    probs = _forward(model, _to_device(_gather(source, batch, device), device), tta)
+                except torch.cuda.OutOfMemoryError:
+                    size, acc = _after_out_of_memory(size, acc)
+                    continue
                 if acc is None:
                     acc = _allocate(probs.shape[1], source.shape[1:], device, memory_limit_bytes)
                 _accumulate(*acc, probs, weights, batch)
@@ -211,12 +217,6 @@ def _blending_weights(blending: str, patch: Sequence[int], device: torch.device)
     return constant_weights(patch, device=device)
 
 
-def _batches(windows: Sequence[Window], batch_size: int) -> Iterator[Sequence[Window]]:
-    """Consecutive groups of at most ``batch_size`` windows, in order."""
-    for i in range(0, len(windows), batch_size):
-        yield windows[i:i + batch_size]
-
-
 def _gather(source: torch.Tensor, batch: Sequence[Window], device: torch.device) -> torch.Tensor:
     """Stack the crops of ``source`` ``(C, Z, Y, X)`` into ``(B, C, z, y, x)``.
 
@@ -268,6 +268,23 @@ def _check_logits(logits: torch.Tensor, inputs: torch.Tensor) -> None:
 def _activate(logits: torch.Tensor) -> torch.Tensor:
     """Softmax over classes (dim 1), or the sigmoid for a single output channel."""
     return torch.sigmoid(logits) if logits.shape[1] == 1 else torch.softmax(logits, dim=1)
+
+
+def _after_out_of_memory(size: int, acc):
+    """The batch size and accumulators to retry with after a CUDA out-of-memory error: half the
+    windows at a time, then (at one window) the accumulators moved to CPU memory; a
+    :class:`Seg3DError` when nothing is left to give. Each step is announced as a warning."""
+    torch.cuda.empty_cache()
+    if size > 1:
+        warnings.warn(f"Out of GPU memory predicting {size} windows at a time: retrying with "
+                      f"{size // 2}.", RuntimeWarning, stacklevel=3)
+        return size // 2, acc
+    if acc is not None and acc[0].device.type == "cuda":
+        warnings.warn("Out of GPU memory with one window at a time: moving the blended "
+                      "predictions to CPU memory and retrying.", RuntimeWarning, stacklevel=3)
+        return size, tuple(t.cpu() for t in acc)
+    raise Seg3DError("Out of GPU memory even with one window at a time: use a model trained "
+                     "with a smaller patch, or predict on the CPU (device cpu).")
 
 
 def _allocate(

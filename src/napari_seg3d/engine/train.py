@@ -134,6 +134,7 @@ class Trainer:
                                   "make the annotation layer from this image.")
         painted = class_values_of(labels)
         self.config = config
+        self.micro_batches = 1  # parts each batch is split into (more after CUDA out of memory)
         self._stop = threading.Event()
         self.device = resolve_device(config.device)
         if init is not None:

@@ -4,11 +4,13 @@ from __future__ import annotations
 
 import copy
 import time
+import warnings
 from typing import TYPE_CHECKING, Generator
 
 import numpy as np
 import torch
 
+from .errors import Seg3DError
 from .losses import dice_per_class, is_binary_loss
 from .model_file import SegmentationModel
 from .prefetch import Prefetcher
@@ -51,8 +53,52 @@ def _smoothness(trainer: Trainer, logits: torch.Tensor, image: torch.Tensor) -> 
     return edge_aware_smoothness(probs, image, spacing=spacing)
 
 
+def _batch_loss(trainer: Trainer, net, use_amp: bool, image, target, mask) -> torch.Tensor:
+    with torch.autocast("cuda", enabled=use_amp):
+        logits = net(image)
+    loss = trainer.loss_fn(logits, target, mask)
+    if trainer.config.smoothness > 0:
+        loss = loss + trainer.config.smoothness * _smoothness(trainer, logits, image)
+    return loss
+
+
+def _backward(trainer: Trainer, net, optimizer, scaler, use_amp: bool, image, target, mask) -> float:
+    """Gradients of the batch loss, in ``trainer.micro_batches`` parts (gradient accumulation);
+    on CUDA out of memory the parts double and the step is redone, with a warning. Returns the
+    loss."""
+    while True:
+        optimizer.zero_grad(set_to_none=True)
+        parts = trainer.micro_batches
+        try:
+            total = 0.0
+            for chunk in zip(*(t.tensor_split(parts) for t in (image, target, mask))):
+                share = len(chunk[0]) / len(image)
+                loss = _batch_loss(trainer, net, use_amp, *chunk) * share
+                scaler.scale(loss).backward()
+                total += float(loss.detach())
+            return total
+        except torch.cuda.OutOfMemoryError:
+            optimizer.zero_grad(set_to_none=True)
+            torch.cuda.empty_cache()
+            if parts >= len(image):
+                raise Seg3DError("Out of GPU memory even with one patch at a time: choose a "
+                                 "smaller patch size, or train on the CPU.") from None
+            trainer.micro_batches = min(2 * parts, len(image))
+            warnings.warn(f"Out of GPU memory with {len(image) // parts} patches at a time: "
+                          f"training on {trainer.micro_batches} parts of the batch.",
+                          RuntimeWarning, stacklevel=2)
+
+
 def _predict_classes(net: torch.nn.Module, x: torch.Tensor, binary: bool) -> torch.Tensor:
-    logits = net(x).float()
+    """Classes of a validation chunk; one patch at a time after CUDA out of memory."""
+    try:
+        logits = net(x).float()
+    except torch.cuda.OutOfMemoryError:
+        if len(x) == 1:
+            raise Seg3DError("Out of GPU memory even with one patch at a time: choose a "
+                             "smaller patch size, or train on the CPU.") from None
+        torch.cuda.empty_cache()
+        return torch.cat([_predict_classes(net, part, binary) for part in x.split(1)])
     return (logits[:, 0] > 0).long() if binary else logits.argmax(1)
 
 
@@ -138,18 +184,11 @@ def training_loop(trainer: Trainer) -> Generator[TrainProgress, np.ndarray | Non
             for group in optimizer.param_groups:
                 group["lr"] = lr
             torch.manual_seed(cfg.seed * 1_000_003 + it)
-            with torch.autocast("cuda", enabled=use_amp):
-                logits = net(image)
-            loss = trainer.loss_fn(logits, target, mask)
-            if cfg.smoothness > 0:
-                loss = loss + cfg.smoothness * _smoothness(trainer, logits, image)
-            optimizer.zero_grad(set_to_none=True)
-            scaler.scale(loss).backward()
+            loss_value = _backward(trainer, net, optimizer, scaler, use_amp, image, target, mask)
             scaler.unscale_(optimizer)
             torch.nn.utils.clip_grad_norm_(net.parameters(), 12.0)
             scaler.step(optimizer)
             scaler.update()
-            loss_value = float(loss.detach())
             dt = time.perf_counter() - t0
             step_time = dt if not np.isfinite(step_time) else 0.9 * step_time + 0.1 * dt
             wait_frac = 0.9 * wait_frac + 0.1 * (t_data / max(dt, 1e-9))
