@@ -271,6 +271,7 @@ def test_error_in_the_worker_is_notified(qtbot, viewer, blobs, shown, monkeypatc
 
     monkeypatch.setattr(train_module.Trainer, "run", broken_run)
     widget = make_widget(viewer)
+    widget.quick_check.setChecked(False)  # the error of the run itself, nothing before it
     layer = annotated(widget, blobs[2])
     train(qtbot, widget)
     assert len(shown["error"]) == 1 and "out of memory, say" in shown["error"][0]
@@ -303,6 +304,19 @@ def test_channels_first_image(qtbot, make_napari_viewer, blobs, shown):
     train(qtbot, widget)
     assert not shown["error"], shown["error"]
     assert widget.model.in_channels == 2 and SESSION.get("two model") is widget.model
+
+
+def test_a_failing_instant_preview_does_not_stop_training(qtbot, viewer, blobs, shown,
+                                                         monkeypatch):
+    def broken_preview(self, region=None):
+        raise RuntimeError("forest exploded")
+
+    monkeypatch.setattr(train_module.Trainer, "quick_preview", broken_preview)
+    widget = make_widget(viewer, iterations=3)
+    annotated(widget, blobs[2])
+    train(qtbot, widget)
+    assert not shown["error"], shown["error"]
+    assert widget.model is not None and widget.model.iteration >= 1
 
 
 def test_advanced_settings_reach_the_config(viewer):

@@ -89,8 +89,14 @@ class TrainJob:
                 gen.close()
 
     def _quick_preview(self):
-        """Yield the forest's :class:`Preview`; strokes sent meanwhile go to the trainer."""
-        update = yield self.trainer.quick_preview(self.quick_region)
+        """Yield the forest's :class:`Preview`; strokes sent meanwhile go to the trainer. The
+        preview is a bonus: if it fails, training goes on without it."""
+        try:
+            preview = self.trainer.quick_preview(self.quick_region)
+        except Exception:  # noqa: BLE001 - logged; the network still trains
+            log.warning("The instant random-forest preview failed", exc_info=True)
+            return
+        update = yield preview
         if update is not None:
             self.consumed = update
             if update.labels is not None:
