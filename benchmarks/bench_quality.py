@@ -23,12 +23,13 @@ from pathlib import Path
 import numpy as np
 import torch
 from _common import LoadMonitor, json_line, machine, table
+from _strokes import add_strokes, candidates, random_starts, uncertain_starts
 from _volumes import CLASS_NAMES, VOLUMES, make_volume
-from scipy import ndimage as ndi
 
 from napari_seg3d.engine import TrainConfig, Trainer, propose_patch_size
 from napari_seg3d.engine.metrics import dice_scores
 from napari_seg3d.engine.scribbles import simulate_scribbles
+from napari_seg3d.engine.uncertainty import uncertainty_map
 
 ALL_VOLUMES = ("nuclei",) + VOLUMES
 METHODS = {"forest": "forest", "ours": "ours", "plain": "ours (plain)"}
@@ -168,97 +169,11 @@ def run_method(method: str, case: Case, args) -> dict:
 
 # --- active learning -----------------------------------------------------------------------------
 
-def uncertainty(probabilities: np.ndarray) -> np.ndarray:
-    """``(Z, Y, X)`` float32 in [0, 1] (1 = least sure) from ``(K, Z, Y, X)`` probabilities."""
-    try:
-        from napari_seg3d.engine.uncertainty import uncertainty_map
-    except ImportError:  # normalised entropy, what the engine computes
-        p = np.clip(probabilities, 1e-12, 1.0)
-        return (-(p * np.log(p)).sum(0) / np.log(max(len(p), 2))).astype(np.float32)
-    return uncertainty_map(probabilities)
-
-
-def candidates(labels: np.ndarray, margin: int = 0) -> np.ndarray:
-    """Bool ``(Z, Y, X)``: voxels a simulated stroke may start at: not annotated in ``labels``
-    and at least ``margin`` voxels inside the volume's faces."""
-    free = labels == 0
-    if margin > 0:
-        inner = np.zeros_like(free)
-        inner[tuple(slice(margin, max(n - margin, margin)) for n in labels.shape)] = True
-        free &= inner
-    return free
-
-
-def uncertain_starts(unsure: np.ndarray, allowed: np.ndarray, count: int,
-                     spread: int = 5, sigma: float = 1.0) -> list[tuple[int, int, int]]:
-    """Up to ``count`` voxels ``(z, y, x)`` at the maxima of the smoothed ``(Z, Y, X)`` uncertainty
-    ``unsure`` where ``allowed`` (bool ``(Z, Y, X)``), each more than ``spread`` voxels
-    (Chebyshev) from the ones picked before (greedy non-maximum suppression)."""
-    score = ndi.gaussian_filter(unsure.astype(np.float32), sigma)
-    score[~allowed] = -np.inf
-    starts = []
-    for _ in range(count):
-        flat = int(np.argmax(score))
-        if not np.isfinite(score.flat[flat]):
-            break
-        z, y, x = np.unravel_index(flat, score.shape)
-        starts.append((int(z), int(y), int(x)))
-        score[max(z - spread, 0):z + spread + 1, max(y - spread, 0):y + spread + 1,
-              max(x - spread, 0):x + spread + 1] = -np.inf
-    return starts
-
-
-def random_starts(allowed: np.ndarray, count: int,
-                  rng: np.random.Generator) -> list[tuple[int, int, int]]:
-    """``count`` distinct random voxels ``(z, y, x)`` where ``allowed`` (bool ``(Z, Y, X)``)."""
-    free = np.flatnonzero(allowed.ravel())
-    picks = rng.choice(free, size=min(count, len(free)), replace=False)
-    return [tuple(int(v) for v in np.unravel_index(i, allowed.shape)) for i in picks]
-
-
-def stroke_from(mask2d: np.ndarray, start: tuple[int, int], rng: np.random.Generator,
-                length: int, radius: int) -> np.ndarray:
-    """A random-walk stroke ``(H, W)`` bool from ``start`` that stays inside ``mask2d`` (the walk
-    turns back at its border and the brush is clipped to it), as ``engine.scribbles`` paints."""
-    painted = np.zeros_like(mask2d, dtype=bool)
-    pos = np.asarray(start, float)
-    angle = rng.uniform(0, 2 * np.pi)
-    for _ in range(length):
-        y, x = (int(v) for v in np.rint(pos))
-        painted[max(y - radius, 0):y + radius + 1, max(x - radius, 0):x + radius + 1] = True
-        angle += rng.normal(0, 0.4)
-        nxt = pos + (np.sin(angle), np.cos(angle))
-        ny, nx = (int(v) for v in np.rint(nxt))
-        if not (0 <= ny < mask2d.shape[0] and 0 <= nx < mask2d.shape[1]) or not mask2d[ny, nx]:
-            angle += np.pi
-            continue
-        pos = nxt
-    return painted & mask2d
-
-
-def add_strokes(labels: np.ndarray, truth: np.ndarray, starts, rng: np.random.Generator,
-                length: int = 9, radius: int = 1) -> np.ndarray:
-    """A copy of ``labels`` ``(Z, Y, X)`` with one stroke per start voxel: on a z, y or x slice
-    through it (drawn at random), painted with the true class of the start voxel and kept inside
-    that class on the slice; voxels already annotated keep their label."""
-    out = labels.copy()
-    for start in starts:
-        axis = int(rng.integers(3))
-        index = [slice(None)] * 3
-        index[axis] = start[axis]
-        value = truth[start]
-        plane_start = tuple(s for a, s in enumerate(start) if a != axis)
-        painted = stroke_from(truth[tuple(index)] == value, plane_start, rng, length, radius)
-        target = out[tuple(index)]  # a view into out
-        target[painted & (target == 0)] = value
-    return out
-
-
 def predict_with_uncertainty(model, image: np.ndarray, device: str):
     """Labels ``(Z, Y, X)`` and the uncertainty map ``(Z, Y, X)`` of ``model`` on ``image``."""
     probs = model.predict(image, probabilities=True, device=device)
     labels = np.asarray(model.class_values)[probs.argmax(0)]
-    return labels, uncertainty(probs)
+    return labels, uncertainty_map(probs)
 
 
 def active_learning(case: Case, args) -> list[dict]:

@@ -10,15 +10,19 @@ from __future__ import annotations
 import numpy as np
 
 
-def _stroke(mask2d: np.ndarray, rng: np.random.Generator, length: int, radius: int) -> np.ndarray:
-    """One random-walk stroke inside ``mask2d`` (2D bool); returns the painted 2D bool mask."""
-    inside = np.argwhere(_erode(mask2d, radius))
-    if len(inside) == 0:
-        inside = np.argwhere(mask2d)
+def stroke(mask2d: np.ndarray, rng: np.random.Generator, length: int, radius: int,
+           start: tuple[int, int] | None = None) -> np.ndarray:
+    """One random-walk stroke inside ``mask2d`` (2D bool) from ``start`` (default: a random
+    voxel at least ``radius`` inside the mask); returns the painted 2D bool mask."""
     painted = np.zeros_like(mask2d)
-    if len(inside) == 0:
-        return painted
-    pos = inside[rng.integers(len(inside))].astype(float)
+    if start is None:
+        inside = np.argwhere(_erode(mask2d, radius))
+        if len(inside) == 0:
+            inside = np.argwhere(mask2d)
+        if len(inside) == 0:
+            return painted
+        start = inside[rng.integers(len(inside))]
+    pos = np.asarray(start, float)
     angle = rng.uniform(0, 2 * np.pi)
     for _ in range(length):
         y, x = int(round(pos[0])), int(round(pos[1]))
@@ -68,7 +72,7 @@ def simulate_scribbles(truth: np.ndarray, *, slices_per_axis: int = 3, strokes_p
             painted = np.zeros(plane.shape, out.dtype)
             for v in values:
                 for _ in range(strokes_per_class):
-                    painted[_stroke(plane == v, rng, length, radius)] = v + 1
+                    painted[stroke(plane == v, rng, length, radius)] = v + 1
             sl = [slice(None)] * 3
             sl[axis] = index
             target = out[tuple(sl)]
