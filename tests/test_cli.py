@@ -129,6 +129,25 @@ def test_predict_h5_format_and_probabilities(workspace, tmp_path):
     np.testing.assert_array_equal(labels, np.array([3, 7])[probs.argmax(0)])
 
 
+@pytest.mark.parametrize("fmt", ["h5", "zarr"])
+def test_predict_block_by_block_from_hdf5_and_zarr_inputs(workspace, tmp_path, fmt):
+    """Small blocks (many halos) from a chunked on-disk input give the whole-volume result."""
+    model = load_model(workspace / "model.pt")
+    image = read_volume(workspace / "image.tif").data
+    expected = model.predict(image, device="cpu", probabilities=True)
+    source = write_volume(tmp_path / f"in.{fmt}", image)
+    out = tmp_path / "out"
+    assert main(["predict", str(source), "--model", str(workspace / "model.pt"), "--out", str(out),
+                 "--quiet", "--device", "cpu", "--format", fmt, "--probabilities",
+                 "--block-size", "5", "9", "11"]) == 0
+    np.testing.assert_array_equal(read_volume(out / f"in_labels.{fmt}").data,
+                                  np.array([3, 7])[expected.argmax(0)])
+    np.testing.assert_allclose(read_volume(out / f"in_probabilities.{fmt}").data, expected,
+                               rtol=1e-5, atol=1e-6)
+    assert sorted(p.name for p in out.iterdir()) == [f"in_labels.{fmt}",
+                                                     f"in_probabilities.{fmt}"]
+
+
 @pytest.mark.parametrize("fmt", ["tif", "h5"])
 def test_predict_uncertainty_is_written_beside_the_labels(workspace, tmp_path, fmt):
     out = tmp_path / "out"

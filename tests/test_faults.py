@@ -2,6 +2,7 @@
 previous file intact and nothing partial under the final name; batch outputs stay in the output
 folder whatever the input names, and inputs are never modified."""
 
+import os
 import signal
 import subprocess
 import sys
@@ -12,6 +13,7 @@ import numpy as np
 import pytest
 
 from napari_seg3d.engine import TrainConfig, Trainer, load_model, save_model
+from napari_seg3d.engine._temps import host_tag, remove_stale_temps
 from napari_seg3d.engine.batch import predict_files
 from napari_seg3d.engine.io import read_volume, write_volume
 
@@ -105,3 +107,135 @@ def test_batch_outputs_stay_in_the_output_folder_and_inputs_are_untouched(blobs,
     assert sorted(p.name for p in tmp_path.rglob("*_labels.tif")) == sorted(o.name for o in outputs)
     for p, (data, mtime) in before.items():
         assert p.read_bytes() == data and p.stat().st_mtime_ns == mtime
+
+
+# --- stale temporaries: what a killed writer leaves is removed by the next write -------------
+
+_HOLDER = """
+import sys
+from napari_seg3d.engine._temps import temp_path
+part = temp_path(sys.argv[1])
+part.write_bytes(b"half a file")
+print(part, flush=True)
+sys.stdin.read()  # a live writer: holds its temporary until stdin closes
+"""
+
+
+def _parts(folder: Path) -> list[str]:
+    return sorted(p.name for p in folder.iterdir() if p.name.endswith(".part"))
+
+
+def _dead_pid() -> int:
+    proc = subprocess.Popen([sys.executable, "-c", "pass"])
+    proc.wait(timeout=30)
+    return proc.pid
+
+
+def _age(path: Path, hours: float) -> Path:
+    then = time.time() - hours * 3600
+    os.utime(path, (then, then), follow_symlinks=False)
+    return path
+
+
+@pytest.mark.parametrize("kind, name", [
+    ("model", "model.pt"),
+    ("tif", "out.tif"),
+    ("h5", "out.h5"),
+])
+def test_the_next_write_removes_what_a_killed_writer_left(blobs, tmp_path, kind, name):
+    image, _, labels = blobs
+    source = save_model(_train_tiny(image, labels), tmp_path / "src" / "source.pt")
+    target = tmp_path / name
+    for delay in (0.9, 1.7, 2.6):  # until a kill lands mid-write
+        _kill_while_writing(kind, source, target, delays=(delay,))
+        if _parts(tmp_path):
+            break
+    assert len(_parts(tmp_path)) == 1  # each writer's first write removed its predecessor's
+    if kind == "model":
+        save_model(load_model(source), target)
+        assert load_model(target).class_values == (1, 2)
+    else:
+        write_volume(target, np.zeros((4, 4, 4), np.float32))
+        assert read_volume(target).data.shape == (4, 4, 4)
+    assert _parts(tmp_path) == []
+
+
+def test_a_live_writers_temporary_is_kept_until_it_exits(blobs, tmp_path):
+    image, _, labels = blobs
+    model = _train_tiny(image, labels)
+    target = tmp_path / "model.pt"
+    holder = subprocess.Popen([sys.executable, "-c", _HOLDER, str(target)],
+                              stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True)
+    try:
+        part = Path(holder.stdout.readline().strip())
+        assert part.parent == tmp_path and part.name.startswith(f".model.pt.{host_tag()}-{holder.pid}-")
+        save_model(model, target)
+        assert part.read_bytes() == b"half a file"  # another running process's write: kept
+        assert remove_stale_temps(target) == [] and part.exists()
+    finally:
+        holder.stdin.close()
+        holder.wait(timeout=30)
+        holder.stdout.close()
+    save_model(model, target)  # the writer has exited: its temporary goes
+    assert _parts(tmp_path) == [] and load_model(target).class_values == (1, 2)
+
+
+def test_only_stale_temporaries_of_the_target_are_removed(tmp_path):
+    target = tmp_path / "out.tif"
+    here, dead = host_tag(), _dead_pid()
+    removed = {  # all 25 h old unless stated
+        "dead writer, fresh": f".out.tif.{here}-{dead}-0123abcd.part",
+        "dead writer, old": f".out.tif.{here}-{dead}-89abcdef.part",
+        "other host, old": f".out.tif.00000000-{os.getpid()}-0123abcd.part",
+        "older scheme (io), old": ".out.tif.0123abcd.part",
+        "older scheme (mkstemp), old": ".out.tif.k3_x9q0z.part",
+    }
+    kept = {
+        "this process": f".out.tif.{here}-{os.getpid()}-0123abcd.part",
+        "other host, fresh": f".out.tif.00000000-{dead}-0123abcd.part",
+        "older scheme, fresh": ".out.tif.fedcba98.part",
+        "no leading dot": f"out.tif.{here}-{dead}-0123abcd.part",
+        "empty middle": ".out.tif..part",
+        "another target": f".other.tif.{here}-{dead}-0123abcd.part",
+        "a longer target name": f".out.tif.x.tif.{here}-{dead}-0123abcd.part",
+        "not .part": f".out.tif.{here}-{dead}-0123abcd.part.bak",
+        "the target": "out.tif",
+        "unrelated": "notes.txt",
+    }
+    for label, name in {**removed, **kept}.items():
+        path = tmp_path / name
+        path.write_bytes(b"x")
+        if "fresh" not in label and label != "this process":
+            _age(path, 25)
+    store = tmp_path / f".out.tif.{here}-{dead}-aaaaaaaa.part"  # a zarr store being written
+    (store / "c" / "0").mkdir(parents=True)
+    (store / "c" / "0" / "0").write_bytes(b"chunk")
+    removed["dead writer's folder"] = store.name
+    unknown = [".out.tif.0badf00d.part", f".out.tif.11111111-{dead}-0123abcd.part"]
+    for name in unknown:  # folders of unknown writers: kept, however old
+        (tmp_path / name).mkdir()
+        _age(tmp_path / name, 25)
+    link = tmp_path / f".out.tif.{here}-{dead}-bbbbbbbb.part"
+    link.symlink_to(tmp_path / "notes.txt")
+    got = remove_stale_temps(target)
+    assert sorted(p.name for p in got) == sorted(removed.values())
+    left = {p.name for p in tmp_path.iterdir()}
+    assert left == set(kept.values()) | {link.name, *unknown}
+    assert (tmp_path / "notes.txt").read_bytes() == b"x"  # the link's target too
+    assert remove_stale_temps(tmp_path / "missing" / "out.tif") == []
+
+
+@pytest.mark.skipif(not Path("/proc/self/stat").exists(), reason="needs /proc (Linux)")
+def test_a_reused_process_id_does_not_keep_a_temporary_forever(tmp_path):
+    """A live process that started after the temporary was last written cannot be its writer."""
+    target = tmp_path / "model.pt"
+    sleeper = subprocess.Popen([sys.executable, "-c", "import time; time.sleep(60)"])
+    try:
+        part = tmp_path / f".model.pt.{host_tag()}-{sleeper.pid}-0123abcd.part"
+        part.write_bytes(b"x")
+        assert remove_stale_temps(target) == []  # written after the process started: its own
+        _age(part, 1)  # last written an hour before this process existed
+        assert remove_stale_temps(target) == [part]
+    finally:
+        sleeper.kill()
+        sleeper.wait(timeout=30)

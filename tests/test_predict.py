@@ -9,12 +9,10 @@ from torch import nn
 
 from napari_seg3d.engine.predict import (
     RegionDone,
-    _finished_z,
-    _labels,
-    _normalise,
     iter_predict_volume,
     predict_volume,
 )
+from napari_seg3d.engine._buffers import drop_rows, labels_of, normalise
 from napari_seg3d.engine.windows import window_positions
 
 
@@ -219,17 +217,12 @@ def test_a_model_changing_the_spatial_size_is_reported():
         predict_volume(model, np.zeros((4, 4, 4), np.float32), patch_size=(4, 4, 4))
 
 
-def test_finished_z():
-    windows = window_positions((10, 4, 4), (4, 4, 4), 0.5)  # z starts 0, 2, 4, 6
-    assert [_finished_z(windows, n, 10) for n in range(1, 5)] == [2, 4, 6, 10]
-
-
 def test_normalise_and_labels():
     prob_sum = torch.tensor([[[[0.2, 1.5]]], [[[0.6, 0.5]]]])
     weight_sum = torch.tensor([[[0.8, 2.0]]])
-    probs = _normalise(prob_sum, weight_sum)
+    probs = normalise(prob_sum, weight_sum)
     torch.testing.assert_close(probs, torch.tensor([[[[0.25, 0.75]]], [[[0.75, 0.25]]]]))
-    labels = _labels(probs)
+    labels = labels_of(probs)
     assert labels.dtype == torch.uint8
     assert labels.tolist() == [[[1, 0]]]
 
@@ -241,3 +234,12 @@ def test_read_only_and_non_float_volumes_are_accepted(dtype):
     probs = predict_volume(Pointwise(), volume, patch_size=(4, 4, 4), device="cpu",
                            probabilities=True)
     np.testing.assert_allclose(probs, _expected_probabilities(Pointwise(), volume), atol=1e-6)
+
+
+def test_drop_rows_moves_the_rest_to_the_front_in_place():
+    t = torch.arange(2 * 7 * 2, dtype=torch.float32).reshape(2, 7, 1, 2)
+    expected = torch.cat([t[:, 3:], torch.zeros(2, 3, 1, 2)], dim=1)
+    drop_rows(t, 3)
+    torch.testing.assert_close(t, expected)
+    drop_rows(t, 10)
+    assert not t.any()

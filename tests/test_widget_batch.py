@@ -112,6 +112,20 @@ def test_folder_input_with_pattern_and_h5_format(widget, qtbot, model_file, inpu
     assert read_volume(tmp_path / "out" / "a_labels.h5").voxel_size == (2.0, 1.0, 1.0)
 
 
+def test_zarr_format_reads_an_hdf5_input_and_matches_the_model(widget, qtbot, model, model_file,
+                                                              blobs, tmp_path):
+    spec = f"{write_volume(tmp_path / 'in.h5:/raw', blobs[0], voxel_size=(2.0, 1.0, 1.0))}:/raw"
+    widget.set_inputs([spec])
+    widget.set_options(fmt="zarr")
+    widget.set_model_path(model_file)
+    widget.set_output_dir(tmp_path / "out")
+    assert _run(widget, qtbot) == ["done"]
+    out = read_volume(tmp_path / "out" / "in_raw_labels.zarr")
+    assert out.voxel_size == (2.0, 1.0, 1.0)
+    np.testing.assert_array_equal(out.data, model.predict(blobs[0]))
+    assert [p.name for p in (tmp_path / "out").iterdir()] == ["in_raw_labels.zarr"]
+
+
 def test_session_model(widget, qtbot, model, inputs, tmp_path):
     batch_module.SESSION.put("blobs model", model)
     widget.set_session_model("blobs model")

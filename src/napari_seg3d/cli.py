@@ -7,6 +7,7 @@ Errors a user can cause end with one line on stderr and exit code 2 (1 for anyth
 from __future__ import annotations
 
 import argparse
+import contextlib
 import dataclasses
 import json
 import logging
@@ -22,12 +23,20 @@ log = logging.getLogger("napari_seg3d")
 
 def _train(args: argparse.Namespace) -> int:
     from ._config_file import read_config
-    from .engine import (TrainConfig, Trainer, default_model_config, load_model,
-                         propose_patch_size, save_model)
+    from .engine import (
+        TrainConfig,
+        Trainer,
+        default_model_config,
+        load_model,
+        propose_patch_size,
+        save_model,
+    )
+    from .engine.errors import writable_folder
     from .engine.io import read_volume
     from .engine.losses import is_binary_loss
 
     file = read_config(args.config) if args.config else {}
+    writable_folder(Path(args.out).parent)  # fail now, not after the training
 
     def setting(name, default=None):  # the command line wins over the file
         value = getattr(args, name, None)
@@ -62,9 +71,10 @@ def _train(args: argparse.Namespace) -> int:
                       init=init, resume=bool(args.resume))
     result = _run_training(trainer, cfg.iterations, start, quiet=args.quiet)
     out = Path(args.out)
-    save_model(result.best, out)
     last = out.with_name(out.stem + ".last" + out.suffix)
-    save_model(result.last, last)
+    with _signals_held("Saving the models: Ctrl-C takes effect once both are written..."):
+        save_model(result.best, out)
+        save_model(result.last, last)
     best = result.best.history.get("best_val_dice")
     print(f"Saved the best model to {out} and the last one (to resume) to {last}.")
     if not args.no_report:
@@ -81,9 +91,37 @@ def _train(args: argparse.Namespace) -> int:
     return 0
 
 
+@contextlib.contextmanager
+def _signals_held(message: str):
+    """Hold Ctrl-C (SIGINT) and SIGTERM until the block ends, then raise KeyboardInterrupt: a
+    save cut short would lose the whole run. Does nothing outside the main thread."""
+    import signal
+
+    held: list[int] = []
+
+    def hold(signum, frame):
+        if not held:
+            print(message, file=sys.stderr)
+        held.append(signum)
+
+    try:
+        previous = {s: signal.signal(s, hold) for s in (signal.SIGINT, signal.SIGTERM)}
+    except ValueError:  # not the main thread
+        yield
+        return
+    try:
+        yield
+    finally:
+        for s, handler in previous.items():
+            signal.signal(s, handler)
+    if held:
+        raise KeyboardInterrupt
+
+
 def _run_training(trainer, total: int, start: int, *, quiet: bool):
-    """Run the training generator under a tqdm bar; the first Ctrl-C stops training cleanly
-    (the best model so far is kept), a second one interrupts."""
+    """Run the training generator under a tqdm bar; the first Ctrl-C (or SIGTERM, which cluster
+    schedulers send before a time limit) stops training cleanly and the models are saved; a
+    second Ctrl-C interrupts."""
     import signal
 
     from tqdm import tqdm
@@ -94,6 +132,7 @@ def _run_training(trainer, total: int, start: int, *, quiet: bool):
         signal.signal(signal.SIGINT, previous)
 
     previous = signal.signal(signal.SIGINT, stop)
+    previous_term = signal.signal(signal.SIGTERM, stop)
     gen = trainer.run()
     try:
         with tqdm(total=total, initial=start, unit="it", desc="train", disable=quiet) as bar:
@@ -109,6 +148,7 @@ def _run_training(trainer, total: int, start: int, *, quiet: bool):
                 bar.set_postfix(post, refresh=False)
     finally:
         signal.signal(signal.SIGINT, previous)
+        signal.signal(signal.SIGTERM, previous_term)
 
 
 def _print_truth_dice(model, image, truth_spec, args) -> None:
@@ -126,21 +166,33 @@ def _predict(args: argparse.Namespace) -> int:
     from tqdm import tqdm
 
     from .engine import load_model
-    from .engine.batch import FileResult, expand_inputs, iter_predict_files
+    from .engine.batch import FileProgress, FileResult, expand_inputs, iter_predict_files
 
     model = load_model(args.model)
     inputs = expand_inputs(args.inputs, args.pattern)
     if not inputs:
-        raise ValueError("No input volumes found; name TIFF, HDF5 or .npy files or a folder.")
-    gen = iter_predict_files(model, inputs, args.out, fmt=args.format, overwrite=args.overwrite,
-                             overlap=args.overlap, tta=args.tta, probabilities=args.probabilities,
-                             uncertainty=args.uncertainty, batch_size=args.batch_size,
-                             device=args.device)
-    failed = 0
+        raise ValueError("No input volumes found; name TIFF, HDF5, zarr or .npy files or a folder.")
+    options = dict(fmt=args.format, overwrite=args.overwrite, overlap=args.overlap, tta=args.tta,
+                   probabilities=args.probabilities, uncertainty=args.uncertainty,
+                   batch_size=args.batch_size, device=args.device,
+                   block_shape=tuple(args.block_size))
+    if args.scheduler:
+        from .engine.distributed import iter_predict_files_distributed
+
+        gen = iter_predict_files_distributed(args.model, inputs, args.out, args.scheduler,
+                                             **options)
+    else:
+        gen = iter_predict_files(model, inputs, args.out, **options)
+    failed = done = 0
     with tqdm(total=len(inputs), unit="file", desc="predict", disable=args.quiet) as bar:
-        for item in gen:
+        for item in gen:  # the bar counts files, and the windows (or blocks) of the current one
+            if isinstance(item, FileProgress) and item.windows_total:
+                bar.n = round(done + item.windows_done / item.windows_total, 3)
+                bar.update(0)  # redraws at most every mininterval
             if isinstance(item, FileResult):
-                bar.update(1)
+                done += 1
+                bar.n = done
+                bar.refresh()
                 failed += item.status == "failed"
                 where = item.output if item.output else item.reason
                 tqdm.write(f"{item.status:8s} {item.input} -> {where}", file=sys.stdout)
@@ -170,6 +222,7 @@ def _demo(args: argparse.Namespace) -> int:
 
 
 def build_parser() -> argparse.ArgumentParser:
+    from .engine.blocks import DEFAULT_BLOCK_SHAPE
     from .engine.config import LOSSES, TrainConfig
     from .engine.models import MODELS
 
@@ -221,7 +274,16 @@ def build_parser() -> argparse.ArgumentParser:
     r.add_argument("--probabilities", action="store_true", help="also write class probabilities")
     r.add_argument("--uncertainty", action="store_true",
                    help="also write DIR/<stem>_uncertainty.<ext>: 0 = sure, 1 = least sure")
-    r.add_argument("--format", default="tif", choices=["tif", "h5", "npy"])
+    r.add_argument("--format", default="tif", choices=["tif", "h5", "zarr", "npy"],
+                   help="output format; h5, zarr and npy are written block by block (for volumes "
+                        "larger than memory), tif is assembled in memory")
+    r.add_argument("--block-size", type=int, nargs=3, metavar=("Z", "Y", "X"),
+                   default=list(DEFAULT_BLOCK_SHAPE),
+                   help="largest block predicted at once; memory depends on Y x X "
+                        f"(default {' '.join(map(str, DEFAULT_BLOCK_SHAPE))})")
+    r.add_argument("--scheduler", metavar="ADDRESS",
+                   help="run on a Dask distributed cluster (e.g. tcp://host:8786): whole files, "
+                        "or the blocks of a single large volume, go to its workers")
     r.add_argument("--batch-size", type=int, default=4)
     r.add_argument("--device", default="auto", choices=["auto", "cpu", "cuda", "mps"])
     r.add_argument("--overwrite", action="store_true", help="replace existing outputs")
@@ -251,6 +313,7 @@ def main(argv: list[str] | None = None) -> int:
     if not args.debug:  # failures are reported once, as the command's own line
         logging.getLogger("tifffile").setLevel(logging.CRITICAL)
         logging.getLogger("napari_seg3d.engine.batch").setLevel(logging.ERROR)
+        logging.getLogger("distributed").setLevel(logging.CRITICAL)  # a lost scheduler: one line
     from .engine.errors import Seg3DError
 
     try:

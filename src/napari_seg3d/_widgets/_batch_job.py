@@ -2,11 +2,10 @@
 
 from __future__ import annotations
 
-import tempfile
 from dataclasses import dataclass
 from pathlib import Path
 
-from ..engine import ModelFileError, SegmentationModel, load_model
+from ..engine import ModelFileError, SegmentationModel, errors, load_model
 from ..engine.batch import iter_predict_files
 
 
@@ -40,12 +39,4 @@ def writable_folder(text: str) -> Path:
     """The output folder, created if needed; raises a sentence if it cannot be written to."""
     if not text.strip():
         raise ValueError("No output folder: choose the folder the predictions go to.")
-    folder = Path(text.strip()).expanduser()
-    try:
-        folder.mkdir(parents=True, exist_ok=True)
-        with tempfile.TemporaryFile(dir=folder):
-            pass
-    except OSError as exc:
-        raise OSError(f"Cannot write to the output folder {folder} ({exc.strerror or exc}). "
-                      "Choose a folder you can write to.") from exc
-    return folder
+    return errors.writable_folder(text.strip())

@@ -19,6 +19,7 @@ from napari.layers import Image, Labels
 from qtpy.QtCore import QTimer
 
 from ..engine import Seg3DError
+from ..engine.train import MAX_CHANNELS  # a 4D image with a longer first axis is not (C, Z, Y, X)
 
 if TYPE_CHECKING:
     import napari
@@ -26,7 +27,6 @@ if TYPE_CHECKING:
 log = logging.getLogger(__name__)
 
 ROLE = "seg3d_role"  # layer.metadata key: "annotations", "preview", "prediction", "probabilities"
-MAX_CHANNELS = 16  # a 4D image with a longer first axis is not (C, Z, Y, X)
 Region = tuple[slice, ...]
 
 
@@ -129,8 +129,8 @@ def output_labels_layer(viewer: napari.viewer.Viewer, name: str, like, dtype, ro
                                   translate=spatial_translate(like), metadata={ROLE: role},
                                   **kwargs)
     else:
-        if layer.data.dtype == np.dtype(dtype):
-            layer.data[...] = 0
+        if type(layer.data) is np.ndarray and layer.data.dtype == np.dtype(dtype):
+            layer.data[...] = 0  # in memory only: never clear a store on disk it may show
             layer.refresh()
         else:
             layer.data = np.zeros(shape, dtype)

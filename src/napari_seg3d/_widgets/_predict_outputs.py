@@ -8,8 +8,10 @@ from dataclasses import dataclass, fields
 from typing import TYPE_CHECKING
 
 import numpy as np
+from napari.layers import Labels
 
 from ..engine import RegionDone, uncertainty_map
+from . import _large_prediction as _large
 from . import _layers
 
 if TYPE_CHECKING:
@@ -64,16 +66,39 @@ class OutputLayers:
             values = getattr(region, role, None)
             if values is None:
                 continue
-            writer = self._writers.get(role)
-            if writer is None or writer.layer not in self.viewer.layers:
-                writer = self._start(role, values)
-                if writer is None:
-                    continue
-            lead = (slice(None),) * (values.ndim - 3)
-            writer.write(lead + tuple(region.slices), values)
+            writer = self._writer(role, lambda image, v=values: np.zeros(
+                v.shape[:-3] + _layers.spatial_shape(image), np.float32))
+            if writer is not None:
+                lead = (slice(None),) * (values.ndim - 3)
+                writer.write(lead + tuple(region.slices), values)
 
-    def _start(self, role: str, values: np.ndarray) -> _layers.RegionWriter | None:
-        """A zeroed layer ``<image> <role>`` (replacing one of that name or its partial name)."""
+    def mark(self, arrays: dict, region: RegionDone) -> None:
+        """Show ``region`` of ``arrays`` (by role), written by someone else: the stores on disk of
+        a large prediction. A layer is created at the first region its array is there."""
+        for role in ROLES:
+            data = arrays.get(role)
+            if data is None:
+                continue
+            writer = self._writer(role, lambda image, d=data: d, interval=_large.REFRESH_S)
+            if writer is not None:
+                lead = (slice(None),) * (len(data.shape) - 3)
+                writer.mark(lead + tuple(region.slices))
+
+    def repoint(self, arrays: dict, paths: dict) -> None:
+        """Show ``arrays`` (by role) in the layers instead of their data, which moved to
+        ``paths``."""
+        for role, layer in self.layers.items():
+            if role in arrays and layer in self.viewer.layers:
+                layer.data = arrays[role]
+                layer.metadata["path"] = str(paths[role])
+
+    def _writer(self, role: str, data_for, interval: float = REFRESH_S,
+                ) -> _layers.RegionWriter | None:
+        """The writer of the layer ``<image> <role>``, made (replacing a layer of that name or
+        its partial name) with ``data_for(image_layer)`` as its data when there is none."""
+        writer = self._writers.get(role)
+        if writer is not None and writer.layer in self.viewer.layers:
+            return writer
         image = _layers.find_layer(self.viewer, self.image_name)
         if image is None:
             return None
@@ -81,11 +106,11 @@ class OutputLayers:
         old = _layers.find_layer(self.viewer, name + PARTIAL)
         if old is not None and old.metadata.get(_layers.ROLE) == role:
             self.viewer.layers.remove(old)
-        data = np.zeros(values.shape[:-3] + _layers.spatial_shape(image), np.float32)
-        layer = _layers.output_image_layer(self.viewer, name, image, data, role, **_STYLE)
+        layer = _layers.output_image_layer(self.viewer, name, image, data_for(image), role,
+                                           **_STYLE)
         layer.metadata["partial"] = False
         self.layers[role] = layer
-        self._writers[role] = _layers.RegionWriter(layer, interval=REFRESH_S)
+        self._writers[role] = _layers.RegionWriter(layer, interval=interval)
         return self._writers[role]
 
     def close(self, complete: bool) -> None:
@@ -98,3 +123,27 @@ class OutputLayers:
             layer.metadata["partial"] = not complete
             if not complete and not layer.name.endswith(PARTIAL):
                 layer.name += PARTIAL
+
+
+def disk_labels_layer(viewer: napari.viewer.Viewer, name: str, like, data, *,
+                      reuse_names: tuple[str, ...] = ()):
+    """A Labels layer ``name`` showing ``data`` (a store on disk) over the grid of ``like``: the
+    first Labels layer named ``name`` or one of ``reuse_names`` takes the data (what it held is
+    neither cleared nor written: it may be an earlier store). The active layer stays active."""
+    restore = _layers._keep_active(viewer)
+    layer = None
+    for candidate in (name,) + tuple(reuse_names):
+        old = _layers.find_layer(viewer, candidate)
+        if isinstance(old, Labels) and not old.multiscale:
+            layer = old
+            break
+    if layer is None:
+        layer = viewer.add_labels(data, name=name, scale=_layers.voxel_size(like),
+                                  translate=_layers.spatial_translate(like))
+    else:
+        layer.data = data
+        layer.name = name
+        layer.scale, layer.translate = _layers.voxel_size(like), _layers.spatial_translate(like)
+    layer.metadata.update({_layers.ROLE: "prediction", "image": like.name, "partial": False})
+    restore()
+    return layer

@@ -25,7 +25,7 @@ from ._batch_progress import BatchProgress, file_progress_text, summary_text
 from ._session import SESSION
 
 MODEL_FILE = "Model file"
-FORMATS = ("tif", "h5")
+FORMATS = ("tif", "h5", "zarr")
 _INPUT_FILTER = "Volumes (" + " ".join(f"*{s}" for s in SUFFIXES) + ");;All files (*)"
 
 
@@ -79,7 +79,7 @@ class BatchPredictWidget(QWidget):
     def set_options(self, *, fmt: str | None = None, overwrite: bool | None = None,
                     pattern: str | None = None, overlap: float | None = None,
                     tta: bool | None = None) -> None:
-        """Set any of: output format (``"tif"``/``"h5"``), overwrite existing outputs, the
+        """Set any of: output format (``"tif"``/``"h5"``/``"zarr"``), overwrite existing outputs, the
         folder pattern, the window overlap, test-time augmentation."""
         if fmt is not None:
             if fmt not in FORMATS:
@@ -172,6 +172,8 @@ class BatchPredictWidget(QWidget):
         browse_out.clicked.connect(self._browse_out_dir)
         self._format = QComboBox()
         self._format.addItems(FORMATS)
+        self._format.setToolTip("h5 and zarr outputs are written block by block, so volumes "
+                                "larger than memory work; tif is assembled in memory.")
         self._overwrite = QCheckBox("Overwrite existing outputs")
         self._overwrite.setToolTip("Off: files whose output already exists are skipped.")
         self._overlap = QDoubleSpinBox()

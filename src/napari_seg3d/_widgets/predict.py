@@ -1,10 +1,15 @@
 """The Predict dock widget: apply a model to an image layer, streaming the result region by
 region into a ``<image> prediction`` Labels layer (and optionally class probabilities and an
-uncertainty map into Image layers) while the sliding window advances in a background thread."""
+uncertainty map into Image layers) while the sliding window advances in a background thread.
+
+A prediction too large for memory (an image read from disk, or layers larger than a share of the
+memory) is computed block by block and written into zarr stores on disk by the worker; its layers
+show those stores while they are written (see :mod:`._large_prediction`)."""
 
 from __future__ import annotations
 
 import logging
+from dataclasses import replace
 from pathlib import Path
 from typing import TYPE_CHECKING
 
@@ -12,10 +17,23 @@ import numpy as np
 from napari.qt.threading import thread_worker
 from napari.utils import progress
 from napari.utils.notifications import show_error, show_info, show_warning
-from qtpy.QtWidgets import (QCheckBox, QComboBox, QDoubleSpinBox, QFileDialog, QFormLayout,
-                            QHBoxLayout, QLabel, QPushButton, QSpinBox, QVBoxLayout, QWidget)
+from qtpy.QtWidgets import (
+    QCheckBox,
+    QComboBox,
+    QDoubleSpinBox,
+    QFileDialog,
+    QFormLayout,
+    QHBoxLayout,
+    QLabel,
+    QLineEdit,
+    QPushButton,
+    QSpinBox,
+    QVBoxLayout,
+    QWidget,
+)
 
-from ..engine import ModelFileError, load_model, resolve_device
+from ..engine import ModelFileError, Seg3DError, load_model, resolve_device
+from . import _large_prediction as _large
 from . import _layers, _predict_outputs
 from ._session import SESSION
 
@@ -34,11 +52,14 @@ LABELS_REFRESH_S = 0.1  # the prediction layer shows new regions at most 10 time
 class _PredictJob:
     """One prediction run; ``run`` is the worker's generator."""
 
-    def __init__(self, model: SegmentationModel, image, options: dict, shown: dict) -> None:
+    def __init__(self, model: SegmentationModel, image, options: dict, shown: dict,
+                 stores: _large.DiskStores | None = None) -> None:
         self.model, self.image, self.options = model, image, options
         self.shown = shown  # with_outputs' flags: probabilities, uncertainty
+        self.stores = stores  # where a prediction too large for memory is written, or None
         self.inner = None
         self.cancelled = False
+        self.error: str | None = None  # the sentence shown when the run failed
         self.windows_done = self.windows_total = 0
 
     @property
@@ -51,11 +72,15 @@ class _PredictJob:
         try:
             self.inner = self.model.iter_predict(self.image, **self.options)
             for region in self.inner:
-                yield _predict_outputs.with_outputs(region, **self.shown)
+                region = _predict_outputs.with_outputs(region, **self.shown)
+                if self.stores is not None:  # written here; the GUI thread only redraws
+                    self.stores.write(region)
+                    region = replace(region, probabilities=None, uncertainty=None)
+                yield region
                 if self.cancelled:
                     return "cancelled"
             return "done"
-        except Exception as e:  # noqa: BLE001 - shown to the user by the GUI thread
+        except Exception as e:  # any failure: shown to the user by the GUI thread
             log.exception("Prediction failed")
             return _layers.WorkerFailed(e)
         finally:
@@ -72,7 +97,8 @@ class PredictWidget(QWidget):
 
     Public for scripts and tests: :meth:`start_prediction`, :meth:`cancel`, :meth:`set_model`,
     :meth:`load_model_from`; ``worker`` (the running worker or None), ``layer`` (the last
-    prediction layer), ``probabilities_layer`` and ``uncertainty_layer`` (those of the last run).
+    prediction layer), ``probabilities_layer`` and ``uncertainty_layer`` (those of the last run),
+    ``large_folder_edit`` (the folder of predictions on disk; empty: the default).
     """
 
     def __init__(self, napari_viewer: napari.viewer.Viewer, parent: QWidget | None = None) -> None:
@@ -84,6 +110,7 @@ class PredictWidget(QWidget):
         self._job: _PredictJob | None = None
         self._writer = None
         self._outputs: _predict_outputs.OutputLayers | None = None
+        self._stores: _large.DiskStores | None = None
         self._progress_bar = None
         self._image_name = ""
         self._model_name = ""
@@ -111,12 +138,14 @@ class PredictWidget(QWidget):
         self.batch_spin = QSpinBox(minimum=1, maximum=256, value=4)
         self.device_combo = QComboBox()
         self.device_combo.addItems(["auto", "cpu", "cuda"])
+        folder_row = self._build_folder_row()
         for label, w in (("Model", self.model_combo), ("Image", self.image_combo),
                          ("Overlap", self.overlap_spin), ("", self.tta_check),
                          ("", self.probabilities_check), ("", self.uncertainty_check),
                          ("Batch size", self.batch_spin),
                          ("Device", self.device_combo)):
             form.addRow(label, w)
+        form.addRow("Large predictions folder", folder_row)
         layout.addLayout(form)
         row = QHBoxLayout()
         self.predict_button, self.cancel_button = QPushButton("Predict"), QPushButton("Cancel")
@@ -131,6 +160,29 @@ class PredictWidget(QWidget):
         self.predict_button.clicked.connect(self.start_prediction)
         self.cancel_button.clicked.connect(self.cancel)
         self._update_buttons()
+
+    def _build_folder_row(self) -> QHBoxLayout:
+        self.large_folder_edit = QLineEdit()
+        self.large_folder_edit.setPlaceholderText("beside the image file, else the cache folder")
+        self.large_folder_edit.setToolTip(
+            "Where a prediction too large for memory is written (image 'nuclei': "
+            "nuclei_labels.zarr) while its layer shows it: an image read from disk, or layers "
+            "larger than "
+            f"{_large.MEMORY_FRACTION:.0%} of the memory. Empty: the image file's folder, else "
+            f"{_large.cache_folder()}.")
+        browse = QPushButton("...")
+        browse.setMaximumWidth(32)
+        browse.clicked.connect(self._browse_large_folder)
+        row = QHBoxLayout()
+        row.addWidget(self.large_folder_edit)
+        row.addWidget(browse)
+        return row
+
+    def _browse_large_folder(self) -> None:
+        folder = QFileDialog.getExistingDirectory(self, "Large predictions folder",
+                                                  self.large_folder_edit.text())
+        if folder:
+            self.large_folder_edit.setText(folder)
 
     @property
     def probabilities_layer(self):
@@ -215,21 +267,43 @@ class PredictWidget(QWidget):
                 problem = str(e)
         if problem is not None:
             show_error(problem)
+            self.status.setText(problem)  # stays until the next run
             return False
         _warn_voxel_size(model, image)
-        self._image_name = image.name
-        self.layer = _layers.output_labels_layer(
-            self.viewer, f"{image.name} prediction", image, model.label_lut().dtype, "prediction",
-            reuse_names=(f"{image.name} prediction (partial)",))
-        self.layer.metadata["model"] = self.model_combo.currentText()
-        self._writer = _layers.RegionWriter(self.layer, interval=LABELS_REFRESH_S)
-        self._outputs = _predict_outputs.OutputLayers(self.viewer, image.name)
         shown = {"probabilities": self.probabilities_check.isChecked(),
                  "uncertainty": self.uncertainty_check.isChecked()}
         options = {"overlap": self.overlap_spin.value(), "tta": self.tta_check.isChecked(),
                    "batch_size": self.batch_spin.value(), "device": device,
                    "probabilities": any(shown.values())}
-        self._job = _PredictJob(model, _layers.layer_array(image), options, shown)
+        data = _layers.layer_array(image)
+        nbytes = _large.output_bytes(_layers.spatial_shape(image), model.label_lut().dtype,
+                                     _classes(model), **shown)
+        reason = _large.disk_reason(data, nbytes)
+        stores = None
+        if reason is not None:
+            stores = self._open_stores(model, image)
+            if stores is None:
+                return False
+            options["block_shape"] = _large.BLOCK_SHAPE
+        self._image_name, self._stores = image.name, stores
+        name, partial_name = f"{image.name} prediction", f"{image.name} prediction (partial)"
+        if stores is None:
+            self.layer = _layers.output_labels_layer(
+                self.viewer, name, image, model.label_lut().dtype, "prediction",
+                reuse_names=(partial_name,))
+            self.layer.metadata.pop("path", None)
+            self._writer = _layers.RegionWriter(self.layer, interval=LABELS_REFRESH_S)
+        else:
+            self.layer = _predict_outputs.disk_labels_layer(
+                self.viewer, name, image, stores.views()["labels"], reuse_names=(partial_name,))
+            self.layer.metadata["path"] = str(stores.where["labels"])
+            self._writer = _layers.RegionWriter(self.layer, interval=_large.REFRESH_S)
+            show_info(f"Predicting '{image.name}' block by block on disk because {reason}: the "
+                      f"result is written to {stores.path('labels')} and shown while it is "
+                      "written.")
+        self.layer.metadata["model"] = self.model_combo.currentText()
+        self._outputs = _predict_outputs.OutputLayers(self.viewer, image.name)
+        self._job = _PredictJob(model, data, options, shown, stores)
         self._progress_bar = progress(total=0, desc="Predicting")
         worker = thread_worker(self._job.run, start_thread=False)()
         worker.yielded.connect(self._on_region)
@@ -237,10 +311,27 @@ class PredictWidget(QWidget):
         worker.errored.connect(self._on_error)
         worker.finished.connect(self._on_finished)
         self.worker = worker
-        self.status.setText(f"Predicting '{image.name}'...")
+        self.status.setText(f"Predicting '{image.name}'" + (" on disk..." if stores else "..."))
+        self.status.setToolTip("" if stores is None else str(stores.path("labels")))
         self._update_buttons()
         worker.start()
         return True
+
+    def _open_stores(self, model: SegmentationModel, image) -> _large.DiskStores | None:
+        """The stores on disk of a prediction of ``image``, or None (the user was told why)."""
+        source = _large.source_path(image)
+        folder = _large.choose_folder(self.large_folder_edit.text(), source)
+        try:
+            return _large.DiskStores(folder, _large.store_base(folder, image.name, source),
+                                     _layers.spatial_shape(image), model.label_lut().dtype,
+                                     _layers.voxel_size(image))
+        except (OSError, Seg3DError) as e:
+            reason = getattr(e, "strerror", None) or e
+            message = (f"Cannot write the prediction of '{image.name}' into {folder} ({reason}). "
+                       "Choose another Large predictions folder.")
+            show_error(message)
+            self.status.setText(message)
+            return None
 
     def cancel(self) -> None:
         """Stop at the next region; what is done stays in the layer, marked partial."""
@@ -254,9 +345,14 @@ class PredictWidget(QWidget):
         if job is None or self._writer is None or self._outputs is None:
             return
         job.windows_done, job.windows_total = region.windows_done, region.windows_total
-        self._writer.write(region.slices, region.labels)
-        self._outputs.write(region)
-        self.status.setText(f"Predicting '{self._image_name}': "
+        if self._stores is not None:  # written by the worker: show it
+            self._writer.mark(region.slices)
+            self._outputs.mark(self._stores.views(), region)
+        else:
+            self._writer.write(region.slices, region.labels)
+            self._outputs.write(region)
+        where = " on disk" if self._stores is not None else ""
+        self.status.setText(f"Predicting '{self._image_name}'{where}: "
                             f"{region.windows_done}/{region.windows_total} windows")
         bar = self._progress_bar
         if bar is not None:  # napari's progress bar runs processEvents: touch it last
@@ -269,6 +365,8 @@ class PredictWidget(QWidget):
             message = _layers.error_message(result.error, "Prediction")
             show_error(message)
             self.status.setText(message)
+            if self._job is not None:  # the status line keeps the reason (see _report)
+                self._job.error = message
 
     def _on_error(self, error: BaseException) -> None:
         show_error(_layers.error_message(error, "Prediction"))
@@ -284,24 +382,51 @@ class PredictWidget(QWidget):
             job.close()  # after quit() the worker leaves the generator open
             if self._outputs is not None:
                 self._outputs.close(job.complete)
+            if self._stores is not None:
+                self._publish(job)
             self._report(job)
         if bar is not None:
             bar.close()
+
+    def _publish(self, job: _PredictJob) -> None:
+        """Move the stores of a prediction on disk onto their final names (complete) or their
+        partial names, and show them there. The worker has stopped."""
+        stores, self._stores = self._stores, None
+        for problem in stores.publish(job.complete):
+            show_warning(problem)
+        views = stores.views()
+        if self.layer is not None:  # it shows the store that moved: show it where it is now
+            self.layer.data = views["labels"]
+            self.layer.metadata["path"] = str(stores.where["labels"])
+        if self._outputs is not None:
+            self._outputs.repoint(views, stores.where)
 
     def _report(self, job: _PredictJob) -> None:
         layer = self.layer
         if layer is None:
             return
+        stores = job.stores
+        if stores is not None:
+            self.status.setToolTip(str(stores.where["labels"]))
         if job.complete:
             layer.metadata["partial"] = False
-            self.status.setText(f"Done: '{layer.name}' ({job.windows_total} windows).")
+            saved = "" if stores is None else f", saved in {stores.where['labels']}"
+            self.status.setText(f"Done: '{layer.name}' ({job.windows_total} windows){saved}.")
             return
         layer.metadata["partial"] = True
         if not layer.name.endswith(" (partial)"):
             layer.name = f"{layer.name} (partial)"
+        kept = "" if stores is None else (
+            f", kept in {stores.where['labels']}; nothing was written to "
+            f"{stores.path('labels')}")
         if job.cancelled:
-            show_info(f"Prediction cancelled: '{layer.name}' holds only the part done so far.")
-        self.status.setText(f"'{layer.name}': {job.windows_done}/{job.windows_total} windows done.")
+            show_info(f"Prediction cancelled: '{layer.name}' holds only the part done so far"
+                      f"{kept}.")
+        elif stores is not None:
+            show_info(f"'{layer.name}' holds only the part done before the error{kept}.")
+        if job.error is None:
+            self.status.setText(f"'{layer.name}': {job.windows_done}/{job.windows_total} "
+                                "windows done.")
 
     def _update_buttons(self) -> None:
         busy = self.worker is not None
@@ -321,6 +446,11 @@ def _problem(model, image) -> str | None:
         return (f"The model was trained on {model.in_channels}-channel images but '{image.name}' "
                 f"has {channels} channel(s); choose another image or model.")
     return None
+
+
+def _classes(model) -> int:
+    """The number of probability channels of a model (for the size of its layers)."""
+    return int(model.model_config.kwargs.get("out_channels", len(model.class_values)))
 
 
 def _warn_voxel_size(model, image) -> None:

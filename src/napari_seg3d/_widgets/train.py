@@ -148,7 +148,9 @@ class TrainWidget(TrainForm):
         except Exception as e:  # noqa: BLE001 - a GUI action: tell the user, keep the widget ready
             if not isinstance(e, (Seg3DError, ValueError, OSError)):
                 log.exception("Could not start training")
-            show_error(_layers.error_message(e, "Training"))
+            message = _layers.error_message(e, "Training")
+            show_error(message)
+            self.status.setText(message)  # stays until the next run
             return False
         self._launch(job)
         return True
@@ -302,8 +304,8 @@ class TrainWidget(TrainForm):
             return None
         try:
             out = save_model(self.model, path)
-        except OSError as e:
-            show_error(f"Cannot save the model to {path}: {e}")
+        except OSError as e:  # an OutputError: the sentence says where and what to do
+            show_error(str(e))
             return None
         show_info(f"Saved the model to {out}.")
         return out

@@ -3,6 +3,7 @@ atomically inside the output folder, inputs are opened read-only."""
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import time
 from collections.abc import Generator, Sequence
@@ -11,8 +12,9 @@ from pathlib import Path
 
 import numpy as np
 
-from .errors import Seg3DError
-from .io import HDF5_SUFFIXES, output_path, read_volume, split_path, write_volume
+from .blocks import DEFAULT_BLOCK_SHAPE
+from .errors import Seg3DError, writable_folder
+from .io import HDF5_SUFFIXES, ChunkedWriter, output_path, read_volume, split_path
 from .model_file import SegmentationModel
 from .uncertainty import uncertainty_map
 
@@ -44,30 +46,73 @@ class FileResult:
 
 
 def _predict_one(model, spec, out, *, voxel_size_default, index, total, probabilities=False,
-                 uncertainty=False, **opts):
-    vol = read_volume(spec)
-    labels = probs = unc = None
-    shape = vol.data.shape[-3:]
-    for r in model.iter_predict(vol.data, probabilities=probabilities or uncertainty, **opts):
-        if labels is None:
-            labels = np.zeros(shape, r.labels.dtype)
-            if probabilities:
-                probs = np.zeros((r.probabilities.shape[0],) + shape, np.float32)
-            if uncertainty:
-                unc = np.zeros(shape, np.float32)
-        labels[r.slices] = r.labels
-        if probs is not None:
-            probs[(slice(None),) + r.slices] = r.probabilities
-        if unc is not None:
-            unc[r.slices] = uncertainty_map(r.probabilities)
-        yield FileProgress(index, total, str(spec), r.windows_done, r.windows_total)
-    voxel = vol.voxel_size or voxel_size_default
-    # the labels last: an existing labels file (which skips the input) has its companions
-    if probs is not None:
-        write_volume(_beside(out, "probabilities"), probs, voxel_size=voxel)
-    if unc is not None:
-        write_volume(_beside(out, "uncertainty", key="/uncertainty"), unc, voxel_size=voxel)
-    write_volume(out, labels, voxel_size=voxel)
+                 uncertainty=False, block_shape=DEFAULT_BLOCK_SHAPE, **opts):
+    """Predict one file block by block, writing each block as it is done (never the volume in
+    memory unless the output is TIFF, which cannot be written in parts)."""
+    with read_volume(spec, lazy=True) as vol, contextlib.ExitStack() as stack:
+        shape = tuple(vol.data.shape[-3:])
+        outputs = _Outputs(out, shape, vol.voxel_size or voxel_size_default, probabilities,
+                           uncertainty, stack)
+        for r in model.iter_predict(vol.data, probabilities=probabilities or uncertainty,
+                                    block_shape=block_shape, **opts):
+            outputs.add(r)
+            yield FileProgress(index, total, str(spec), r.windows_done, r.windows_total)
+        outputs.commit()
+
+
+class _Outputs:
+    """The labels (and optional probabilities and uncertainty) of one input, written block by
+    block: a block's z-slabs are gathered and written in one piece when the block is done."""
+
+    def __init__(self, out: Path, shape, voxel, probabilities: bool, uncertainty: bool,
+                 stack: contextlib.ExitStack) -> None:
+        self.out, self.shape, self.voxel, self.stack = out, tuple(shape), voxel, stack
+        self.want_probs, self.want_unc = probabilities, uncertainty
+        self.writers: dict[str, ChunkedWriter] = {}
+        self.pending: list = []
+
+    def add(self, region) -> None:
+        if not self.writers:
+            self._open(region)
+        if self.pending and self.pending[-1].block != region.block:
+            self._flush()
+        self.pending.append(region)
+
+    def commit(self) -> None:
+        """Publish the outputs, the labels last: an existing labels file (which skips the input)
+        has its companions."""
+        self._flush()
+        for name in ("probabilities", "uncertainty", "labels"):
+            if name in self.writers:
+                self.writers[name].commit()
+
+    def _open(self, region) -> None:
+        def writer(spec, shape, dtype):
+            return self.stack.enter_context(
+                ChunkedWriter(spec, shape, dtype, voxel_size=self.voxel))
+
+        if self.want_probs:
+            k = region.probabilities.shape[0]
+            self.writers["probabilities"] = writer(_beside(self.out, "probabilities"),
+                                                   (k, *self.shape), np.float32)
+        if self.want_unc:
+            self.writers["uncertainty"] = writer(_beside(self.out, "uncertainty", "/uncertainty"),
+                                                 self.shape, np.float32)
+        self.writers["labels"] = writer(self.out, self.shape, region.labels.dtype)
+
+    def _flush(self) -> None:
+        if not self.pending:
+            return
+        first, last = self.pending[0].slices, self.pending[-1].slices
+        where = (slice(first[0].start, last[0].stop), *first[1:])
+        self.writers["labels"].write(where, np.concatenate([r.labels for r in self.pending]))
+        if self.want_probs or self.want_unc:
+            probs = np.concatenate([r.probabilities for r in self.pending], axis=1)
+            if self.want_probs:
+                self.writers["probabilities"].write((slice(None), *where), probs)
+            if self.want_unc:
+                self.writers["uncertainty"].write(where, uncertainty_map(probs))
+        self.pending = []
 
 
 def _beside(out: Path, what: str, key: str = "") -> str:
@@ -88,40 +133,58 @@ def iter_predict_files(model: SegmentationModel, inputs: Sequence[str | Path], o
         model: the model to apply.
         inputs: TIFF, HDF5 (``file.h5`` or ``file.h5:/key``) or ``.npy`` volumes.
         out_dir: output folder (created if missing); nothing is written outside it.
-        fmt: ``"tif"``, ``"h5"`` or ``"npy"``.
+        fmt: ``"tif"``, ``"h5"``, ``"zarr"`` or ``"npy"``. HDF5, zarr and ``.npy`` outputs are
+            written block by block, so neither the input nor the output needs to fit in memory.
         overwrite: replace existing outputs; otherwise they are skipped.
-        predict_options: passed to :meth:`SegmentationModel.iter_predict` (overlap, tta, ...);
+        predict_options: passed to :meth:`SegmentationModel.iter_predict` (overlap, tta,
+            block_shape, ...);
             ``probabilities=True`` also writes ``<stem>_probabilities.<fmt>``, ``uncertainty=True``
             ``<stem>_uncertainty.<fmt>`` (see :func:`uncertainty_map`; HDF5 key ``/uncertainty``).
     """
     out_dir = Path(out_dir)
-    out_dir.mkdir(parents=True, exist_ok=True)
+    out_dir = writable_folder(out_dir)
     results: list[FileResult] = []
     total = len(inputs)
+    for index, (spec, out) in enumerate(zip(inputs, output_paths(out_dir, inputs, fmt))):
+        result = yield from iter_predict_file(model, spec, out, index=index, total=total,
+                                              overwrite=overwrite, **predict_options)
+        results.append(result)
+        yield result
+    return results
+
+
+def output_paths(out_dir: str | Path, inputs: Sequence[str | Path], fmt: str) -> list[Path]:
+    """The output of each input (see :func:`.io.output_path`); when two inputs would share one,
+    the later gets its position in the list: ``<stem>_labels_<index>.<fmt>``."""
     used: set[Path] = set()
+    outs = []
     for index, spec in enumerate(inputs):
-        t0 = time.perf_counter()
         out = output_path(out_dir, spec, fmt)
         if out in used:  # two inputs with the same stem: keep both outputs
             out = out.with_name(f"{out.stem}_{index}{out.suffix}")
         used.add(out)
-        if out.exists() and not overwrite:
-            result = FileResult(index, total, str(spec), out, "skipped", "output exists")
-        else:
-            try:
-                yield from _predict_one(model, spec, out, voxel_size_default=model.voxel_size,
-                                        index=index, total=total, **predict_options)
-                result = FileResult(index, total, str(spec), out, "done",
-                                    seconds=time.perf_counter() - t0)
-            except (Seg3DError, ValueError, OSError) as e:
-                log.warning("%s failed: %s", spec, e)
-                result = FileResult(index, total, str(spec), None, "failed", _reason(e))
-            except MemoryError:
-                result = FileResult(index, total, str(spec), None, "failed",
-                                    "not enough memory for this volume")
-        results.append(result)
-        yield result
-    return results
+        outs.append(out)
+    return outs
+
+
+def iter_predict_file(model: SegmentationModel, spec: str | Path, out: Path, *, index: int = 0,
+                      total: int = 1, overwrite: bool = False, **predict_options,
+                      ) -> Generator[FileProgress, None, FileResult]:
+    """Predict one input into ``out`` (see :func:`iter_predict_files`), yielding progress;
+    returns its :class:`FileResult`. A failure of the file is the result, not an exception."""
+    t0 = time.perf_counter()
+    if out.exists() and not overwrite:
+        return FileResult(index, total, str(spec), out, "skipped", "output exists")
+    try:
+        yield from _predict_one(model, spec, out, voxel_size_default=model.voxel_size,
+                                index=index, total=total, **predict_options)
+        return FileResult(index, total, str(spec), out, "done", seconds=time.perf_counter() - t0)
+    except (Seg3DError, ValueError, OSError) as e:
+        log.warning("%s failed: %s", spec, e)
+        return FileResult(index, total, str(spec), None, "failed", _reason(e))
+    except MemoryError:
+        return FileResult(index, total, str(spec), None, "failed",
+                          "not enough memory for this volume")
 
 
 def _reason(e: BaseException) -> str:
@@ -141,14 +204,14 @@ def predict_files(model: SegmentationModel, inputs, out_dir, **kwargs) -> list[F
 
 def expand_inputs(paths: Sequence[str | Path], pattern: str = "*") -> list[str]:
     """Files named directly, plus the readable files matching ``pattern`` in named folders."""
-    from .io import SUFFIXES
+    from .io import SUFFIXES, ZARR_SUFFIXES
 
     out: list[str] = []
     for p in paths:
         path = Path(split_path(p)[0])
-        if path.is_dir():
-            out += sorted(str(f) for f in path.glob(pattern)
-                          if f.is_file() and f.suffix.lower() in SUFFIXES)
+        if path.is_dir() and path.suffix.lower() not in ZARR_SUFFIXES:
+            out += sorted(str(f) for f in path.glob(pattern) if f.suffix.lower() in SUFFIXES
+                          and (f.is_file() or f.suffix.lower() in ZARR_SUFFIXES))
         else:
             out.append(str(p))
     return out

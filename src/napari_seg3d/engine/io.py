@@ -1,6 +1,6 @@
-"""Read and write volumes as TIFF, HDF5 or ``.npy`` files; every write is atomic.
+"""Read and write volumes as TIFF, HDF5, zarr or ``.npy`` files; every write is atomic.
 
-An HDF5 dataset is named ``file.h5:/group/data``. Writes go to a hidden ``.part`` file beside the
+An HDF5 dataset is named ``file.h5:/group/data``, an array in a zarr group ``store.zarr:/name``. Writes go to a hidden ``.part`` file beside the
 target and are moved onto it only once complete, so a crash never leaves half a file behind.
 The format details live in :mod:`._tiff` and :mod:`._hdf5`; this module is the public API.
 """
@@ -10,7 +10,6 @@ from __future__ import annotations
 import logging
 import os
 import re
-import secrets
 from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass, field
@@ -20,13 +19,15 @@ from typing import Any
 import h5py
 import numpy as np
 
-from . import _hdf5
+from . import _hdf5, _zarr
 from ._hdf5 import VOXEL_ATTRS
+from ._temps import remove_stale_temps, temp_path
 from ._tiff import read_tiff, write_tiff
 from .errors import VolumeError
 
 __all__ = [
-    "DEFAULT_KEY", "HDF5_SUFFIXES", "SUFFIXES", "TIFF_SUFFIXES", "VOXEL_ATTRS", "ChunkedWriter",
+    "DEFAULT_KEY", "HDF5_SUFFIXES", "SUFFIXES", "TIFF_SUFFIXES", "VOXEL_ATTRS", "ZARR_SUFFIXES",
+    "ChunkedWriter",
     "Volume", "VolumeError", "VoxelSize", "list_datasets", "output_path", "read_volume",
     "split_path", "write_volume",
 ]
@@ -35,9 +36,10 @@ log = logging.getLogger(__name__)
 
 TIFF_SUFFIXES = (".tif", ".tiff")
 HDF5_SUFFIXES = (".h5", ".hdf5", ".hdf")
-SUFFIXES = (*TIFF_SUFFIXES, *HDF5_SUFFIXES, ".npy")
+ZARR_SUFFIXES = (".zarr",)
+SUFFIXES = (*TIFF_SUFFIXES, *HDF5_SUFFIXES, *ZARR_SUFFIXES, ".npy")
 DEFAULT_KEY = "/labels"
-_H5_SPEC = re.compile(r"^(.+?\.(?:h5|hdf5|hdf)):(.*)$", re.IGNORECASE | re.DOTALL)
+_H5_SPEC = re.compile(r"^(.+?\.(?:h5|hdf5|hdf|zarr)):(.*)$", re.IGNORECASE | re.DOTALL)
 
 VoxelSize = tuple[float, float, float]
 
@@ -48,7 +50,7 @@ class Volume:
 
     Attributes:
         data: ``(Z, Y, X)`` or ``(C, Z, Y, X)`` array (TIFF singleton axes are squeezed away),
-            or an open ``h5py.Dataset`` / ``np.memmap`` when read lazily.
+            or an open ``h5py.Dataset`` / ``zarr.Array`` / ``np.memmap`` when read lazily.
         voxel_size: ``(z, y, x)`` in the file's unit (micrometres by convention), or None.
         path: The file read.
         key: The HDF5 dataset path, or None for other formats.
@@ -88,13 +90,14 @@ def split_path(spec: str | os.PathLike) -> tuple[Path, str | None]:
 
 
 def read_volume(spec: str | os.PathLike, *, lazy: bool = False) -> Volume:
-    """Read a TIFF, HDF5 (``file.h5`` or ``file.h5:/key``) or ``.npy`` volume.
+    """Read a TIFF, HDF5 (``file.h5`` or ``file.h5:/key``), zarr or ``.npy`` volume.
 
     Args:
-        spec: The file, with ``:/dataset`` after an HDF5 file name to pick a dataset. Without a
-            key, an HDF5 file must hold exactly one dataset with 3 or more dimensions.
-        lazy: Leave the data on disk: an open ``h5py.Dataset`` (close the volume when done), or an
-            ``np.memmap`` for ``.npy`` and uncompressed TIFF. Compressed TIFF is always read.
+        spec: The file, with ``:/dataset`` after an HDF5 file or zarr store name to pick a
+            dataset. Without a key, it must hold exactly one dataset with 3 or more dimensions.
+        lazy: Leave the data on disk: an open ``h5py.Dataset`` (close the volume when done), a
+            ``zarr.Array``, or an ``np.memmap`` for ``.npy`` and uncompressed TIFF. Compressed
+            TIFF is always read.
 
     Returns:
         The :class:`Volume`.
@@ -104,6 +107,8 @@ def read_volume(spec: str | os.PathLike, *, lazy: bool = False) -> Volume:
     """
     path, key = split_path(spec)
     suffix = _format_of(path)
+    if suffix in ZARR_SUFFIXES:
+        return _read_zarr(path, key, lazy)
     if not path.is_file():
         raise VolumeError(f"Cannot find the file {path}. Check the path and try again.")
     if suffix in HDF5_SUFFIXES:
@@ -153,6 +158,10 @@ def write_volume(spec: str | os.PathLike, data: Any, *, voxel_size: Sequence[flo
         raise VolumeError(f"{os.fspath(spec)} already exists. Choose another output name or "
                           "allow overwriting.")
     path.parent.mkdir(parents=True, exist_ok=True)
+    if suffix in ZARR_SUFFIXES:
+        with ChunkedWriter(spec, data.shape, data.dtype, voxel_size=voxel) as writer:
+            writer.write((Ellipsis,), data)
+            return writer.commit()
     with _atomic_temp(path) as tmp:
         if suffix in TIFF_SUFFIXES:
             write_tiff(tmp, data, voxel, compression)
@@ -171,8 +180,9 @@ def write_volume(spec: str | os.PathLike, data: Any, *, voxel_size: Sequence[flo
 class ChunkedWriter:
     """Write a large volume region by region, then publish it atomically with :meth:`commit`.
 
-    HDF5 targets fill a chunked, gzip-compressed dataset in a temporary file and ``.npy`` targets
-    a memory-mapped temporary file, so neither holds the volume in memory. TIFF cannot be filled
+    HDF5 targets fill a chunked, gzip-compressed dataset in a temporary file, zarr targets a
+    temporary store and ``.npy`` targets a memory-mapped temporary file, so none holds the volume
+    in memory. A zarr target can be read (by napari, say) while it is written: see :attr:`array`. TIFF cannot be filled
     region by region when compressed, so a TIFF target is collected in memory and written by
     :func:`write_volume` on commit: prefer HDF5 for outputs larger than memory.
 
@@ -193,6 +203,7 @@ class ChunkedWriter:
         self.shape, self.dtype = tuple(int(n) for n in shape), np.dtype(dtype)
         self._voxel = _voxel_tuple(voxel_size)
         self._tmp: Path | None = None
+        self._zarr = suffix in ZARR_SUFFIXES
         self._file: h5py.File | None = None
         self._done = False
         self._data: Any = None
@@ -202,7 +213,10 @@ class ChunkedWriter:
         self.path.parent.mkdir(parents=True, exist_ok=True)
         self._tmp = _temp_path(self.path)
         try:
-            if suffix in HDF5_SUFFIXES:
+            if self._zarr:
+                self._data = _zarr.create(self._tmp, self.shape, self.dtype, self._voxel,
+                                          chunks=chunks)
+            elif suffix in HDF5_SUFFIXES:
                 self._file = _hdf5.open_copy(self.path, self._tmp)
                 self._data = _hdf5.create_dataset(self._file, key or DEFAULT_KEY, self.shape,
                                                   self.dtype, self._voxel, chunks=chunks)
@@ -219,6 +233,11 @@ class ChunkedWriter:
                                "create a new ChunkedWriter.")
         self._data[slices] = block
 
+    @property
+    def array(self) -> Any:
+        """The output being written (a zarr array, h5py dataset, memmap or in-memory array)."""
+        return self._data
+
     def commit(self) -> Path:
         """Move the finished output onto its final name and return that path."""
         if self._done:
@@ -228,9 +247,12 @@ class ChunkedWriter:
         else:
             self._release()
             try:
-                _commit_temp(self._tmp, self.path)
+                if self._zarr:
+                    _zarr.replace(self._tmp, self.path)
+                else:
+                    _commit_temp(self._tmp, self.path)
             except BaseException:
-                self._tmp.unlink(missing_ok=True)
+                self._remove_tmp()
                 raise
         self._done = True
         log.info("Wrote %s %s to %s", self.shape, self.dtype, self.path)
@@ -240,9 +262,16 @@ class ChunkedWriter:
         """Drop everything written so far and delete the temporary file."""
         if not self._done:
             self._release()
-            if self._tmp is not None:
-                self._tmp.unlink(missing_ok=True)
+            self._remove_tmp()
             self._done = True
+
+    def _remove_tmp(self) -> None:
+        if self._tmp is None:
+            return
+        if self._zarr:
+            _zarr.remove(self._tmp)
+        else:
+            self._tmp.unlink(missing_ok=True)
 
     def _release(self) -> None:
         if isinstance(self._data, np.memmap):
@@ -328,6 +357,15 @@ def _read_hdf5(path: Path, key: str | None, lazy: bool) -> Volume:
         raise
 
 
+def _read_zarr(path: Path, key: str | None, lazy: bool) -> Volume:
+    if not path.is_dir():
+        raise VolumeError(f"Cannot find the zarr store {path}. Check the path and try again.")
+    with _unreadable(path):
+        array = _zarr.open_array(path, key)
+        data = array if lazy else array[...]
+    return Volume(data, _zarr.voxel_size(array), path, key)
+
+
 def _target_exists(path: Path, key: str | None) -> bool:
     if not path.exists() or path.suffix.lower() not in HDF5_SUFFIXES:
         return path.exists()
@@ -335,7 +373,10 @@ def _target_exists(path: Path, key: str | None) -> bool:
 
 
 def _temp_path(path: Path) -> Path:
-    return path.with_name(f".{path.name}.{secrets.token_hex(4)}.part")
+    """A fresh hidden temporary beside ``path`` (``.<name>.<host>-<pid>-<token>.part``), after
+    deleting those that killed writers left there (see :mod:`._temps`)."""
+    remove_stale_temps(path)
+    return temp_path(path)
 
 
 def _commit_temp(tmp: Path, path: Path) -> None:

@@ -9,20 +9,21 @@ from __future__ import annotations
 
 import logging
 import os
-import tempfile
 import warnings
+from collections.abc import Iterator
 from dataclasses import dataclass, field, replace
 from pathlib import Path
-from typing import Any, Iterator
+from typing import Any
 
 import numpy as np
 import torch
 
 from .. import __version__
+from ._temps import remove_stale_temps, temp_path
 from .config import ModelConfig, TrainConfig
-from .errors import ModelFileError
+from .errors import ModelFileError, OutputError
 from .models import build_model
-from .sampling import Normalization
+from .sampling import Normalization, has_finite_value
 
 log = logging.getLogger(__name__)
 
@@ -63,12 +64,20 @@ class SegmentationModel:
         image = np.asarray(image)
         if image.ndim == 3:
             image = image[None]
-        if image.ndim != 4:
-            raise ValueError(f"Expected a 3D image (Z, Y, X) or (C, Z, Y, X), got {image.ndim} dimensions.")
-        if image.shape[0] != self.in_channels:
-            raise ValueError(f"This model was trained on {self.in_channels}-channel images; the image "
-                             f"has {image.shape[0]} channel(s).")
+        self.check_image(image)
         return self.normalization.apply(image)
+
+    def check_image(self, image) -> None:
+        """Raise a clear ValueError unless ``image`` (any array-like, not read) has the shape of an
+        input of this model: ``(Z, Y, X)`` for one channel, or ``(C, Z, Y, X)``."""
+        shape = tuple(np.shape(image)) if not hasattr(image, "shape") else tuple(image.shape)
+        if len(shape) == 3:
+            shape = (1, *shape)
+        if len(shape) != 4:
+            raise ValueError(f"Expected a 3D image (Z, Y, X) or (C, Z, Y, X), got {len(shape)} dimensions.")
+        if shape[0] != self.in_channels:
+            raise ValueError(f"This model was trained on {self.in_channels}-channel images; the image "
+                             f"has {shape[0]} channel(s).")
 
     def label_lut(self) -> np.ndarray:
         """Class index -> painted label value."""
@@ -76,25 +85,35 @@ class SegmentationModel:
 
     def iter_predict(self, image, *, overlap: float = 0.5, tta: bool = False, batch_size: int = 4,
                      device: str | torch.device | None = None, probabilities: bool = False,
-                     ) -> Iterator[Any]:
+                     block_shape: tuple[int, int, int] | None = None,
+                     blocks: list[int] | None = None) -> Iterator[Any]:
         """Sliding-window prediction region by region (see ``iter_predict_volume``); each yielded
-        region's ``labels`` hold the painted label values."""
+        region's ``labels`` hold the painted label values. ``image`` may be any array-like
+        (numpy, memmap, h5py, zarr): it is read piece by piece, and with ``block_shape`` block by
+        block, so it never needs to fit in memory; ``blocks`` picks some blocks of the plan."""
         from .predict import iter_predict_volume
 
-        volume = self.prepare(image)
+        self.check_image(image)
+        if not hasattr(image, "shape"):
+            image = np.asarray(image)
+        if not has_finite_value(image):  # else the prediction of nothing would look real
+            raise ValueError("The image holds no finite value (all NaN or Inf).")
         lut = self.label_lut()
         self.network.to(resolve_device(device or "auto"))
-        for region in iter_predict_volume(self.network, volume, patch_size=self.patch_size,
+        for region in iter_predict_volume(self.network, image, patch_size=self.patch_size,
                                           overlap=overlap, batch_size=batch_size,
-                                          probabilities=probabilities, tta=tta):
+                                          probabilities=probabilities, tta=tta,
+                                          block_shape=block_shape, blocks=blocks,
+                                          normalize=self.normalization.apply):
             yield replace(region, labels=lut[region.labels])
 
     def predict(self, image, **kwargs) -> np.ndarray:
         """Labels ``(Z, Y, X)`` with the painted values; with ``probabilities=True`` a
         ``(K, Z, Y, X)`` float32 array instead."""
         want_probs = kwargs.get("probabilities", False)
-        image = np.asarray(image)
-        shape = image.shape[-3:]
+        if not hasattr(image, "shape"):
+            image = np.asarray(image)
+        shape = tuple(image.shape[-3:])
         labels = np.zeros(shape, self.label_lut().dtype)
         probs = None
         for r in self.iter_predict(image, **kwargs):
@@ -142,18 +161,32 @@ def resolve_device(device: str | torch.device) -> torch.device:
 def save_model(model: SegmentationModel, path: str | os.PathLike, *,
                include_optimizer: bool = True) -> Path:
     """Write ``model`` to ``path`` atomically: a temporary file in the same folder, then a rename,
-    so a crash never leaves a partial file under the final name."""
+    so a crash never leaves a partial file under the final name. Raises an :class:`OutputError`
+    (an ``OSError``) with a sentence when the file cannot be written."""
     path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".part", dir=path.parent)
     try:
-        with os.fdopen(fd, "wb") as f:
+        return _write_model(model, path, include_optimizer)
+    except OSError as e:
+        if isinstance(e, OutputError):
+            raise
+        raise OutputError(f"Cannot save the model to {path} ({e.strerror or e}). Choose a "
+                          "folder you can write to, with enough free space.") from e
+
+
+def _write_model(model: SegmentationModel, path: Path, include_optimizer: bool) -> Path:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    remove_stale_temps(path)  # .part files of earlier saves whose process was killed
+    tmp = temp_path(path)
+    try:
+        with open(tmp, "xb") as f:  # exclusive: never another writer's file
             torch.save(model.to_dict(include_optimizer=include_optimizer), f)
             f.flush()
             os.fsync(f.fileno())
         os.replace(tmp, path)
+    except FileExistsError:  # the name was taken (not ours to delete); nothing was written
+        raise
     except BaseException:
-        Path(tmp).unlink(missing_ok=True)
+        tmp.unlink(missing_ok=True)
         raise
     return path
 

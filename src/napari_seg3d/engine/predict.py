@@ -1,36 +1,33 @@
-"""Sliding-window prediction of a whole volume, streamed slab by slab.
+"""Sliding-window prediction of a volume, streamed slab by slab, block by block.
 
 Windows are visited z-major and batched. After each batch, the z-slab that no remaining window
 touches is finished: its blended probabilities are normalised, turned into labels and yielded as a
-`RegionDone`, so a viewer can show results while the rest is still computing.
+`RegionDone`, so a viewer can show results while the rest is still computing. The input is read
+row by row and only the rows in flight are held, so volumes on disk (HDF5, zarr, memmap) are never
+loaded whole; :mod:`.blocks` cuts wide volumes into blocks that give the same result.
 """
 
 from __future__ import annotations
 
 import contextlib
 import logging
-import warnings
 from collections.abc import Generator, Sequence
 from dataclasses import dataclass
+from functools import partial
+from typing import Any
 
 import numpy as np
 import torch
 from torch import nn
 
-from .errors import Seg3DError
-from .windows import (
-    Window,
-    constant_weights,
-    gaussian_weights,
-    pad_for_window,
-    window_positions,
-)
+from ._buffers import Accumulator, Rows, after_out_of_memory, depth_of, shift_window
+from .blocks import Block, Normalize, plan_blocks, read_region
+from .windows import Window, constant_weights, gaussian_weights
 
 logger = logging.getLogger(__name__)
 
 BLENDINGS = ("gaussian", "constant")
 TTA_FLIPS: tuple[tuple[int, ...], ...] = ((), (2,), (3,), (4,))  # identity, flip z, flip y, flip x
-_CUDA_HEADROOM_BYTES = 1 << 30
 
 
 @dataclass(frozen=True)
@@ -43,6 +40,8 @@ class RegionDone:
         probabilities: Class probabilities ``(K, z, Y, X)`` float32, or None when not asked for.
         windows_done: Windows processed so far.
         windows_total: Windows in the whole volume.
+        block: Index of the block the region belongs to (see :func:`.blocks.plan_blocks`);
+            a block's regions come one after the other, so a new index means the last is done.
     """
 
     slices: tuple[slice, slice, slice]
@@ -50,11 +49,12 @@ class RegionDone:
     probabilities: np.ndarray | None
     windows_done: int
     windows_total: int
+    block: int = 0
 
 
 def iter_predict_volume(
     model: nn.Module,
-    volume: np.ndarray,
+    volume: Any,
     *,
     patch_size: Sequence[int],
     overlap: float = 0.5,
@@ -64,19 +64,26 @@ def iter_predict_volume(
     probabilities: bool = False,
     tta: bool = False,
     memory_limit_bytes: int | None = None,
+    block_shape: Sequence[int] | None = None,
+    normalize: Normalize | None = None,
+    blocks: Sequence[int] | None = None,
 ) -> Generator[RegionDone, None, None]:
-    """Predict a volume window by window, yielding each z-slab as soon as it is finished.
+    """Predict a volume window by window, yielding each finished region as soon as it is done.
 
-    The volume is used as given (cast to float32, not normalised). Axes shorter than the patch are
-    padded by reflection and cropped back. Overlapping windows are blended with ``blending``
-    weights; probabilities are the softmax of the logits (the sigmoid when the model has one
-    output channel, whose label is then ``p > 0.5``). With ``tta``, each window is also predicted
-    mirrored along z, along y and along x (4 passes) and the probabilities are averaged.
+    The volume is read piece by piece (``normalize``, or a cast to float32, applied to each
+    piece), so an h5py, zarr or memory-mapped volume is never loaded whole. Axes shorter than the
+    patch are padded by reflection and cropped back. Overlapping windows are blended with
+    ``blending`` weights; probabilities are the softmax of the logits (the sigmoid when the model
+    has one output channel, whose label is then ``p > 0.5``). With ``tta``, each window is also
+    predicted mirrored along z, along y and along x (4 passes) and the probabilities are averaged.
     Closing the generator stops the work at once.
+
+    With ``block_shape``, the volume is predicted block by block (see :mod:`.blocks`): memory
+    then depends on the block, not on the volume, and the result is the same.
 
     Args:
         model: Maps ``(B, C, z, y, x)`` to logits ``(B, K, z, y, x)``.
-        volume: ``(Z, Y, X)`` (one channel) or ``(C, Z, Y, X)``.
+        volume: ``(Z, Y, X)`` (one channel) or ``(C, Z, Y, X)`` array-like.
         patch_size: Window size ``(z, y, x)``.
         overlap: Fraction of overlap between neighbouring windows, in ``[0, 1)``.
         blending: ``"gaussian"`` or ``"constant"``.
@@ -86,55 +93,107 @@ def iter_predict_volume(
         tta: Average over mirrored passes (4x the compute).
         memory_limit_bytes: Largest accumulator size kept on ``device``; larger ones live in CPU
             memory. None means: what fits in free GPU memory (always ``device`` off CUDA).
+        block_shape: Largest block core ``(z, y, x)``; None predicts the volume as one block.
+        normalize: Maps each ``(C, z, y, x)`` piece read to the float32 network input.
+        blocks: Predict only these blocks of the plan (indices), e.g. one machine's share.
 
     Yields:
-        `RegionDone` records whose slices tile the volume exactly once, in increasing z.
+        `RegionDone` records whose slices tile the volume exactly once: z-slabs of each block,
+        block after block (z-slabs of the whole volume, in increasing z, without blocks).
     """
-    data = _as_channels_first(volume)
+    source = channels_first(volume)
     _check_options(patch_size, overlap, blending, batch_size)
     patch = tuple(int(p) for p in patch_size)
-    device = _resolve_device(model, device)
-    return _stream(model, data, patch, overlap, blending, batch_size, device, probabilities, tta,
-                   memory_limit_bytes)
+    plan = plan_blocks(source.shape[1:], patch, overlap, block_shape)
+    if blocks is not None:
+        plan = [plan[i] for i in blocks]
+    run = _Run(model, source, patch, blending, batch_size, _resolve_device(model, device),
+               probabilities, tta, memory_limit_bytes, normalize,
+               sum(b.n_windows for b in plan))
+    return _stream(run, plan)
 
 
-def _stream(
-    model: nn.Module, data: np.ndarray, patch: tuple[int, int, int], overlap: float,
-    blending: str, batch_size: int, device: torch.device, probabilities: bool, tta: bool,
-    memory_limit_bytes: int | None,
-) -> Generator[RegionDone, None, None]:
-    """The body of `iter_predict_volume`, on a validated ``(C, Z, Y, X)`` float32 volume."""
-    source = _source_tensor(data, patch)
-    windows = sorted(
-        window_positions(data.shape[1:], patch, overlap), key=lambda w: tuple(s.start for s in w)
-    )
-    weights = _blending_weights(blending, patch, device)
-    shape = tuple(data.shape[1:])
-    was_training = model.training
-    model.eval()
-    acc: tuple[torch.Tensor, torch.Tensor] | None = None
-    z_done, n_done, size = 0, 0, batch_size
+@dataclass
+class _Run:
+    """The settings of one prediction, and its progress over the blocks."""
+
+    model: nn.Module
+    source: Any
+    patch: tuple[int, int, int]
+    blending: str
+    batch_size: int
+    device: torch.device
+    probabilities: bool
+    tta: bool
+    memory_limit_bytes: int | None
+    normalize: Normalize | None
+    windows_total: int
+    windows_done: int = 0
+
+    @property
+    def shape(self) -> tuple[int, int, int]:
+        return tuple(self.source.shape[1:])  # type: ignore[return-value]
+
+
+def _stream(run: _Run, blocks: Sequence[Block]) -> Generator[RegionDone, None, None]:
+    """The body of `iter_predict_volume`: the blocks one after the other."""
+    weights = _blending_weights(run.blending, run.patch, run.device)
+    was_training = run.model.training
+    run.model.eval()
     try:
-        while n_done < len(windows):
-            batch = windows[n_done:n_done + size]
-            # Inference mode only around the work: never leak it to the consumer across a yield.
-            with torch.inference_mode():
-                try:
-                    probs = _forward(model, _to_device(_gather(source, batch, device), device), tta)
-                except torch.cuda.OutOfMemoryError:
-                    size, acc = _after_out_of_memory(size, acc)
-                    continue
-                if acc is None:
-                    acc = _allocate(probs.shape[1], source.shape[1:], device, memory_limit_bytes)
-                _accumulate(*acc, probs, weights, batch)
-                n_done += len(batch)
-                z_stop = min(_finished_z(windows, n_done, source.shape[1]), shape[0])
-                region = _finish_slab(*acc, z_done, z_stop, shape, probabilities)
-            if region is not None:
-                z_done = z_stop
-                yield RegionDone(*region, windows_done=n_done, windows_total=len(windows))
+        for block in blocks:
+            yield from predict_block(run, block, weights)
     finally:
-        model.train(was_training)
+        run.model.train(was_training)
+
+
+def predict_block(run: _Run, block: Block, weights: torch.Tensor,
+                  ) -> Generator[RegionDone, None, None]:
+    """Predict the core of one block, z-slab by z-slab.
+
+    The block's windows are visited z-major in batches; the input rows they need are read as
+    they come and the blended sums are kept for the rows in flight only. After each batch, the
+    z-slab of the core that no remaining window touches is finished and yielded.
+    """
+    windows = block.windows
+    origin = tuple(r.start for r in block.read)
+    depth = depth_of(windows, run.batch_size, run.patch[0])
+    rows = Rows(partial(_read_rows, run, block), block, depth)
+    acc: Accumulator | None = None
+    n_done, size = 0, run.batch_size
+    z_done = block.core[0].start
+    while n_done < len(windows):
+        batch = windows[n_done:n_done + size]
+        # Inference mode only around the work: never leak it to the consumer across a yield.
+        with torch.inference_mode():
+            z_first, z_last = batch[0][0].start, batch[-1][0].stop
+            local = [shift_window(w, (z_first, origin[1], origin[2])) for w in batch]
+            try:
+                inputs = _gather(rows.get(z_first, z_last), local, run.device)
+                probs = _forward(run.model, _to_device(inputs, run.device), run.tta)
+            except torch.cuda.OutOfMemoryError:
+                size, acc = after_out_of_memory(size, acc)
+                continue
+            if acc is None:
+                acc = Accumulator(probs.shape[1], block, depth, run.device,
+                                  run.memory_limit_bytes, run.probabilities)
+            acc.add(probs, weights, batch)
+            n_done += len(batch)
+            run.windows_done += len(batch)
+            z_next = windows[n_done][0].start if n_done < len(windows) else block.core[0].stop
+            z_stop = min(z_next, block.core[0].stop)
+            region = acc.finish(z_done, z_stop) if z_stop > z_done else None
+            acc.drop_before(z_next)
+        if region is not None:
+            z_done = z_stop
+            yield RegionDone(*region, windows_done=run.windows_done,
+                             windows_total=run.windows_total, block=block.index)
+
+
+def _read_rows(run: _Run, block: Block, z0: int, z1: int) -> np.ndarray:
+    """Rows ``z0:z1`` (padded coordinates) of a block's read region, normalised."""
+    region = (slice(z0, z1), *block.read[1:])
+    return read_region(run.source, region, run.shape, run.patch, run.normalize)
 
 
 def predict_volume(
@@ -149,6 +208,8 @@ def predict_volume(
     probabilities: bool = False,
     tta: bool = False,
     memory_limit_bytes: int | None = None,
+    block_shape: Sequence[int] | None = None,
+    normalize: Normalize | None = None,
 ) -> np.ndarray:
     """Predict a whole volume with a sliding window (see `iter_predict_volume` for the options).
 
@@ -160,7 +221,7 @@ def predict_volume(
     for region in iter_predict_volume(
         model, volume, patch_size=patch_size, overlap=overlap, blending=blending,
         batch_size=batch_size, device=device, probabilities=probabilities, tta=tta,
-        memory_limit_bytes=memory_limit_bytes,
+        memory_limit_bytes=memory_limit_bytes, block_shape=block_shape, normalize=normalize,
     ):
         part = region.probabilities if probabilities else region.labels
         if out is None:
@@ -172,24 +233,32 @@ def predict_volume(
     return out
 
 
-def _as_channels_first(volume: np.ndarray) -> np.ndarray:
-    """``(Z, Y, X)`` or ``(C, Z, Y, X)`` to a float32 ``(C, Z, Y, X)`` array."""
-    data = np.asarray(volume, dtype=np.float32)
-    if data.ndim == 3:
-        data = data[None]
-    if data.ndim != 4 or 0 in data.shape:
-        raise ValueError(
-            f"Expected a non-empty volume (Z, Y, X) or (C, Z, Y, X), got shape {np.shape(volume)}."
-        )
-    return data
+def channels_first(volume: Any) -> Any:
+    """A ``(C, Z, Y, X)`` view of a ``(Z, Y, X)`` or ``(C, Z, Y, X)`` array-like, not read."""
+    if not hasattr(volume, "shape") or not hasattr(volume, "__getitem__"):
+        volume = np.asarray(volume)
+    shape = tuple(volume.shape)
+    ndim = len(shape)
+    if ndim not in (3, 4) or 0 in shape:
+        raise ValueError(f"Expected a non-empty volume (Z, Y, X) or (C, Z, Y, X), got shape {shape}.")
+    if ndim == 4:
+        return volume
+    if isinstance(volume, np.ndarray):
+        return volume[None]
+    return _OneChannel(volume)
 
 
-def _source_tensor(data: np.ndarray, patch: Sequence[int]) -> torch.Tensor:
-    """The volume ``(C, Z, Y, X)`` padded for the windows, as a CPU tensor (no copy if possible)."""
-    padded, _ = pad_for_window(data, patch, mode="reflect")
-    with warnings.catch_warnings():  # a read-only array is fine: the tensor is only read
-        warnings.filterwarnings("ignore", message="The given NumPy array is not writable")
-        return torch.from_numpy(np.ascontiguousarray(padded))
+class _OneChannel:
+    """A lazily read ``(Z, Y, X)`` array seen as ``(1, Z, Y, X)``."""
+
+    def __init__(self, data: Any) -> None:
+        self.data = data
+        self.shape = (1, *data.shape)
+        self.ndim = 4
+        self.dtype = data.dtype
+
+    def __getitem__(self, key: tuple) -> np.ndarray:
+        return np.asarray(self.data[key[1:]])[None]
 
 
 def _check_options(patch_size: Sequence[int], overlap: float, blending: str, batch: int) -> None:
@@ -270,97 +339,3 @@ def _activate(logits: torch.Tensor) -> torch.Tensor:
     return torch.sigmoid(logits) if logits.shape[1] == 1 else torch.softmax(logits, dim=1)
 
 
-def _after_out_of_memory(size: int, acc):
-    """The batch size and accumulators to retry with after a CUDA out-of-memory error: half the
-    windows at a time, then (at one window) the accumulators moved to CPU memory; a
-    :class:`Seg3DError` when nothing is left to give. Each step is announced as a warning."""
-    torch.cuda.empty_cache()
-    if size > 1:
-        warnings.warn(f"Out of GPU memory predicting {size} windows at a time: retrying with "
-                      f"{size // 2}.", RuntimeWarning, stacklevel=3)
-        return size // 2, acc
-    if acc is not None and acc[0].device.type == "cuda":
-        warnings.warn("Out of GPU memory with one window at a time: moving the blended "
-                      "predictions to CPU memory and retrying.", RuntimeWarning, stacklevel=3)
-        return size, tuple(t.cpu() for t in acc)
-    raise Seg3DError("Out of GPU memory even with one window at a time: use a model trained "
-                     "with a smaller patch, or predict on the CPU (device cpu).")
-
-
-def _allocate(
-    n_classes: int, shape: Sequence[int], device: torch.device, memory_limit_bytes: int | None
-) -> tuple[torch.Tensor, torch.Tensor]:
-    """Zeroed accumulators: probability sum ``(K, Z, Y, X)`` and weight sum ``(Z, Y, X)``.
-
-    They go on ``device`` when they fit (``memory_limit_bytes``, or on CUDA the free memory less
-    a headroom), otherwise in CPU memory. Both are float32.
-    """
-    n_bytes = 4 * (n_classes + 1) * int(np.prod(shape))
-    if memory_limit_bytes is not None:
-        fits = n_bytes <= memory_limit_bytes
-    elif device.type == "cuda":
-        free, total = torch.cuda.mem_get_info(device)
-        fits = n_bytes <= free - max(_CUDA_HEADROOM_BYTES, total // 10)
-    else:
-        fits = True
-    if not fits:
-        logger.info("Accumulating %.2f GB of predictions in CPU memory", n_bytes / 1e9)
-    where = device if fits else torch.device("cpu")
-    prob_sum = torch.zeros((n_classes, *shape), dtype=torch.float32, device=where)
-    weight_sum = torch.zeros(tuple(shape), dtype=torch.float32, device=where)
-    return prob_sum, weight_sum
-
-
-def _accumulate(
-    prob_sum: torch.Tensor, weight_sum: torch.Tensor, probs: torch.Tensor, weights: torch.Tensor,
-    batch: Sequence[Window],
-) -> None:
-    """Add ``probs * weights`` of each window ``(B, K, z, y, x)`` and the weights in place."""
-    probs = probs.to(prob_sum.device)
-    weights = weights.to(prob_sum.device)
-    for window_probs, window in zip(probs, batch):
-        # in place: no (B, K, z, y, x) temporary (0.20 -> 0.13 s per 4 x 128^3 batch on the CPU)
-        prob_sum[(slice(None), *window)].addcmul_(window_probs, weights)
-        weight_sum[window] += weights
-
-
-def _finished_z(windows: Sequence[Window], n_done: int, depth: int) -> int:
-    """First z that a window not yet processed touches (``depth`` when all are done).
-
-    Assumes ``windows`` sorted by z start.
-    """
-    return windows[n_done][0].start if n_done < len(windows) else depth
-
-
-def _normalise(prob_sum: torch.Tensor, weight_sum: torch.Tensor) -> torch.Tensor:
-    """Blended probabilities ``(K, z, y, x)``: accumulated sum over accumulated weight."""
-    return prob_sum / weight_sum.clamp_min(torch.finfo(weight_sum.dtype).tiny)
-
-
-def _labels(probs: torch.Tensor) -> torch.Tensor:
-    """Labels ``(z, y, x)`` from probabilities ``(K, z, y, x)``: argmax, or ``p > 0.5`` if K is 1."""
-    n_classes = probs.shape[0]
-    if n_classes == 1:
-        return (probs[0] > 0.5).to(torch.uint8)
-    # max().indices equals argmax (ties included) and is ~8x faster on the CPU
-    return probs.max(dim=0).indices.to(torch.uint8 if n_classes <= 255 else torch.int16)
-
-
-def _finish_slab(
-    prob_sum: torch.Tensor, weight_sum: torch.Tensor, z_start: int, z_stop: int,
-    shape: Sequence[int], with_probabilities: bool,
-) -> tuple[Window, np.ndarray, np.ndarray | None] | None:
-    """Slices, labels and optional probabilities of ``z_start:z_stop`` cropped to ``shape``.
-
-    Returns None when the slab is empty.
-    """
-    if z_stop <= z_start:
-        return None
-    slices = (slice(z_start, z_stop), slice(0, shape[1]), slice(0, shape[2]))
-    region_sum, region_weight = prob_sum[(slice(None), *slices)], weight_sum[slices]
-    if with_probabilities or region_sum.shape[0] == 1:
-        probs = _normalise(region_sum, region_weight)
-        labels = _labels(probs).cpu().numpy()
-        return slices, labels, probs.cpu().numpy() if with_probabilities else None
-    # the weight sum is positive, so the argmax of the sums is the argmax of the probabilities
-    return slices, _labels(region_sum).cpu().numpy(), None

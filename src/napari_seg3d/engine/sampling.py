@@ -64,6 +64,19 @@ def compute_normalization(image, *, percentiles=(0.5, 99.5), max_voxels=2_000_00
     return Normalization(tuple(lows), tuple(highs))
 
 
+def has_finite_value(image) -> bool:
+    """Whether a ``(Z, Y, X)`` or ``(C, Z, Y, X)`` image holds a finite voxel. Any array-like
+    (memmap, h5py dataset) is read one z-slice at a time, up to the first slice with a finite
+    voxel: one slice for a usual image, all of them only when it is all NaN or Inf."""
+    shape = tuple(np.shape(image)) if not hasattr(image, "shape") else tuple(image.shape)
+    if np.dtype(getattr(image, "dtype", np.float64)).kind not in "fc" or 0 in shape:
+        return True
+    for z in range(shape[-3]):
+        if np.isfinite(np.asarray(image[(slice(None),) * (len(shape) - 3) + (z,)])).any():
+            return True
+    return False
+
+
 def class_values_of(labels: np.ndarray) -> tuple[int, ...]:
     """The painted label values (all but 0), sorted; raises a user-facing error when fewer than two."""
     if not np.issubdtype(np.asarray(labels).dtype, np.integer) and labels.dtype != bool:

@@ -28,6 +28,7 @@ log = logging.getLogger(__name__)
 
 QUICK_PREVIEW_VOXELS = 8_000_000  # larger volumes get the quick preview of a region only
 SELF_TRAINING_VOXELS = 16_000_000  # larger volumes train on strokes only (no whole-volume pass)
+MAX_CHANNELS = 16  # a 4D image with a longer first axis is a time series, not (C, Z, Y, X)
 
 
 @dataclass(frozen=True)
@@ -110,6 +111,10 @@ def _image_shape(image) -> tuple[tuple[int, int, int], int]:
     if image.ndim not in (3, 4):
         raise AnnotationError(f"Expected a 3D image (Z, Y, X) or (C, Z, Y, X), got shape {tuple(image.shape)}.")
     channels = image.shape[0] if image.ndim == 4 else 1
+    if channels > MAX_CHANNELS:
+        raise AnnotationError(f"Expected a 3D image (Z, Y, X) or (C, Z, Y, X) with at most "
+                              f"{MAX_CHANNELS} channels, got shape {tuple(image.shape)}; for a "
+                              "time series (T, Z, Y, X), use one time point.")
     return tuple(int(s) for s in image.shape[-3:]), channels
 
 

@@ -1,0 +1,93 @@
+"""zarr stores for :mod:`napari_seg3d.engine.io`: find the volume in a store, read its voxel size,
+and create a chunked array in a temporary store that is moved onto the final name when complete.
+
+A store is a folder ``volume.zarr`` holding one array, or a group; arrays inside a group are named
+like HDF5 datasets, ``volume.zarr:/raw``.
+"""
+
+from __future__ import annotations
+
+import os
+import secrets
+import shutil
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+import numpy as np
+import zarr
+
+from .errors import VolumeError
+
+if TYPE_CHECKING:
+    from .io import VoxelSize
+
+VOXEL_ATTR = "element_size_um"
+
+
+def open_array(path: Path, key: str | None) -> Any:
+    """The array ``key`` of the store (None: the store itself, or its only 3D+ array)."""
+    node = zarr.open(str(path), mode="r")
+    if key not in (None, "/"):
+        found = node.get(key.strip("/")) if isinstance(node, zarr.Group) else None
+        if not isinstance(found, zarr.Array):
+            raise VolumeError(f"{path} has no array {key}. Its arrays: {_describe(node)}.")
+        return found
+    if isinstance(node, zarr.Array):
+        return node
+    volumes = [a for _, a in _arrays(node) if a.ndim >= 3]
+    if len(volumes) == 1:
+        return volumes[0]
+    if not volumes:
+        raise VolumeError(f"{path} holds no array with 3 or more dimensions (its arrays: "
+                          f"{_describe(node)}). Choose a store that holds a volume.")
+    raise VolumeError(f"{path} holds several volumes: {_describe(node)}. Name the one to use as "
+                      f"{path}:/name, e.g. {path}:/{_arrays(node)[0][0]}")
+
+
+def _arrays(node: Any) -> list[tuple[str, Any]]:
+    if isinstance(node, zarr.Array):
+        return [("", node)]
+    return sorted((name, a) for name, a in node.arrays())
+
+
+def _describe(node: Any) -> str:
+    return "; ".join(f"/{name} {a.shape} {a.dtype}" for name, a in _arrays(node)) or "none"
+
+
+def voxel_size(array: Any) -> VoxelSize | None:
+    """The last three values of the ``element_size_um`` attribute, if it holds three numbers."""
+    try:
+        values = np.ravel(np.asarray(array.attrs.get(VOXEL_ATTR, ()), dtype=float))
+    except (TypeError, ValueError):
+        return None
+    return tuple(float(v) for v in values[-3:]) if values.size >= 3 else None  # type: ignore
+
+
+def create(tmp: Path, shape: tuple[int, ...], dtype: Any, voxel: VoxelSize | None, *,
+           chunks: tuple[int, ...] | None = None) -> Any:
+    """A new, empty array store at ``tmp``, chunked (default 64 on the spatial axes)."""
+    chunks = chunks or tuple(64 if i >= len(shape) - 3 else 1 for i in range(len(shape)))
+    chunks = tuple(max(1, min(c, n)) for c, n in zip(chunks, shape))
+    array = zarr.create_array(str(tmp), shape=shape, dtype=dtype, chunks=chunks, fill_value=0)
+    if voxel is not None:
+        array.attrs[VOXEL_ATTR] = list(voxel)
+    return array
+
+
+def replace(tmp: Path, path: Path) -> None:
+    """Move the finished store ``tmp`` onto ``path``; an older store there is deleted after.
+
+    A folder cannot replace another in one step: for an instant the old store has moved aside,
+    but there is never a partial store under ``path``.
+    """
+    old = None
+    if path.exists():
+        old = path.with_name(f".{path.name}.{secrets.token_hex(4)}.old")
+        os.replace(path, old)
+    os.replace(tmp, path)
+    if old is not None:
+        shutil.rmtree(old, ignore_errors=True)
+
+
+def remove(tmp: Path) -> None:
+    shutil.rmtree(tmp, ignore_errors=True)
