@@ -30,3 +30,24 @@ def blobs():
     image = (truth * 1.0 + rng.normal(0, 0.2, truth.shape)).astype(np.float32)
     scribbles = simulate_scribbles(truth, slices_per_axis=2, strokes_per_class=2, length=8, seed=0)
     return image, truth + 1, scribbles
+
+
+@pytest.fixture
+def one_thread():
+    """One torch thread for the test (bit-for-bit comparisons, no oversubscription)."""
+    import torch
+
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)
+
+
+def ball_volume(shape=(13, 24, 26)) -> tuple[np.ndarray, np.ndarray]:
+    """A noisy float32 image of three bright balls, and the balls' mask (bool)."""
+    z, y, x = np.indices(shape)
+    balls = np.zeros(shape, bool)
+    for cz, cy, cx in [(4, 6, 7), (8, 16, 18), (6, 17, 6)]:
+        balls |= (z - cz) ** 2 + (y - cy) ** 2 + (x - cx) ** 2 < 14
+    image = balls + np.random.default_rng(0).normal(0, 0.2, shape)
+    return image.astype(np.float32), balls

@@ -11,12 +11,7 @@ from napari_seg3d.engine.models import MODELS, ResEncUNet, UNetPlusPlus, build_m
 ARCHITECTURES = ["unet", "unetpp", "resenc_unet"]
 
 
-@pytest.fixture(autouse=True)
-def _one_thread():
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
+pytestmark = pytest.mark.usefixtures("one_thread")  # the workers' thread count too
 
 
 @pytest.mark.parametrize("architecture", ARCHITECTURES)

@@ -14,6 +14,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
+from conftest import ball_volume
 
 from napari_seg3d.cli import main
 from napari_seg3d.engine import ModelFileError, load_model, uncertainty_map
@@ -26,12 +27,8 @@ TINY = ["--patch-size", "8", "16", "16", "--base-filters", "4", "--levels", "2",
 
 def _balls(shape=(13, 24, 26)) -> tuple[np.ndarray, np.ndarray]:
     """A noisy image of bright balls and its truth painted as 3 (background) and 7 (balls)."""
-    z, y, x = np.indices(shape)
-    balls = np.zeros(shape, bool)
-    for cz, cy, cx in [(4, 6, 7), (8, 16, 18), (6, 17, 6)]:
-        balls |= (z - cz) ** 2 + (y - cy) ** 2 + (x - cx) ** 2 < 14
-    image = balls + np.random.default_rng(0).normal(0, 0.2, shape)
-    return image.astype(np.float32), np.where(balls, 7, 3).astype(np.uint8)
+    image, balls = ball_volume(shape)
+    return image, np.where(balls, 7, 3).astype(np.uint8)
 
 
 @pytest.fixture(scope="module")

@@ -36,13 +36,7 @@ def cluster():
         yield cluster, client
 
 
-@pytest.fixture(autouse=True)
-def _one_thread():
-    """The workers' thread count here too, for the outputs to be compared bit for bit."""
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
+pytestmark = pytest.mark.usefixtures("one_thread")  # the workers' thread count too
 
 
 @pytest.fixture

@@ -7,13 +7,12 @@ import pytest
 import torch
 from torch import nn
 
+from napari_seg3d.engine._buffers import drop_rows, labels_of, normalise
 from napari_seg3d.engine.predict import (
     RegionDone,
     iter_predict_volume,
     predict_volume,
 )
-from napari_seg3d.engine._buffers import drop_rows, labels_of, normalise
-from napari_seg3d.engine.windows import window_positions
 
 
 class Pointwise(nn.Module):

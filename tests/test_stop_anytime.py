@@ -25,7 +25,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-import torch
+from conftest import ball_volume
 
 from napari_seg3d.engine import TrainConfig, Trainer, default_model_config, load_model, save_model
 from napari_seg3d.engine.io import write_volume
@@ -53,20 +53,11 @@ sys.exit(main(sys.argv[1:]))
 """
 
 
-def _balls(shape=(13, 24, 26)) -> tuple[np.ndarray, np.ndarray]:
-    z, y, x = np.indices(shape)
-    balls = np.zeros(shape, bool)
-    for cz, cy, cx in [(4, 6, 7), (8, 16, 18), (6, 17, 6)]:
-        balls |= (z - cz) ** 2 + (y - cy) ** 2 + (x - cx) ** 2 < 14
-    image = balls + np.random.default_rng(0).normal(0, 0.2, shape)
-    return image.astype(np.float32), balls
-
-
 @pytest.fixture(scope="module")
 def data(tmp_path_factory):
     """``(folder, image)``: image.tif and labels.tif (strokes painted 3 and 7) in ``folder``."""
     folder = tmp_path_factory.mktemp("stop")
-    image, balls = _balls()
+    image, balls = ball_volume()
     strokes = simulate_scribbles(balls, slices_per_axis=2, strokes_per_class=2, length=8)
     write_volume(folder / "image.tif", image)
     write_volume(folder / "labels.tif", np.array([0, 3, 7], np.uint8)[strokes])
@@ -232,7 +223,7 @@ def test_sigkill_at_random_moments_leaves_only_whole_model_files(data, tmp_path)
 
 @pytest.fixture(scope="module")
 def strokes():
-    image, balls = _balls()
+    image, balls = ball_volume()
     return image, np.array([0, 3, 7], np.uint8)[
         simulate_scribbles(balls, slices_per_axis=2, strokes_per_class=2, length=8)]
 
@@ -254,14 +245,6 @@ def _loads_and_predicts(model, image, path: Path):
     labels = loaded.predict(image, device="cpu")
     assert labels.shape == image.shape and set(np.unique(labels)) <= CLASSES
     return loaded
-
-
-@pytest.fixture
-def one_thread():
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
 
 
 @pytest.mark.parametrize("after", [0, 1, 5, 11])
