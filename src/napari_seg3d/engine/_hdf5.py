@@ -4,6 +4,7 @@ and add a chunked, compressed dataset to a copy of a file without losing its oth
 from __future__ import annotations
 
 import shutil
+from collections.abc import Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -30,23 +31,53 @@ def find_dataset(file: h5py.File, path: Path, key: str | None) -> h5py.Dataset:
     if key is not None:
         node = file.get(key)
         if not isinstance(node, h5py.Dataset):
-            raise VolumeError(f"{path} has no dataset {key}. Its datasets: "
-                              f"{_describe(datasets(file))}.")
+            raise missing_key(path, key, _entries(datasets(file)))
         return node
-    volumes = [d for d in datasets(file) if d.ndim >= 3]
+    found = datasets(file)
+    return found[pick_volume(path, _entries(found))]
+
+
+def _entries(items: list[h5py.Dataset]) -> list[Entry]:
+    return [(d.name, d.shape, d.dtype) for d in items]
+
+
+# --- shared with the zarr stores (._zarr), whose arrays are named like HDF5 datasets ---------------
+
+Entry = tuple[str, Any, Any]
+"""A dataset or zarr array as ``(name, shape, dtype)``, named from the root: ``"/raw"``."""
+
+
+def pick_volume(path: Path, entries: Sequence[Entry], *, noun: str = "dataset",
+                container: str = "file", hint: str = "/path/to/dataset",
+                limit: int | None = 10, list_all: bool = False) -> int:
+    """The index of the only entry with 3 or more dimensions, else a VolumeError that lists the
+    entries and asks for a key (``path:hint``).
+
+    ``noun`` names an entry and ``container`` what holds them; messages list at most ``limit``
+    entries (None: all) and, for several volumes, every entry (``list_all``) or the volumes."""
+    volumes = [i for i, (_, shape, _) in enumerate(entries) if len(shape or ()) >= 3]
     if len(volumes) == 1:
         return volumes[0]
     if not volumes:
-        raise VolumeError(f"{path} holds no dataset with 3 or more dimensions (its datasets: "
-                          f"{_describe(datasets(file))}). Choose a file that holds a volume.")
-    raise VolumeError(f"{path} holds several volumes: {_describe(volumes)}. Name the one to use "
-                      f"as {path}:/path/to/dataset, e.g. {path}:{volumes[0].name}")
+        raise VolumeError(f"{path} holds no {noun} with 3 or more dimensions (its {noun}s: "
+                          f"{describe(entries, limit)}). Choose a {container} that holds a volume.")
+    listed = entries if list_all else [entries[i] for i in volumes]
+    raise VolumeError(f"{path} holds several volumes: {describe(listed, limit)}. Name the one to "
+                      f"use as {path}:{hint}, e.g. {path}:{listed[0][0]}")
 
 
-def _describe(items: list[h5py.Dataset], limit: int = 10) -> str:
-    """``"/raw (9, 8, 7) uint8; /labels ..."``, at most ``limit`` entries."""
-    text = "; ".join(f"{d.name} {d.shape} {d.dtype}" for d in items[:limit]) or "none"
-    return text + (f"; and {len(items) - limit} more" if len(items) > limit else "")
+def missing_key(path: Path, key: str, entries: Sequence[Entry], *, noun: str = "dataset",
+                limit: int | None = 10) -> VolumeError:
+    """The error for a ``key`` that names no entry: it lists the entries."""
+    return VolumeError(f"{path} has no {noun} {key}. Its {noun}s: {describe(entries, limit)}.")
+
+
+def describe(entries: Sequence[Entry], limit: int | None = 10) -> str:
+    """``"/raw (9, 8, 7) uint8; /labels ..."``, at most ``limit`` entries (None: all)."""
+    shown = entries if limit is None else entries[:limit]
+    text = "; ".join(f"{name} {shape} {dtype}" for name, shape, dtype in shown) or "none"
+    more = 0 if limit is None else len(entries) - limit
+    return text + (f"; and {more} more" if more > 0 else "")
 
 
 def voxel_size(dataset: h5py.Dataset) -> VoxelSize | None:

@@ -16,7 +16,7 @@ from typing import TYPE_CHECKING, Any
 import numpy as np
 import zarr
 
-from .errors import VolumeError
+from ._hdf5 import Entry, missing_key, pick_volume
 
 if TYPE_CHECKING:
     from .io import VoxelSize
@@ -30,18 +30,13 @@ def open_array(path: Path, key: str | None) -> Any:
     if key not in (None, "/"):
         found = node.get(key.strip("/")) if isinstance(node, zarr.Group) else None
         if not isinstance(found, zarr.Array):
-            raise VolumeError(f"{path} has no array {key}. Its arrays: {_describe(node)}.")
+            raise missing_key(path, key, _entries(_arrays(node)), noun="array", limit=None)
         return found
     if isinstance(node, zarr.Array):
         return node
-    volumes = [a for _, a in _arrays(node) if a.ndim >= 3]
-    if len(volumes) == 1:
-        return volumes[0]
-    if not volumes:
-        raise VolumeError(f"{path} holds no array with 3 or more dimensions (its arrays: "
-                          f"{_describe(node)}). Choose a store that holds a volume.")
-    raise VolumeError(f"{path} holds several volumes: {_describe(node)}. Name the one to use as "
-                      f"{path}:/name, e.g. {path}:/{_arrays(node)[0][0]}")
+    arrays = _arrays(node)
+    return arrays[pick_volume(path, _entries(arrays), noun="array", container="store",
+                              hint="/name", limit=None, list_all=True)][1]
 
 
 def _arrays(node: Any) -> list[tuple[str, Any]]:
@@ -50,8 +45,8 @@ def _arrays(node: Any) -> list[tuple[str, Any]]:
     return sorted((name, a) for name, a in node.arrays())
 
 
-def _describe(node: Any) -> str:
-    return "; ".join(f"/{name} {a.shape} {a.dtype}" for name, a in _arrays(node)) or "none"
+def _entries(arrays: list[tuple[str, Any]]) -> list[Entry]:
+    return [(f"/{name}", a.shape, a.dtype) for name, a in arrays]
 
 
 def voxel_size(array: Any) -> VoxelSize | None:
