@@ -26,13 +26,16 @@ from _common import LoadMonitor, json_line, machine, table
 from _strokes import add_strokes, candidates, random_starts, uncertain_starts
 from _volumes import CLASS_NAMES, VOLUMES, make_volume
 
-from napari_seg3d.engine import TrainConfig, Trainer, propose_patch_size
+from napari_seg3d.engine import (TrainConfig, Trainer, default_batch_size, default_model_config,
+                                 propose_patch_size)
 from napari_seg3d.engine.metrics import dice_scores
 from napari_seg3d.engine.scribbles import simulate_scribbles
 from napari_seg3d.engine.uncertainty import uncertainty_map
 
 ALL_VOLUMES = ("nuclei",) + VOLUMES
-METHODS = {"forest": "forest", "ours": "ours", "plain": "ours (plain)"}
+METHODS = {"forest": "forest", "ours": "ours", "plain": "ours (plain)",
+           "2.5d-fast": "ours 2.5D fast", "2.5d": "ours 2.5D three", "2.5d-best": "ours 2.5D best"}
+PLANES_OF = {"2.5d-fast": "fast", "2.5d": "three", "2.5d-best": "best"}
 FIGURE_DIR = Path(__file__).parent / "images"
 
 NOTES = """\
@@ -47,6 +50,10 @@ Notes:
   --iterations, seed, device), the best model of the run predicts the volume; time = training +
   prediction. ours (plain): the same without the edge-aware smoothness loss and self-training
   (smoothness=0, self_training=0: the network on the strokes alone).
+- ours 2.5D: the same defaults with --dims 2 (a 2D U-Net trained on slices along z, y and x,
+  patch and batch size from propose_patch_size / default_batch_size), trained once per volume
+  and seed, predicting along z (fast), z, y and x (three) or the three axes x four rotations
+  (best); time = that training + that prediction.
 - With several seeds: Dice per class and time are means over seeds, 'min' is the worst seed's
   mean Dice; the seed changes the strokes, the synthetic volume and the training seed."""
 
@@ -123,17 +130,23 @@ PLAIN = {"smoothness": 0.0, "self_training": 0}  # the network on the strokes al
 
 
 def train_config(case: Case, iterations: int, seed: int, device: str,
-                 plain: bool = False) -> TrainConfig:
+                 plain: bool = False, dims: int = 3) -> TrainConfig:
     """The command line's training settings for ``case``; ``plain``: the network alone."""
     extra = PLAIN if plain else {}
-    return TrainConfig(patch_size=propose_patch_size(case.image.shape, case.voxel_size),
-                       iterations=iterations, seed=seed, device=device, **extra)
+    return TrainConfig(patch_size=propose_patch_size(case.image.shape, case.voxel_size, dims=dims),
+                       batch_size=default_batch_size(dims), iterations=iterations, seed=seed,
+                       device=device, **extra)
 
 
 def train(image: np.ndarray, labels: np.ndarray, cfg: TrainConfig, voxel_size, *, init=None,
-          tag: str = ""):
+          tag: str = "", dims: int = 3):
     """Run a :class:`Trainer` to the end; its best model. Progress lines go to stderr."""
-    trainer = Trainer(image, labels, cfg, voxel_size=voxel_size, init=init)
+    model_config = None
+    if dims == 2:
+        k = len(np.unique(labels[labels > 0]))
+        model_config = default_model_config(1, k, cfg.patch_size, voxel_size, dims=2)
+    trainer = Trainer(image, labels, cfg, voxel_size=voxel_size, init=init,
+                      model_config=model_config)
     gen = trainer.run()
     t0 = time.perf_counter()
     while True:
@@ -155,10 +168,29 @@ def run_ours(case: Case, args, seed: int, plain: bool = False) -> np.ndarray:
     return model.predict(case.image, device=args.device)
 
 
+_SLICE_MODELS: dict[tuple[str, int], tuple] = {}
+
+
+def slice_model(case: Case, args):
+    """The 2.5D model of ``case`` and its training seconds, trained once for the three modes."""
+    key = (case.name, case.seed)
+    if key not in _SLICE_MODELS:
+        t0 = time.perf_counter()
+        cfg = train_config(case, args.iterations, case.seed, args.device, dims=2)
+        model = train(case.image, case.labels, cfg, case.voxel_size, tag=f"{case.name} 2.5D",
+                      dims=2)
+        _SLICE_MODELS[key] = (model, time.perf_counter() - t0)
+    return _SLICE_MODELS[key]
+
+
 def run_method(method: str, case: Case, args) -> dict:
     """Dice per class, mean Dice and wall seconds of ``method`` on ``case``."""
     t0 = time.perf_counter()
-    if method == "forest":
+    if method in PLANES_OF:
+        model, train_seconds = slice_model(case, args)
+        t0 = time.perf_counter() - train_seconds  # each mode: the one training + its prediction
+        pred = model.predict(case.image, device=args.device, planes=PLANES_OF[method])
+    elif method == "forest":
         pred = run_forest(case, case.seed)
     else:
         pred = run_ours(case, args, case.seed, plain=method == "plain")
@@ -279,7 +311,9 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
                    type=lambda t: names(t, ALL_VOLUMES, "volume"))
     p.add_argument("--methods", default="forest,ours,plain",
                    type=lambda t: names(t, METHODS, "method"),
-                   help="forest, ours, plain (ours without smoothness and self-training); empty: none")
+                   help="forest, ours, plain (ours without smoothness and self-training), "
+                        "2.5d-fast, 2.5d, 2.5d-best (a 2D network on slices, by planes); "
+                        "empty: none")
     p.add_argument("--seeds", default="0", type=lambda t: [int(s) for s in t.split(",")],
                    help="comma-separated; each seed changes strokes, synthetic volume, training")
     p.add_argument("--iterations", type=int, default=TrainConfig().iterations,

@@ -51,3 +51,12 @@ def ball_volume(shape=(13, 24, 26)) -> tuple[np.ndarray, np.ndarray]:
         balls |= (z - cz) ** 2 + (y - cy) ** 2 + (x - cx) ** 2 < 14
     image = balls + np.random.default_rng(0).normal(0, 0.2, shape)
     return image.astype(np.float32), balls
+
+
+def run_to_end(gen):
+    """Drive a generator (a training run) to its end; its return value."""
+    while True:
+        try:
+            next(gen)
+        except StopIteration as done:
+            return done.value

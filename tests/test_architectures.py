@@ -4,6 +4,7 @@ and the choice in the command line and the Train widget."""
 import numpy as np
 import pytest
 import torch
+from conftest import run_to_end
 
 from napari_seg3d.engine import TrainConfig, Trainer, default_model_config, load_model, save_model
 from napari_seg3d.engine.models import MODELS, ResEncUNet, UNetPlusPlus, build_model
@@ -49,13 +50,8 @@ def test_trains_saves_and_rebuilds_from_the_model_file(blobs, tmp_path, architec
                               architecture=architecture)
     assert mc.architecture == architecture and mc.kwargs["pooling"][0] == [1, 2, 2]
     cfg = TrainConfig(patch_size=(8, 16, 16), iterations=4, device="cpu", self_training=0)
-    gen = Trainer(image, labels, cfg, model_config=mc, voxel_size=(2.0, 1.0, 1.0)).run()
-    while True:
-        try:
-            next(gen)
-        except StopIteration as done:
-            result = done.value
-            break
+    result = run_to_end(Trainer(image, labels, cfg, model_config=mc,
+                                voxel_size=(2.0, 1.0, 1.0)).run())
     path = save_model(result.last, tmp_path / "m.pt")
     loaded = load_model(path)
     assert type(loaded.network) is MODELS[architecture]

@@ -358,3 +358,52 @@ def test_bad_config_files_are_one_line_errors(workspace, tmp_path, text, message
     assert result.returncode == 2
     assert len(result.stderr.strip().splitlines()) == 1 and re.search(message, result.stderr)
     assert not (tmp_path / "m.pt").exists()
+
+
+def test_2d_model_on_slices_from_the_command_line(workspace, tmp_path, capsys, one_thread):
+    """--dims 2 trains a 2D network on slices; info and --config show it; predict --planes
+    applies it along the chosen planes; TensorBoard logs when asked."""
+    train = ["train", "--image", str(workspace / "image.tif"), "--labels",
+             str(workspace / "labels.tif"), "--iterations", "3", "--no-report", *TINY]
+    assert main(train + ["--out", str(tmp_path / "m2d.pt"), "--dims", "2", "--planes", "fast",
+                         "--tensorboard", str(tmp_path / "runs")]) == 0
+    info = _info(capsys, tmp_path / "m2d.pt")
+    assert info["dims"] == 2 and info["network"]["spatial_dims"] == 2
+    assert info["training"]["planes"] == "fast" and info["training"]["batch_size"] == 8
+    assert list((tmp_path / "runs").glob("events.out.tfevents.*"))
+    code, text = _captured(["info", str(tmp_path / "m2d.pt"), "--config"])
+    assert code == 0 and "dims: 2" in text and "planes: fast" in text
+    model = load_model(tmp_path / "m2d.pt")
+    image = read_volume(workspace / "image.tif").data
+    for planes in ("best", None):
+        out = tmp_path / f"out-{planes}"
+        argv = ["predict", str(workspace / "image.tif"), "--model", str(tmp_path / "m2d.pt"),
+                "--out", str(out), "--quiet", "--device", "cpu"]
+        assert main(argv + (["--planes", planes] if planes else [])) == 0
+        written = read_volume(out / "image_labels.tif").data
+        np.testing.assert_array_equal(written, model.predict(image, planes=planes, device="cpu"))
+    assert model.network.planes == "fast"  # as trained when not given
+    # a config file with dims: 2 builds a 2D network too
+    config = tmp_path / "run.yaml"
+    config.write_text(text)
+    assert main(train + ["--out", str(tmp_path / "again.pt"), "--config", str(config)]) == 0
+    assert load_model(tmp_path / "again.pt").dims == 2
+
+
+@pytest.mark.parametrize("argv, message", [
+    (["predict", "{image}", "--model", "{model}", "--out", "{tmp}", "--planes", "fast"],
+     "apply to 2D .* models only"),
+    (["train", "--image", "{image}", "--labels", "{labels}", "--out", "{tmp}/x.pt",
+      "--fine-tune", "{model}", "--dims", "2"], "is a 3D network; --dims 2 needs a new model"),
+    (["train", "--image", "{image}", "--labels", "{labels}", "--out", "{tmp}/x.pt",
+      "--tensorboard", "{image}"], "Cannot write to the output folder"),
+])
+def test_2d_options_that_do_not_fit_are_one_line_errors(workspace, tmp_path, capsys, argv,
+                                                        message):
+    names = {"image": workspace / "image.tif", "labels": workspace / "labels.tif",
+             "model": workspace / "model.pt", "tmp": tmp_path}
+    capsys.readouterr()
+    assert main([a.format(**names) for a in argv] + ["--quiet"]) == 2
+    err = capsys.readouterr().err
+    assert len(err.strip().splitlines()) == 1 and re.search(message, err), err
+    assert not (tmp_path / "x.pt").exists()

@@ -5,7 +5,8 @@ from __future__ import annotations
 import pytest
 import torch
 
-from napari_seg3d.engine.models import MODELS, UNet, anisotropic_pooling, build_model
+from napari_seg3d.engine.models import (MODELS, SliceNetwork, UNet, anisotropic_pooling,
+                                        build_model)
 
 
 def _tiny(**kwargs) -> UNet:
@@ -109,10 +110,10 @@ def test_build_model_round_trip():
     kwargs = dict(spatial_dims=2, in_channels=2, out_channels=3, levels=2, base_filters=4,
                   growth=1.5, residual=False, norm="group", dropout=0.1, pooling=((2, 1),))
     model = build_model("unet", **kwargs)
-    assert isinstance(model, UNet)
+    assert isinstance(model, SliceNetwork) and isinstance(model.net, UNet)
     rebuilt = build_model("unet", **kwargs)
     rebuilt.load_state_dict(model.state_dict())
-    x = torch.randn(2, 2, 11, 9)
+    x = torch.randn(2, 2, 5, 11, 9)
     with torch.no_grad():
         torch.testing.assert_close(model.eval()(x), rebuilt.eval()(x))
     assert "unet" in MODELS

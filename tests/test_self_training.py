@@ -37,7 +37,8 @@ def test_self_training_pseudo_labels_the_sure_voxels_and_keeps_the_strokes(blobs
     # a batch: strokes keep their class where they disagree with the pseudo-labels
     ann = trainer.sampler.annotations
     start = (0, 0, 0)
-    target, mask = trainer.sampler._train_target(ann, start, trainer.sampler._pseudo)
+    target, mask = trainer.sampler._train_target(ann, start, trainer.sampler.patch_size,
+                                                 trainer.sampler._pseudo)
     idx = ann.index[:PATCH[0], :PATCH[1], :PATCH[2]]
     np.testing.assert_array_equal(target[idx > 0], idx[idx > 0] - 1)
     assert not mask[idx < 0].any()  # held-out strokes never train

@@ -2,7 +2,7 @@
 ``napari-seg3d info MODEL --config`` writes the one that reproduces a model's run.
 
 The file is a flat mapping of :class:`TrainConfig` fields plus the network's ``architecture``,
-``base_filters`` and ``levels``; every key is optional. Options given on the command line win over the file.
+``dims`` (3, or 2 for a 2D network on slices), ``base_filters`` and ``levels``; every key is optional. Options given on the command line win over the file.
 """
 
 from __future__ import annotations
@@ -14,7 +14,7 @@ from typing import Any
 from .engine.config import TrainConfig
 from .engine.errors import Seg3DError
 
-NETWORK_KEYS = ("architecture", "base_filters", "levels")
+NETWORK_KEYS = ("architecture", "dims", "base_filters", "levels")
 
 
 def setting_names() -> tuple[str, ...]:
@@ -54,6 +54,9 @@ def read_config(path: str | Path) -> dict[str, Any]:
 def _check_network(data: dict) -> None:
     from .engine.models import MODELS
 
+    if "dims" in data and data["dims"] not in (2, 3):
+        raise ValueError(f"dims must be 2 (a 2D network on slices, 2.5D) or 3, got "
+                         f"{data['dims']!r}.")
     if "architecture" in data and data["architecture"] not in MODELS:
         raise ValueError(f"Unknown architecture {data['architecture']!r}; choose one of "
                          f"{', '.join(MODELS)}.")
@@ -67,6 +70,7 @@ def model_config_yaml(model) -> str:
     settings.pop("device", None)  # where to run is the machine's business, not the run's
     kwargs = model.model_config.kwargs
     settings["architecture"] = model.model_config.architecture
+    settings["dims"] = model.dims
     settings["base_filters"] = int(kwargs.get("base_filters", 16))
     settings["levels"] = int(kwargs["levels"]) if "levels" in kwargs else None
     header = (f"# napari-seg3d training settings of a model trained {model.iteration} iterations;\n"

@@ -26,6 +26,7 @@ def _train(args: argparse.Namespace) -> int:
     from .engine import (
         TrainConfig,
         Trainer,
+        default_batch_size,
         default_model_config,
         load_model,
         propose_patch_size,
@@ -46,16 +47,24 @@ def _train(args: argparse.Namespace) -> int:
     labels = read_volume(args.labels).data
     init = load_model(args.resume or args.fine_tune) if (args.resume or args.fine_tune) else None
     voxel = image.voxel_size
+    dims = int(setting("dims", 3))
     if init is not None:
+        if setting("dims") is not None and dims != init.dims:
+            raise ValueError(f"The model to start from is a {init.dims}D network; --dims {dims} "
+                             "needs a new model.")
+        dims = init.dims
         patch = tuple(setting("patch_size") or init.patch_size)
     else:
-        patch = tuple(setting("patch_size") or propose_patch_size(image.data.shape[-3:], voxel))
+        patch = tuple(setting("patch_size")
+                      or propose_patch_size(image.data.shape[-3:], voxel, dims=dims))
     start = init.iteration if args.resume else 0
     # settings given neither on the command line nor in --config come from the model file
     # (resume, fine-tune), else from the defaults
     base = init.train_config if init is not None else TrainConfig()
     names = {f.name for f in dataclasses.fields(TrainConfig)} - {"patch_size", "iterations", "device"}
     given = {name: setting(name) for name in names}
+    if init is None and given["batch_size"] is None:
+        given["batch_size"] = default_batch_size(dims)
     cfg = dataclasses.replace(
         base, patch_size=patch, iterations=start + setting("iterations", TrainConfig().iterations),
         device=setting("device", "auto"), **{k: v for k, v in given.items() if v is not None})
@@ -66,9 +75,15 @@ def _train(args: argparse.Namespace) -> int:
         model_config = default_model_config(channels, k, patch, voxel,
                                             base_filters=setting("base_filters", 16),
                                             levels=setting("levels"),
-                                            architecture=setting("architecture", "unet"))
+                                            architecture=setting("architecture", "unet"),
+                                            dims=dims)
+    loggers = []
+    if args.tensorboard:
+        from .engine.tensorboard import TensorBoardLogger
+
+        loggers.append(TensorBoardLogger(args.tensorboard))
     trainer = Trainer(image.data, labels, cfg, model_config=model_config, voxel_size=voxel,
-                      init=init, resume=bool(args.resume))
+                      init=init, resume=bool(args.resume), loggers=loggers)
     result = _run_training(trainer, cfg.iterations, start, quiet=args.quiet)
     out = Path(args.out)
     last = out.with_name(out.stem + ".last" + out.suffix)
@@ -169,13 +184,14 @@ def _predict(args: argparse.Namespace) -> int:
     from .engine.batch import FileProgress, FileResult, expand_inputs, iter_predict_files
 
     model = load_model(args.model)
+    model.set_planes(args.planes)  # refuses planes for a 3D model before any file
     inputs = expand_inputs(args.inputs, args.pattern)
     if not inputs:
         raise ValueError("No input volumes found; name TIFF, HDF5, zarr or .npy files or a folder.")
     options = dict(fmt=args.format, overwrite=args.overwrite, overlap=args.overlap, tta=args.tta,
                    probabilities=args.probabilities, uncertainty=args.uncertainty,
                    batch_size=args.batch_size, device=args.device,
-                   block_shape=tuple(args.block_size))
+                   block_shape=tuple(args.block_size), planes=args.planes)
     if args.scheduler:
         from .engine.distributed import iter_predict_files_distributed
 
@@ -223,7 +239,7 @@ def _demo(args: argparse.Namespace) -> int:
 
 def build_parser() -> argparse.ArgumentParser:
     from .engine.blocks import DEFAULT_BLOCK_SHAPE
-    from .engine.config import LOSSES, TrainConfig
+    from .engine.config import LOSSES, PLANES, TrainConfig
     from .engine.models import MODELS
 
     p = argparse.ArgumentParser(prog="napari-seg3d", description=__doc__.splitlines()[0])
@@ -238,12 +254,18 @@ def build_parser() -> argparse.ArgumentParser:
                    help="training settings from a YAML file (options given here win over it)")
     t.add_argument("--iterations", type=int, help=f"default {TrainConfig().iterations}")
     t.add_argument("--patch-size", type=int, nargs=3, metavar=("Z", "Y", "X"))
-    t.add_argument("--batch-size", type=int, help="default 2")
+    t.add_argument("--batch-size", type=int, help="default 2 (3D), 8 (2D slices)")
     t.add_argument("--learning-rate", type=float, help="default 0.003")
     t.add_argument("--loss", help=f"{', '.join(LOSSES)} (default ce_dice)")
     t.add_argument("--architecture", choices=sorted(MODELS),
                    help="network of a new model: unet (default), unetpp (U-Net++), resenc_unet "
                         "(residual encoder, as nnU-Net's ResEnc)")
+    t.add_argument("--dims", type=int, choices=[2, 3],
+                   help="3: a 3D network on 3D patches (default); 2: a 2D network trained on "
+                        "slices along z, y and x (2.5D, as volume-segmantics)")
+    t.add_argument("--planes", choices=PLANES,
+                   help="how a 2D network predicts: fast (along z), three (z, y and x, averaged; "
+                        "default), best (three axes x four in-plane rotations)")
     t.add_argument("--base-filters", type=int, help="default 16")
     t.add_argument("--levels", type=int, default=None)
     t.add_argument("--validation-fraction", type=float, help="default 0.15")
@@ -262,6 +284,9 @@ def build_parser() -> argparse.ArgumentParser:
     t.add_argument("--no-report", action="store_true",
                    help="do not write the training report (<out>.report.png)")
     t.add_argument("--truth", help="dense ground truth to report Dice against after training")
+    t.add_argument("--tensorboard", metavar="DIR",
+                   help="log loss, Dice and image slices to TensorBoard in DIR (needs the "
+                        "tensorboard package: pip install \"napari-seg3d[tensorboard]\")")
     t.set_defaults(func=_train)
 
     r = sub.add_parser("predict", help="apply a model to volumes, writing DIR/<stem>_labels.<ext>")
@@ -284,6 +309,9 @@ def build_parser() -> argparse.ArgumentParser:
     r.add_argument("--scheduler", metavar="ADDRESS",
                    help="run on a Dask distributed cluster (e.g. tcp://host:8786): whole files, "
                         "or the blocks of a single large volume, go to its workers")
+    r.add_argument("--planes", choices=PLANES,
+                   help="2D (2.5D) models: fast (along z), three (z, y and x), best (three axes "
+                        "x four rotations); default: as trained")
     r.add_argument("--batch-size", type=int, default=4)
     r.add_argument("--device", default="auto", choices=["auto", "cpu", "cuda", "mps"])
     r.add_argument("--overwrite", action="store_true", help="replace existing outputs")

@@ -21,6 +21,7 @@ class BatchJob:
     overwrite: bool
     overlap: float
     tta: bool
+    planes: str | None = None  # 2D (2.5D) models: fast, three or best; None: as trained
 
 
 def run_batch_job(job: BatchJob):
@@ -30,9 +31,10 @@ def run_batch_job(job: BatchJob):
         model = job.model if job.model is not None else load_model(job.model_path)
     except ModelFileError as exc:
         return str(exc)
+    planes = job.planes if model.dims == 2 else None  # 3D networks have no planes
     return (yield from iter_predict_files(model, job.inputs, job.out_dir, fmt=job.fmt,
                                           overwrite=job.overwrite, overlap=job.overlap,
-                                          tta=job.tta))
+                                          tta=job.tta, planes=planes))
 
 
 def writable_folder(text: str) -> Path:

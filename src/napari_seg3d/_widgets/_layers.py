@@ -17,8 +17,9 @@ from typing import TYPE_CHECKING
 import numpy as np
 from napari.layers import Image, Labels
 from qtpy.QtCore import QTimer
+from qtpy.QtWidgets import QComboBox
 
-from ..engine import Seg3DError
+from ..engine import PLANES, Seg3DError
 from ..engine.train import MAX_CHANNELS  # a 4D image with a longer first axis is not (C, Z, Y, X)
 
 if TYPE_CHECKING:
@@ -26,6 +27,7 @@ if TYPE_CHECKING:
 
 log = logging.getLogger(__name__)
 
+AS_TRAINED = "as trained"
 ROLE = "seg3d_role"  # layer.metadata key: "annotations", "preview", "prediction", "probabilities"
 Region = tuple[slice, ...]
 
@@ -339,3 +341,19 @@ class RegionWriter:
         """Show everything written and update the layer's thumbnail."""
         self.flush()
         update_thumbnail(self.layer)
+
+
+def planes_combo() -> QComboBox:
+    """The choice of how a 2.5D model predicts: as trained, or one of :data:`PLANES`."""
+    combo = QComboBox()
+    combo.addItems([AS_TRAINED, *PLANES])
+    combo.setToolTip("2.5D models (a 2D network on slices): fast = along z; three = along z, y "
+                     "and x, probabilities averaged; best = the three axes x four in-plane "
+                     "rotations (12 passes). 3D models ignore it.")
+    return combo
+
+
+def planes_choice(combo: QComboBox) -> str | None:
+    """The planes chosen in a :func:`planes_combo`; None for *as trained*."""
+    text = combo.currentText()
+    return None if text == AS_TRAINED else text

@@ -11,10 +11,11 @@ from typing import TYPE_CHECKING
 
 import numpy as np
 from qtpy.QtWidgets import (QCheckBox, QComboBox, QDoubleSpinBox, QFormLayout, QHBoxLayout, QLabel,
-                            QPushButton, QSpinBox, QVBoxLayout, QWidget)
+                            QLineEdit, QPushButton, QSpinBox, QVBoxLayout, QWidget)
 from superqt import QCollapsible
 
-from ..engine import LOSSES, AnnotationError, TrainConfig, propose_patch_size, resolve_device
+from ..engine import (LOSSES, PLANES, AnnotationError, TrainConfig, default_batch_size,
+                      propose_patch_size, resolve_device)
 from ..engine.models import MODELS
 from . import _layers
 from ._class_table import ClassTable
@@ -26,6 +27,7 @@ if TYPE_CHECKING:
     from ..engine import SegmentationModel
 
 NOTE = "0 = not annotated; background is a class you paint like any other."
+NETWORKS = {"3D U-Net": 3, "2.5D: 2D U-Net on z, y, x slices": 2}  # shown name -> dims
 
 
 class TrainForm(QWidget):
@@ -97,13 +99,50 @@ class TrainForm(QWidget):
             spin = QSpinBox(minimum=4, maximum=1024, singleStep=8, value=64, prefix=f"{axis} ")
             self.patch_spins.append(spin)
             row.addWidget(spin)
+        self.network_combo = QComboBox()
+        self.network_combo.addItems(list(NETWORKS))
+        self.network_combo.setToolTip(
+            "3D: a 3D U-Net on 3D patches, per-axis pooling for anisotropic voxels. 2.5D: a 2D "
+            "U-Net trained on slices along z, y and x through your strokes, predicting along "
+            "one or three axes (as volume-segmantics); often as good on near-isotropic data. "
+            "For new models; a loaded model keeps its own.")
+        self.planes_combo = QComboBox()
+        self.planes_combo.addItems(list(PLANES))
+        self.planes_combo.setCurrentText(TrainConfig().planes)
+        self.planes_combo.setToolTip(
+            "How a 2.5D model predicts: fast = along z; three = along z, y and x, probabilities "
+            "averaged; best = the three axes x four in-plane rotations (12 passes). The Predict "
+            "widget can choose again.")
+        form.addRow("Network", self.network_combo)
+        form.addRow("2.5D planes", self.planes_combo)
         form.addRow("Patch size", row)
         self.iterations_spin = QSpinBox(minimum=1, maximum=1_000_000,
                                         value=TrainConfig().iterations, singleStep=100)
-        self.batch_spin = QSpinBox(minimum=1, maximum=256, value=2)
+        self.batch_spin = QSpinBox(minimum=1, maximum=256, value=default_batch_size(3))
         form.addRow("Iterations", self.iterations_spin)
         form.addRow("Batch size", self.batch_spin)
+        self.network_combo.currentTextChanged.connect(self._on_network_changed)
+        self.planes_combo.setEnabled(False)
         return form
+
+    @property
+    def dims(self) -> int:
+        """3 for a 3D network, 2 for a 2D network on slices (2.5D)."""
+        return NETWORKS[self.network_combo.currentText()]
+
+    def show_settings_of(self, model: SegmentationModel) -> None:
+        """Show a loaded model's network, planes, patch and batch size."""
+        self.network_combo.setCurrentText(next(n for n, d in NETWORKS.items() if d == model.dims))
+        self.planes_combo.setCurrentText(model.train_config.planes)
+        for spin, p in zip(self.patch_spins, model.patch_size):
+            spin.setValue(p)
+        self.batch_spin.setValue(model.train_config.batch_size)
+
+    def _on_network_changed(self, text: str = "") -> None:
+        """Propose the patch and batch size of the chosen network."""
+        self.planes_combo.setEnabled(self.dims == 2)
+        self.batch_spin.setValue(default_batch_size(self.dims))
+        self._on_image_changed()
 
     def _advanced(self) -> QCollapsible:
         box = QCollapsible("Advanced")
@@ -137,13 +176,20 @@ class TrainForm(QWidget):
             "Rounds of self-training in the second half of the run: the network segments the "
             "whole volume and learns from the voxels it is sure of, as well as from your strokes. "
             "0 turns it off.")
+        self.tensorboard_edit = QLineEdit()
+        self.tensorboard_edit.setPlaceholderText("off")
+        self.tensorboard_edit.setToolTip(
+            "A folder for TensorBoard logs of each run (loss, Dice, image slices); empty: off. "
+            "Needs the tensorboard package (pip install \"napari-seg3d[tensorboard]\"); view "
+            "them with: tensorboard --logdir FOLDER")
         for label, w in (("Architecture", self.architecture_combo),
                          ("U-Net levels", self.levels_spin), ("Base filters", self.filters_spin),
                          ("Learning rate", self.lr_spin), ("Loss", self.loss_combo),
                          ("Edge-aware smoothness", self.smoothness_spin),
                          ("Self-training rounds", self.self_training_spin),
                          ("Device", self.device_combo), ("Seed", self.seed_spin),
-                         ("Validation fraction", self.val_spin)):
+                         ("Validation fraction", self.val_spin),
+                         ("TensorBoard folder", self.tensorboard_edit)):
             form.addRow(label, w)
         box.addWidget(inner)
         return box
@@ -157,7 +203,7 @@ class TrainForm(QWidget):
             learning_rate=self.lr_spin.value(), loss=self.loss_combo.currentText(),
             device=self.device_combo.currentText(), seed=self.seed_spin.value(),
             validation_fraction=self.val_spin.value(), smoothness=self.smoothness_spin.value(),
-            self_training=self.self_training_spin.value(),
+            self_training=self.self_training_spin.value(), planes=self.planes_combo.currentText(),
             validate_every=int(np.clip(iterations // 10, 5, 50)))
 
     def _patch_target(self) -> int:
@@ -211,7 +257,7 @@ class TrainForm(QWidget):
         if image is None:
             return
         proposed = propose_patch_size(_layers.spatial_shape(image), _layers.voxel_size(image),
-                                      max_edge=self._patch_target())
+                                      max_edge=self._patch_target(), dims=self.dims)
         for spin, p in zip(self.patch_spins, proposed):
             spin.setValue(p)
         for layer in _layers.annotation_candidates(self.viewer):

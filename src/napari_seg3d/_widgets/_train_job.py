@@ -11,6 +11,7 @@ from typing import TYPE_CHECKING
 import numpy as np
 
 from ..engine import AnnotationError, Trainer, TrainerUpdate, default_model_config
+from ..engine.tensorboard import TensorBoardLogger
 from ..engine.losses import is_binary_loss
 from ..engine.sampling import class_values_of
 from . import _layers
@@ -188,10 +189,12 @@ def check_layers(image_layer, annotation_layer) -> None:
 
 def new_job(image_layer, annotation_layer, cfg: TrainConfig, init: SegmentationModel | None, *,
             resume: bool, levels: int | None, filters: int, names: ClassTable,
-            architecture: str = "unet") -> TrainJob:
+            architecture: str = "unet", dims: int = 3,
+            tensorboard: str | None = None) -> TrainJob:
     """A job training on a copy of the annotations (checked by :func:`check_layers`): from
     ``init`` (fine-tuned, or resumed exactly when ``resume``) or a new U-Net of ``levels``
-    (None: automatic) and ``filters`` base filters, classes named by ``names``."""
+    (None: automatic), ``filters`` base filters and ``dims`` (3, or 2 for 2.5D), classes named by
+    ``names``; logged to TensorBoard in the folder ``tensorboard`` when given."""
     labels = np.array(_layers.layer_array(annotation_layer), copy=True)
     image = _layers.layer_array(image_layer)
     channels = _layers.channels_of(image_layer)
@@ -202,9 +205,11 @@ def new_job(image_layer, annotation_layer, cfg: TrainConfig, init: SegmentationM
         out = 1 if is_binary_loss(cfg.loss) else len(painted)
         mc = None if init is not None else default_model_config(
             channels, out, cfg.patch_size, vs, base_filters=filters, levels=levels,
-            architecture=architecture)
+            architecture=architecture, dims=dims)
+        loggers = [TensorBoardLogger(tensorboard)] if tensorboard else []
         return Trainer(image, labels, cfg, model_config=mc, voxel_size=vs, init=init,
-                       class_names=[names.name(v) for v in painted], resume=resume)
+                       class_names=[names.name(v) for v in painted], resume=resume,
+                       loggers=loggers)
 
     start = init.iteration if resume else 0
     return TrainJob(make_trainer, annotation_layer, image_layer.name, labels, start,

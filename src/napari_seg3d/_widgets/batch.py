@@ -16,10 +16,11 @@ from qtpy.QtWidgets import (QAbstractItemView, QCheckBox, QComboBox, QDoubleSpin
                             QFormLayout, QHBoxLayout, QLabel, QLineEdit, QListWidget, QPushButton,
                             QVBoxLayout, QWidget)
 
-from ..engine import ModelFileError
+from ..engine import PLANES, ModelFileError
 from ..engine.batch import FileProgress, FileResult, expand_inputs
 from ..engine.errors import Seg3DError
 from ..engine.io import SUFFIXES, read_volume
+from . import _layers
 from ._batch_job import BatchJob, run_batch_job, writable_folder
 from ._batch_progress import BatchProgress, file_progress_text, summary_text
 from ._session import SESSION
@@ -78,9 +79,10 @@ class BatchPredictWidget(QWidget):
 
     def set_options(self, *, fmt: str | None = None, overwrite: bool | None = None,
                     pattern: str | None = None, overlap: float | None = None,
-                    tta: bool | None = None) -> None:
+                    tta: bool | None = None, planes: str | None = None) -> None:
         """Set any of: output format (``"tif"``/``"h5"``/``"zarr"``), overwrite existing outputs, the
-        folder pattern, the window overlap, test-time augmentation."""
+        folder pattern, the window overlap, test-time augmentation, the planes of 2.5D models
+        (``"fast"``, ``"three"``, ``"best"`` or ``"as trained"``)."""
         if fmt is not None:
             if fmt not in FORMATS:
                 raise ValueError(f"Unknown format {fmt!r}; choose one of {', '.join(FORMATS)}.")
@@ -93,6 +95,11 @@ class BatchPredictWidget(QWidget):
             self._overlap.setValue(overlap)
         if tta is not None:
             self._tta.setChecked(tta)
+        if planes is not None:
+            if self._planes.findText(planes) < 0:
+                raise ValueError(f"Unknown planes {planes!r}; choose one of "
+                                 f"{', '.join(PLANES)} or {_layers.AS_TRAINED!r}.")
+            self._planes.setCurrentText(planes)
 
     def run(self) -> None:
         """Start predicting; errors in the form are shown as notifications."""
@@ -181,6 +188,7 @@ class BatchPredictWidget(QWidget):
         self._overlap.setSingleStep(0.05)
         self._overlap.setValue(0.5)
         self._tta = QCheckBox("Test-time augmentation (mirrored passes, 4x slower)")
+        self._planes = _layers.planes_combo()
 
         self._run_button, self._cancel_button = QPushButton("Run"), QPushButton("Cancel")
         self._run_button.clicked.connect(self.run)
@@ -204,6 +212,7 @@ class BatchPredictWidget(QWidget):
         form.addRow(self._overwrite)
         form.addRow("Window overlap", self._overlap)
         form.addRow(self._tta)
+        form.addRow("2.5D planes", self._planes)
         layout = QVBoxLayout(self)
         layout.addLayout(form)
         layout.addWidget(_row(self._run_button, self._cancel_button))
@@ -212,7 +221,8 @@ class BatchPredictWidget(QWidget):
         layout.addWidget(open_button)
         self._form_widgets = [self._inputs, self._pattern, add_files, add_folder, remove,
                               self._model_choice, self._model_path, browse_model, self._out_dir,
-                              browse_out, self._format, self._overwrite, self._overlap, self._tta]
+                              browse_out, self._format, self._overwrite, self._overlap, self._tta,
+                              self._planes]
 
     def _job(self) -> BatchJob:
         inputs = expand_inputs(self.inputs(), self._pattern.text().strip() or "*")
@@ -232,7 +242,8 @@ class BatchPredictWidget(QWidget):
             model_path = Path(text).expanduser()
         return BatchJob(inputs, model, model_path, writable_folder(self._out_dir.text()),
                     self._format.currentText(), self._overwrite.isChecked(),
-                    float(self._overlap.value()), self._tta.isChecked())
+                    float(self._overlap.value()), self._tta.isChecked(),
+                    _layers.planes_choice(self._planes))
 
     def _set_busy(self, busy: bool) -> None:
         for widget in self._form_widgets:

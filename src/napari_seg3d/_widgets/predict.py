@@ -135,6 +135,7 @@ class PredictWidget(QWidget):
         self.uncertainty_check = QCheckBox("Uncertainty layer")
         self.uncertainty_check.setToolTip("Where the model is least sure: paint your next strokes "
                                           "there.")
+        self.planes_combo = _layers.planes_combo()
         self.batch_spin = QSpinBox(minimum=1, maximum=256, value=4)
         self.device_combo = QComboBox()
         self.device_combo.addItems(["auto", "cpu", "cuda"])
@@ -142,7 +143,7 @@ class PredictWidget(QWidget):
         for label, w in (("Model", self.model_combo), ("Image", self.image_combo),
                          ("Overlap", self.overlap_spin), ("", self.tta_check),
                          ("", self.probabilities_check), ("", self.uncertainty_check),
-                         ("Batch size", self.batch_spin),
+                         ("2.5D planes", self.planes_combo), ("Batch size", self.batch_spin),
                          ("Device", self.device_combo)):
             form.addRow(label, w)
         form.addRow("Large predictions folder", folder_row)
@@ -213,6 +214,7 @@ class PredictWidget(QWidget):
     def _on_model_activated(self, index: int) -> None:
         if self.model_combo.itemText(index) != FROM_FILE:
             self._model_name = self.model_combo.itemText(index)
+            self._update_buttons()
             return
         path, _ = QFileDialog.getOpenFileName(self, "Load model", "",
                                               "napari-seg3d model (*.pt);;All files (*)")
@@ -275,6 +277,8 @@ class PredictWidget(QWidget):
         options = {"overlap": self.overlap_spin.value(), "tta": self.tta_check.isChecked(),
                    "batch_size": self.batch_spin.value(), "device": device,
                    "probabilities": any(shown.values())}
+        if model.dims == 2:
+            options["planes"] = _layers.planes_choice(self.planes_combo)
         data = _layers.layer_array(image)
         nbytes = _large.output_bytes(_layers.spatial_shape(image), model.label_lut().dtype,
                                      _classes(model), **shown)
@@ -432,6 +436,8 @@ class PredictWidget(QWidget):
         busy = self.worker is not None
         self.predict_button.setEnabled(not busy)
         self.cancel_button.setEnabled(busy)
+        model = self.current_model()
+        self.planes_combo.setEnabled(model is not None and model.dims == 2)
 
 
 def _problem(model, image) -> str | None:

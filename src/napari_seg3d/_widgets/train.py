@@ -162,7 +162,8 @@ class TrainWidget(TrainForm):
         job = new_job(image_layer, ann, cfg, init, resume=resume,
                       levels=self.levels_spin.value() or None,
                       filters=self.filters_spin.value(), names=self.class_table,
-                      architecture=self.architecture_combo.currentText())
+                      architecture=self.architecture_combo.currentText(), dims=self.dims,
+                      tensorboard=self.tensorboard_edit.text().strip() or None)
         job.quick_preview = self.quick_check.isChecked() and not resume
         job.quick_region = _layers.view_region(image_layer, self.viewer, cfg.patch_size[0],
                                                PREVIEW_YX)
@@ -320,8 +321,7 @@ class TrainWidget(TrainForm):
         self.model = self.last_model = model
         SESSION.put(Path(path).name, model)
         self.class_table.names.update(zip(model.class_values, model.class_names))
-        for spin, p in zip(self.patch_spins, model.patch_size):
-            spin.setValue(p)
+        self.show_settings_of(model)
         self.fine_tune_check.setEnabled(True)
         self.fine_tune_check.setChecked(True)
         self._refresh_class_table()

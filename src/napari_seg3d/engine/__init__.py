@@ -3,20 +3,20 @@
 Data flows one way: arrays or files -> engine -> results. Long work is a generator that yields
 small frozen dataclasses (:class:`TrainProgress`, :class:`RegionDone`)."""
 
-from .config import LOSSES, ModelConfig, TrainConfig
+from .config import LOSSES, PLANES, ModelConfig, TrainConfig
 from .errors import AnnotationError, ModelFileError, Seg3DError
-from .model_file import (SegmentationModel, describe, load_model, resolve_device, save_model)
-from .models import MODELS, UNet, anisotropic_pooling, build_model
+from .model_file import SegmentationModel, describe, load_model, resolve_device, save_model
+from .models import MODELS, SliceNetwork, UNet, anisotropic_pooling, build_model
 from .predict import RegionDone, iter_predict_volume, predict_volume
-from .sampling import Normalization, PatchSampler, compute_normalization
+from .sampling import Normalization, PatchSampler, SliceSampler, compute_normalization
 from .train import (Preview, Trainer, TrainerUpdate, TrainProgress, TrainResult,
-                    default_model_config, propose_patch_size)
+                    default_batch_size, default_model_config, propose_patch_size)
 from .uncertainty import uncertainty_map
 
 __all__ = [
-    "LOSSES", "MODELS", "AnnotationError", "ModelConfig", "ModelFileError", "Normalization",
-    "PatchSampler", "Preview", "RegionDone", "Seg3DError", "SegmentationModel", "TrainConfig", "TrainProgress",
+    "LOSSES", "MODELS", "PLANES", "AnnotationError", "ModelConfig", "ModelFileError", "Normalization",
+    "PatchSampler", "Preview", "SliceNetwork", "SliceSampler", "RegionDone", "Seg3DError", "SegmentationModel", "TrainConfig", "TrainProgress",
     "TrainResult", "Trainer", "TrainerUpdate", "UNet", "anisotropic_pooling", "build_model", "compute_normalization",
-    "default_model_config", "propose_patch_size", "describe", "iter_predict_volume", "load_model", "predict_volume",
+    "default_batch_size", "default_model_config", "propose_patch_size", "describe", "iter_predict_volume", "load_model", "predict_volume",
     "resolve_device", "save_model", "uncertainty_map",
 ]

@@ -8,6 +8,9 @@ from typing import Any
 
 LOSSES = ("ce_dice", "ce", "dice", "focal", "focal_dice", "bce", "bce_dice")
 DEVICES = ("auto", "cpu", "cuda", "mps")
+# How a 2D network (2.5D) predicts a volume: along z; along z, y and x; or along the three axes
+# with four in-plane rotations each, averaging the probabilities. 3D networks ignore it.
+PLANES = ("fast", "three", "best")
 
 
 @dataclass(frozen=True)
@@ -50,12 +53,15 @@ class TrainConfig:
     self_training: int = 2
     pseudo_threshold: float = 0.9
     self_training_forest: bool = True
+    planes: str = "three"
 
     def __post_init__(self) -> None:
         if self.loss not in LOSSES:
             raise ValueError(f"Unknown loss {self.loss!r}; choose one of {', '.join(LOSSES)}.")
         if self.device not in DEVICES:
             raise ValueError(f"Unknown device {self.device!r}; choose one of {', '.join(DEVICES)}.")
+        if self.planes not in PLANES:
+            raise ValueError(f"Unknown planes {self.planes!r}; choose one of {', '.join(PLANES)}.")
         if len(self.patch_size) != 3 or min(self.patch_size) < 1:
             raise ValueError(f"patch_size must be three positive integers (Z, Y, X), got {self.patch_size}.")
         if self.smoothness < 0 or self.self_training < 0 or not 0.5 <= self.pseudo_threshold <= 1:

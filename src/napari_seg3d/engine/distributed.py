@@ -287,7 +287,7 @@ def _blocks_of(model, spec: str, options: dict) -> list | None:
         with read_volume(spec, lazy=True) as vol:
             model.check_image(vol.data)
             shape = tuple(vol.data.shape[-3:])
-        return plan_blocks(shape, model.patch_size, options.get("overlap", 0.5),
+        return plan_blocks(shape, model.window(shape), options.get("overlap", 0.5),
                            options["block_shape"])
     except (Seg3DError, ValueError, OSError, MemoryError):
         return None

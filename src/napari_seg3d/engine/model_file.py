@@ -22,7 +22,7 @@ from .. import __version__
 from ._temps import remove_stale_temps, temp_path
 from .config import ModelConfig, TrainConfig
 from .errors import ModelFileError, OutputError
-from .models import build_model
+from .models import SliceNetwork, build_model
 from .sampling import Normalization, has_finite_value
 
 log = logging.getLogger(__name__)
@@ -83,16 +83,40 @@ class SegmentationModel:
         """Class index -> painted label value."""
         return np.asarray(self.class_values, dtype=np.min_scalar_type(max(self.class_values)))
 
+    @property
+    def dims(self) -> int:
+        """3 for a 3D network, 2 for a 2D network applied slice by slice (2.5D)."""
+        return 2 if isinstance(self.network, SliceNetwork) else 3
+
+    def window(self, shape) -> tuple[int, int, int]:
+        """The sliding window for an image of spatial ``shape``: the training patch; for a 2D
+        network no larger than the image (its slices need no padding, and an image one slice
+        thick stays a 2D image)."""
+        if self.dims == 3:
+            return self.patch_size
+        return tuple(min(int(p), int(s)) for p, s in zip(self.patch_size, shape))
+
+    def set_planes(self, planes: str | None) -> None:
+        """How a 2D network predicts (see ``config.PLANES``); None: as it was trained."""
+        if self.dims == 3:
+            if planes is not None:
+                raise ValueError("Planes (fast, three, best) apply to 2D (2.5D) models only; "
+                                 "this model is a 3D network.")
+            return
+        self.network.planes = planes or self.train_config.planes
+
     def iter_predict(self, image, *, overlap: float = 0.5, tta: bool = False, batch_size: int = 4,
                      device: str | torch.device | None = None, probabilities: bool = False,
                      block_shape: tuple[int, int, int] | None = None,
-                     blocks: list[int] | None = None) -> Iterator[Any]:
+                     blocks: list[int] | None = None, planes: str | None = None) -> Iterator[Any]:
         """Sliding-window prediction region by region (see ``iter_predict_volume``); each yielded
         region's ``labels`` hold the painted label values. ``image`` may be any array-like
         (numpy, memmap, h5py, zarr): it is read piece by piece, and with ``block_shape`` block by
-        block, so it never needs to fit in memory; ``blocks`` picks some blocks of the plan."""
+        block, so it never needs to fit in memory; ``blocks`` picks some blocks of the plan.
+        ``planes`` (2D models only): ``"fast"``, ``"three"`` or ``"best"``; None: as trained."""
         from .predict import iter_predict_volume
 
+        self.set_planes(planes)
         self.check_image(image)
         if not hasattr(image, "shape"):
             image = np.asarray(image)
@@ -100,7 +124,8 @@ class SegmentationModel:
             raise ValueError("The image holds no finite value (all NaN or Inf).")
         lut = self.label_lut()
         self.network.to(resolve_device(device or "auto"))
-        for region in iter_predict_volume(self.network, image, patch_size=self.patch_size,
+        for region in iter_predict_volume(self.network, image,
+                                          patch_size=self.window(image.shape[-3:]),
                                           overlap=overlap, batch_size=batch_size,
                                           probabilities=probabilities, tta=tta,
                                           block_shape=block_shape, blocks=blocks,
@@ -252,6 +277,7 @@ def describe(model: SegmentationModel) -> dict[str, Any]:
     hist = model.history
     return {
         "architecture": model.model_config.architecture,
+        "dims": model.dims,
         "network": model.model_config.kwargs,
         "parameters": n_params,
         "classes": dict(zip(model.class_values, model.class_names)),

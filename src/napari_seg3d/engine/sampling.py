@@ -238,25 +238,24 @@ class PatchSampler:
     def annotations(self) -> AnnotationSet:
         return self._annotations
 
-    def _read(self, start) -> np.ndarray:
-        patch = read_patch(self.image, start, self.patch_size, self.has_channels)
+    def _read(self, start, size) -> np.ndarray:
+        patch = read_patch(self.image, start, size, self.has_channels)
         if not self.has_channels:
             patch = patch[None]
         patch = self.normalization.apply(patch)
-        inside = tuple(slice(max(-s, 0), min(d - s, n))
-                       for s, n, d in zip(start, self.patch_size, self.shape))
-        if any(sl.stop - sl.start < n for sl, n in zip(inside, self.patch_size)):
+        inside = tuple(slice(max(-s, 0), min(d - s, n)) for s, n, d in zip(start, size, self.shape))
+        if any(sl.stop - sl.start < n for sl, n in zip(inside, size)):
             padded = np.zeros_like(patch)  # pad with 0 after normalisation, not normalise(0)
             padded[(slice(None),) + inside] = patch[(slice(None),) + inside]
             patch = padded
         return patch
 
-    def _train_target(self, ann: AnnotationSet, start, pseudo) -> tuple[np.ndarray, np.ndarray]:
-        idx = read_patch(ann.index, start, self.patch_size, False)
+    def _train_target(self, ann: AnnotationSet, start, size, pseudo) -> tuple[np.ndarray, np.ndarray]:
+        idx = read_patch(ann.index, start, size, False)
         mask = idx > 0
         target = np.where(mask, idx - 1, 0).astype(np.int64)
         if pseudo is not None:
-            p = read_patch(pseudo[0], start, self.patch_size, False)
+            p = read_patch(pseudo[0], start, size, False)
             fill = (idx == 0) & (p > 0)
             target[fill] = p[fill] - 1
             mask |= fill
@@ -282,12 +281,23 @@ class PatchSampler:
         images, targets, masks = [], [], []
         for _ in range(batch_size):
             center = self._centre(ann, pseudo, rng)
-            start = patch_start(center, self.patch_size, self.shape, rng)
-            images.append(self._read(start))
-            t, m = self._train_target(ann, start, pseudo)
-            targets.append(t)
-            masks.append(m)
+            image, target, mask = self._patch(ann, pseudo, center, rng)
+            images.append(image)
+            targets.append(target)
+            masks.append(mask)
         return Batch(np.stack(images), np.stack(targets), np.stack(masks))
+
+    def _patch(self, ann: AnnotationSet, pseudo, center, rng) -> tuple[np.ndarray, ...]:
+        """One training patch ``(image (C, z, y, x), target, mask)`` containing ``center``."""
+        start = patch_start(center, self.patch_size, self.shape, rng)
+        return (self._read(start, self.patch_size),
+                *self._train_target(ann, start, self.patch_size, pseudo))
+
+    def _validation_patch(self, ann: AnnotationSet, center, rng) -> tuple[np.ndarray, ...]:
+        start = patch_start(center, self.patch_size, self.shape, rng)
+        idx = read_patch(ann.index, start, self.patch_size, False)
+        mask = idx < 0
+        return self._read(start, self.patch_size), np.where(mask, -idx - 1, 0).astype(np.int64), mask
 
     def validation_patches(self, max_patches: int, seed: int) -> list[tuple[np.ndarray, np.ndarray, np.ndarray]]:
         """Fixed patches around held-out voxels: ``(image (C, z, y, x), target, mask)`` where the
@@ -300,11 +310,48 @@ class PatchSampler:
         per_class = max(1, max_patches // len(ann.val_coords))
         for coords in ann.val_coords:
             for i in rng.choice(len(coords), min(per_class, len(coords)), replace=False):
-                start = patch_start(coords[i], self.patch_size, self.shape, rng)
-                idx = read_patch(ann.index, start, self.patch_size, False)
-                mask = idx < 0
-                out.append((self._read(start), np.where(mask, -idx - 1, 0).astype(np.int64), mask))
+                out.append(self._validation_patch(ann, coords[i], rng))
         return out
+
+
+class SliceSampler(PatchSampler):
+    """2D training slices for a 2D network (2.5D, as volume-segmantics): each patch is a
+    ``patch_size[1] x patch_size[2]`` slice along z, y or x (chosen at random per patch) through
+    an annotated voxel, so every slice drawn around the strokes holds annotations. Slices come
+    in their own frame, ``(C, 1, h, w)``: z-slices as ``(y, x)``, y-slices as ``(z, x)``,
+    x-slices as ``(z, y)``. Same arguments as :class:`PatchSampler`."""
+
+    def _slice_size(self, axis: int) -> tuple[int, int, int]:
+        size = list(self.patch_size[1:])
+        size.insert(axis, 1)
+        return tuple(size)
+
+    def _patch(self, ann: AnnotationSet, pseudo, center, rng) -> tuple[np.ndarray, ...]:
+        axis = int(rng.integers(3))
+        size = self._slice_size(axis)
+        start = patch_start(center, size, self.shape, rng)
+        image = self._read(start, size)
+        target, mask = self._train_target(ann, start, size, pseudo)
+        return to_slice_frame(image, target, mask, axis)
+
+    def _validation_patch(self, ann: AnnotationSet, center, rng) -> tuple[np.ndarray, ...]:
+        axis = int(rng.integers(3))
+        size = self._slice_size(axis)
+        start = patch_start(center, size, self.shape, rng)
+        idx = read_patch(ann.index, start, size, False)
+        mask = idx < 0
+        target = np.where(mask, -idx - 1, 0).astype(np.int64)
+        return to_slice_frame(self._read(start, size), target, mask, axis)
+
+
+def to_slice_frame(image: np.ndarray, target: np.ndarray, mask: np.ndarray,
+                   axis: int) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """Move the one-voxel ``axis`` (0 = z, 1 = y, 2 = x) of a slice to the front:
+    ``image (C, z, y, x)`` and ``target``, ``mask`` ``(z, y, x)`` become ``(C, 1, h, w)`` and
+    ``(1, h, w)``, contiguous."""
+    return (np.ascontiguousarray(np.moveaxis(image, 1 + axis, 1)),
+            np.ascontiguousarray(np.moveaxis(target, axis, 0)),
+            np.ascontiguousarray(np.moveaxis(mask, axis, 0)))
 
 
 def augment(image: torch.Tensor, target: torch.Tensor, mask: torch.Tensor,

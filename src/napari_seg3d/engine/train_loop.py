@@ -33,8 +33,8 @@ def _make_batch(trainer: Trainer, iteration: int):
     image, target, mask = (torch.from_numpy(b.image), torch.from_numpy(b.target),
                            torch.from_numpy(b.mask))
     if cfg.augment:
-        vs = trainer.model.voxel_size
-        iso_yx = vs is None or abs(vs[1] - vs[2]) <= 1e-3 * max(vs[1], vs[2])
+        vs = trainer.model.voxel_size  # a 2D network treats every plane as isotropic
+        iso_yx = trainer.sliced or vs is None or abs(vs[1] - vs[2]) <= 1e-3 * max(vs[1], vs[2])
         image, target, mask = augment(image, target, mask, gen, rotate_yx=iso_yx)
     if trainer.device.type == "cuda":
         image, target, mask = image.pin_memory(), target.pin_memory(), mask.pin_memory()
@@ -49,7 +49,7 @@ def _smoothness(trainer: Trainer, logits: torch.Tensor, image: torch.Tensor) -> 
         probs = torch.cat([1 - fg, fg], 1)
     else:
         probs = torch.softmax(logits, 1)
-    spacing = trainer.model.voxel_size or (1.0, 1.0, 1.0)
+    spacing = (trainer.model.voxel_size if not trainer.sliced else None) or (1.0, 1.0, 1.0)
     return edge_aware_smoothness(probs, image, spacing=spacing)
 
 
@@ -151,6 +151,18 @@ def _score(val_dice, history) -> float:
     return -float(np.mean(recent)) if recent else -np.inf
 
 
+def _call_loggers(trainer: Trainer, method: str, *args) -> None:
+    """Call ``method`` of every logger; one that raises is dropped with a warning (a full disk
+    or a broken logger must not cost the training)."""
+    for logger in list(trainer.loggers):
+        try:
+            getattr(logger, method)(trainer, *args) if method == "log" else getattr(logger, method)()
+        except Exception as e:  # noqa: BLE001 - any logger failure
+            trainer.loggers.remove(logger)
+            warnings.warn(f"{type(logger).__name__} stopped logging: {e}", RuntimeWarning,
+                          stacklevel=2)
+
+
 def training_loop(trainer: Trainer) -> Generator[TrainProgress, np.ndarray | None, TrainResult]:
     from .train import (TrainerUpdate, TrainProgress, TrainResult, eta, learning_rate_at,
                         self_training_starts)
@@ -210,10 +222,12 @@ def training_loop(trainer: Trainer) -> Generator[TrainProgress, np.ndarray | Non
                     if val_dice is not None:
                         m.history["best_val_dice"] = list(val_dice)
                     best = _snapshot(trainer, it + 1, optimizer)
-            update = yield TrainProgress(
+            progress = TrainProgress(
                 iteration=it + 1, iterations=cfg.iterations, loss=loss_value, learning_rate=lr,
                 voxels_per_s=voxels / step_time, eta_s=eta(step_time, cfg.iterations - it - 1),
                 data_wait=wait_frac, val_dice=val_dice, is_best=is_best, preview=preview)
+            _call_loggers(trainer, "log", progress)
+            update = yield progress
             preview = None
             if isinstance(update, np.ndarray):
                 update = TrainerUpdate(labels=update)
@@ -224,6 +238,7 @@ def training_loop(trainer: Trainer) -> Generator[TrainProgress, np.ndarray | Non
                 preview = trainer.preview(update.preview, it + 1)
         else:
             it = cfg.iterations
+    _call_loggers(trainer, "close")
     done = it if stopped else cfg.iterations
     last = _snapshot(trainer, done, optimizer)
     m.iteration = done
