@@ -22,6 +22,7 @@ import numpy as np
 import pytest
 import tifffile
 import torch
+from conftest import run_to_end
 
 from napari_seg3d.cli import main
 from napari_seg3d.engine import (
@@ -59,11 +60,7 @@ def train(image, labels, iterations: int = 2, **kwargs) -> SegmentationModel:
     classes = len(np.unique(labels[labels > 0]))
     mc = default_model_config(channels, classes, PATCH, base_filters=4, levels=2)
     run = Trainer(image, labels, cfg, model_config=mc, **kwargs).run()
-    while True:
-        try:
-            next(run)
-        except StopIteration as done:
-            return done.value.best
+    return run_to_end(run).best
 
 
 @pytest.fixture

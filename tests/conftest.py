@@ -53,10 +53,17 @@ def ball_volume(shape=(13, 24, 26)) -> tuple[np.ndarray, np.ndarray]:
     return image.astype(np.float32), balls
 
 
-def run_to_end(gen):
-    """Drive a generator (a training run) to its end; its return value."""
+def drain(gen) -> tuple[list, object]:
+    """Drive a generator (a training run, a batch) to its end: what it yielded, and its return
+    value."""
+    items = []
     while True:
         try:
-            next(gen)
+            items.append(next(gen))
         except StopIteration as done:
-            return done.value
+            return items, done.value
+
+
+def run_to_end(gen):
+    """Drive a generator to its end; its return value."""
+    return drain(gen)[1]

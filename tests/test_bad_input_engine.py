@@ -22,6 +22,7 @@ from _bad_input_cases import (
 from hypothesis import given, settings
 from hypothesis import strategies as st
 from hypothesis.extra.numpy import arrays
+from conftest import run_to_end
 
 from napari_seg3d.engine import (
     AnnotationError,
@@ -155,12 +156,7 @@ def test_any_integer_labels_train_or_give_an_annotation_error(labels):
         assert len(values) < 2 or min(values) < 0, e
         return
     assert len(values) >= 2 and min(values) > 0
-    while True:
-        try:
-            next(run)
-        except StopIteration as done:
-            trained = done.value.best
-            break
+    trained = run_to_end(run).best
     assert list(trained.class_values) == values
     assert {int(v) for v in np.unique(trained.predict(SMALL_IMAGE, device="cpu"))} <= set(values)
 

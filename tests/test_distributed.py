@@ -9,6 +9,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
+from conftest import drain
 
 from napari_seg3d.cli import main
 from napari_seg3d.engine import SegmentationModel, TrainConfig, default_model_config, save_model
@@ -56,13 +57,8 @@ def _image(seed: int, shape=(9, 20, 22)) -> np.ndarray:
 
 
 def _run(model_path, specs, out, address, **kwargs):
-    gen = dist.iter_predict_files_distributed(model_path, specs, out, address, **OPTS, **kwargs)
-    items = []
-    while True:
-        try:
-            items.append(next(gen))
-        except StopIteration as stop:
-            return items, stop.value
+    return drain(dist.iter_predict_files_distributed(model_path, specs, out, address, **OPTS,
+                                                     **kwargs))
 
 
 def _files(folder: Path) -> dict[str, Path]:

@@ -11,6 +11,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+from conftest import run_to_end
 
 from napari_seg3d.engine import TrainConfig, Trainer, load_model, save_model
 from napari_seg3d.engine._temps import host_tag, remove_stale_temps
@@ -39,11 +40,7 @@ while True:  # write again and again until killed
 def _train_tiny(image, labels):
     cfg = TrainConfig(patch_size=(8, 16, 16), iterations=2, device="cpu", self_training=0)
     gen = Trainer(image, labels, cfg).run()
-    while True:
-        try:
-            next(gen)
-        except StopIteration as done:
-            return done.value.last
+    return run_to_end(gen).last
 
 
 def _kill_while_writing(kind: str, source: Path, target: Path, delays) -> None:

@@ -13,6 +13,7 @@ import time
 import numpy as np
 import pytest
 import torch
+from conftest import run_to_end
 
 from napari_seg3d.engine import (ModelFileError, SegmentationModel, Trainer, TrainConfig,
                                  default_model_config, describe, load_model, save_model)
@@ -36,11 +37,7 @@ def trained(image) -> SegmentationModel:
     trainer = Trainer(image, labels, config, voxel_size=(2.0, 0.5, 0.5), class_names=["bg", "ball"],
                       model_config=default_model_config(1, 2, PATCH, base_filters=4, levels=2))
     gen = trainer.run()
-    while True:
-        try:
-            next(gen)
-        except StopIteration as done:
-            return done.value.last
+    return run_to_end(gen).last
 
 
 def test_save_load_round_trip_predicts_identically(trained, image, tmp_path):

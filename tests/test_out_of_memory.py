@@ -6,6 +6,7 @@ import numpy as np
 import pytest
 import torch
 from torch import nn
+from conftest import drain
 
 from napari_seg3d.engine import Seg3DError, TrainConfig, Trainer
 from napari_seg3d.engine.models import build_model
@@ -64,13 +65,7 @@ def _trainer(blobs, batch_size: int, max_batch: int) -> Trainer:
 
 
 def _run(trainer):
-    gen = trainer.run()
-    records = []
-    while True:
-        try:
-            records.append(next(gen))
-        except StopIteration as done:
-            return records, done.value
+    return drain(trainer.run())
 
 
 def test_training_splits_the_batch_and_says_so(blobs):

@@ -3,6 +3,7 @@ others, existing outputs are skipped unless overwriting, errors become notificat
 
 import numpy as np
 import pytest
+from conftest import run_to_end
 
 from napari_seg3d._widgets import batch as batch_module
 from napari_seg3d._widgets._session import Session
@@ -18,11 +19,7 @@ def _train(image, scribbles):
                       TrainConfig(patch_size=PATCH, batch_size=2, iterations=3, validate_every=3),
                       model_config=default_model_config(1, 2, PATCH, base_filters=4, levels=2))
     run = trainer.run()
-    while True:
-        try:
-            next(run)
-        except StopIteration as stop:
-            return stop.value.best
+    return run_to_end(run).best
 
 
 @pytest.fixture

@@ -6,6 +6,7 @@ import threading
 import numpy as np
 import pytest
 from napari.utils._proxies import PublicOnlyProxy
+from conftest import run_to_end
 
 from napari_seg3d._widgets import predict as predict_module
 from napari_seg3d._widgets._session import SESSION
@@ -27,12 +28,7 @@ def model(blobs):
                           validate_every=10)
         mc = default_model_config(1, 2, cfg.patch_size, SCALE, base_filters=4, levels=2)
         gen = Trainer(image, scribbles, cfg, model_config=mc, voxel_size=SCALE).run()
-        while True:
-            try:
-                next(gen)
-            except StopIteration as done:
-                _CACHE["model"] = done.value.best
-                break
+        _CACHE["model"] = run_to_end(gen).best
     return _CACHE["model"]
 
 
