@@ -43,8 +43,19 @@ def _train_tiny(image, labels):
     return run_to_end(gen).last
 
 
-def _kill_while_writing(kind: str, source: Path, target: Path, delays) -> None:
-    for delay in delays:
+def _parts(folder: Path) -> list[str]:
+    return sorted(p.name for p in folder.iterdir() if p.name.endswith(".part"))
+
+
+def _kill_while_writing(kind: str, source: Path, target: Path, delays, check, *,
+                        min_kills: int = 4) -> int:
+    """SIGKILL a writer of ``target`` after each delay (at least ``min_kills`` times, more until
+    one kill is seen to land mid-write, at most ``len(delays)``), calling ``check()`` after each
+    kill. Returns the number of kills that left a new hidden temporary, i.e. landed mid-write
+    (each new writer deletes the temporaries of dead ones, so they are counted kill by kill)."""
+    mid_write = 0
+    for n, delay in enumerate(delays, 1):
+        before = _parts(target.parent)
         proc = subprocess.Popen([sys.executable, "-c", _WRITER, kind, str(source), str(target)],
                                 stdout=subprocess.PIPE, text=True)
         assert proc.stdout.readline().strip() == "ready"
@@ -52,6 +63,11 @@ def _kill_while_writing(kind: str, source: Path, target: Path, delays) -> None:
         proc.send_signal(signal.SIGKILL)
         proc.wait(timeout=30)
         proc.stdout.close()
+        mid_write += bool(set(_parts(target.parent)) - set(before))
+        check()
+        if n >= min_kills and mid_write:
+            break
+    return mid_write
 
 
 @pytest.mark.parametrize("kind, name", [("model", "model.pt"), ("tif", "out.tif"),
@@ -64,19 +80,22 @@ def test_killed_writer_leaves_a_whole_file_under_the_final_name(blobs, tmp_path,
         save_model(load_model(source), target)
     else:
         write_volume(target, np.zeros((4, 4, 4), np.float32))
-    _kill_while_writing(kind, source, target, delays=(0.3, 0.9, 1.7, 2.6))
-    # whatever moment the kill came, the final name holds a whole, readable file
-    if kind == "model":
-        model = load_model(target)
-        assert model.class_values == (1, 2)
-    else:
-        data = np.asarray(read_volume(target).data)
-        assert data.shape in ((4, 4, 4), (64, 256, 256))
-        if data.shape == (64, 256, 256):
-            assert np.isfinite(data).all() and data.min() >= 1.0  # one whole write (big + i)
+
+    def whole() -> None:  # whatever moment the kill came, the final name holds a whole file
+        if kind == "model":
+            assert load_model(target).class_values == (1, 2)
+        else:
+            data = np.asarray(read_volume(target).data)
+            assert data.shape in ((4, 4, 4), (64, 256, 256))
+            if data.shape == (64, 256, 256):
+                assert np.isfinite(data).all() and data.min() >= 1.0  # one whole write (big + i)
+
+    mid_write = _kill_while_writing(kind, source, target, (0.3, 0.9, 1.7, 2.6, 0.5, 1.2, 2.0,
+                                                           0.7, 1.5, 2.3), whole)
+    assert mid_write, "no kill landed mid-write"
     leftovers = [p.name for p in tmp_path.iterdir() if p.name not in {"source.pt", name}]
-    # only hidden temporaries of interrupted writes remain, so kills did land mid-write
-    assert leftovers and all(n.startswith(".") and n.endswith(".part") for n in leftovers), leftovers
+    # only hidden temporaries of interrupted writes remain
+    assert all(n.startswith(".") and n.endswith(".part") for n in leftovers), leftovers
 
 
 HOSTILE = ["../escape.tif", "..\\win.tif", ".hidden.tif", "spaces and ümlauts.tif",
@@ -118,10 +137,6 @@ sys.stdin.read()  # a live writer: holds its temporary until stdin closes
 """
 
 
-def _parts(folder: Path) -> list[str]:
-    return sorted(p.name for p in folder.iterdir() if p.name.endswith(".part"))
-
-
 def _dead_pid() -> int:
     proc = subprocess.Popen([sys.executable, "-c", "pass"])
     proc.wait(timeout=30)
@@ -144,7 +159,7 @@ def test_the_next_write_removes_what_a_killed_writer_left(blobs, tmp_path, kind,
     source = save_model(_train_tiny(image, labels), tmp_path / "src" / "source.pt")
     target = tmp_path / name
     for delay in (0.9, 1.7, 2.6):  # until a kill lands mid-write
-        _kill_while_writing(kind, source, target, delays=(delay,))
+        _kill_while_writing(kind, source, target, (delay,), lambda: None, min_kills=1)
         if _parts(tmp_path):
             break
     assert len(_parts(tmp_path)) == 1  # each writer's first write removed its predecessor's
