@@ -71,10 +71,18 @@ def timed(fn: Callable[[], Any], device: torch.device) -> tuple[float, float, An
 
 
 def autocast(device: torch.device, enabled: bool) -> contextlib.AbstractContextManager:
-    """float16 autocast on CUDA when ``enabled``; nothing otherwise."""
-    if enabled and device.type == "cuda":
-        return torch.autocast(device_type="cuda", dtype=torch.float16)
-    return contextlib.nullcontext()
+    """The engine's mixed precision when ``enabled`` (float16 on CUDA, bfloat16 on a CPU with
+    native bfloat16, see ``napari_seg3d.engine.precision``); nothing otherwise."""
+    from napari_seg3d.engine import precision
+
+    return precision.autocast(device, enabled)
+
+
+def precision_name(device: torch.device, amp: bool) -> str:
+    """What ``autocast(device, amp)`` computes in: float16, bfloat16 or float32."""
+    from napari_seg3d.engine import precision
+
+    return precision.describe(device, amp)
 
 
 class LoadMonitor:

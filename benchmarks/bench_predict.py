@@ -6,7 +6,11 @@ memory, as a napari layer needs them. A third row runs only the network over the
 already batched on the device: the floor that any sliding window pays.
 
     python benchmarks/bench_predict.py                      # CPU, 96^3 volume, 48^3 patch
-    python benchmarks/bench_predict.py --device cuda --amp  # 256^3 volume, 128^3 patch, fp16
+    python benchmarks/bench_predict.py --device cuda        # 256^3 volume, 128^3 patch
+
+Every method runs in float32 and under mixed precision (float16 autocast on CUDA, bfloat16 on a
+CPU with native bfloat16; `--precision` picks one), each compared with MONAI and with the
+forward in the same precision.
 
 The last line printed is one JSON object with every figure.
 """
@@ -15,12 +19,13 @@ from __future__ import annotations
 
 import argparse
 import sys
+from functools import partial
 
 import numpy as np
 import torch
 from torch import nn
 
-from _common import (LoadMonitor, autocast, json_line, machine, resolve_device,
+from _common import (LoadMonitor, autocast, json_line, machine, precision_name, resolve_device,
                      synthetic_volume, table, timed, triple)
 from napari_seg3d.engine import predict_volume
 from napari_seg3d.engine.models import UNet
@@ -43,21 +48,11 @@ Notes:
   covering a voxel has a tiny weight (near the volume border).
 - 'forward only' runs the network over the same windows, pre-batched on the device (no gather,
   softmax, blending or copies). 'overhead vs forward' = (seconds / forward seconds - 1) x 100.
-- 'speed vs MONAI' = MONAI seconds / seconds: above 1 is faster than MONAI.
+- 'speed vs MONAI' = MONAI seconds / seconds in the same precision: above 1 is faster than
+  MONAI. Mixed precision: MONAI runs inside the same torch.autocast, ours with amp=True.
+- 'overhead vs forward' compares with the forward in the same precision.
 - 'CPU s': CPU seconds of this process during the best run (all threads). On a shared machine it
   is the steadier figure with --threads 1 (more threads also count time spent spinning)."""
-
-
-class _Float32(nn.Module):
-    """Runs the wrapped network with autocast off (predict_volume always autocasts on CUDA)."""
-
-    def __init__(self, net: nn.Module) -> None:
-        super().__init__()
-        self.net = net
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        with torch.autocast("cuda", enabled=False):
-            return self.net(x.float())
 
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
@@ -76,8 +71,9 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--classes", type=int, default=2, help="output classes")
     p.add_argument("--repeats", type=int, default=None,
                    help="timed runs of each method, best taken (default 2 on CPU, 5 on CUDA)")
-    p.add_argument("--amp", action="store_true",
-                   help="fp16 autocast on CUDA for every method (without it, all run in fp32)")
+    p.add_argument("--precision", choices=("both", "float32", "mixed"), default="both",
+                   help="float32, mixed precision (float16 autocast on CUDA, bfloat16 on a CPU "
+                        "with native bfloat16), or both")
     p.add_argument("--threads", type=int, default=None,
                    help="torch CPU threads (default: torch's choice, one per core)")
     p.add_argument("--seed", type=int, default=0)
@@ -89,8 +85,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     args.patch = args.patch or triple("128" if cuda else "48")
     args.base_filters = args.base_filters or (32 if cuda else 16)
     args.repeats = args.repeats or (5 if cuda else 2)
-    if args.amp and not cuda:
-        p.error("--amp needs --device cuda (fp16 autocast is a CUDA feature here)")
+    args.amps = {"both": (False, True), "float32": (False,), "mixed": (True,)}[args.precision]
     return args
 
 
@@ -108,43 +103,48 @@ def window_batches(volume: np.ndarray, patch, batch_size: int, device: torch.dev
             for i in range(0, len(crops), batch_size)]
 
 
-def run_monai(net: nn.Module, volume: torch.Tensor, args, device: torch.device) -> torch.Tensor:
+def run_monai(net: nn.Module, volume: torch.Tensor, args, device: torch.device,
+              amp: bool) -> torch.Tensor:
     """MONAI's Gaussian sliding window over softmax probabilities, output in CPU memory."""
     from monai.inferers import sliding_window_inference
 
-    with torch.inference_mode(), autocast(device, args.amp):
+    with torch.inference_mode(), autocast(device, amp):
         out = sliding_window_inference(
             volume, args.patch, args.batch_size, lambda x: net(x).softmax(1), overlap=OVERLAP,
             mode="gaussian", sigma_scale=SIGMA_SCALE, sw_device=device, device="cpu")
     return out[0]
 
 
-def run_ours(model: nn.Module, volume: np.ndarray, args, device: torch.device,
+def run_ours(model: nn.Module, volume: np.ndarray, args, device: torch.device, amp: bool,
              memory_limit_bytes: int | None = None) -> np.ndarray:
     return predict_volume(model, volume, patch_size=args.patch, overlap=OVERLAP,
                           blending="gaussian", batch_size=args.batch_size, device=device,
-                          probabilities=True, memory_limit_bytes=memory_limit_bytes)
+                          probabilities=True, memory_limit_bytes=memory_limit_bytes, amp=amp)
 
 
-def run_forward(net: nn.Module, batches: list, args, device: torch.device) -> None:
-    with torch.inference_mode(), autocast(device, args.amp):
+def run_forward(net: nn.Module, batches: list, device: torch.device, amp: bool) -> None:
+    with torch.inference_mode(), autocast(device, amp):
         for batch in batches:
             net(batch)
 
 
+MONAI, OURS, FORWARD = ("MONAI sliding_window_inference", "napari-seg3d predict_volume",
+                        "network forward only")
+
+
 def methods(net: nn.Module, volume: np.ndarray, args, device: torch.device) -> dict:
-    """Name -> zero-argument callable, for the timed volume ``volume``."""
-    ours_net = net if args.amp or device.type != "cuda" else _Float32(net)
+    """(name, precision) -> zero-argument callable, for the timed volume ``volume``."""
     as_tensor = torch.from_numpy(volume)[None, None]
     batches = window_batches(volume, args.patch, args.batch_size, device)
-    runs = {
-        "MONAI sliding_window_inference": lambda: run_monai(net, as_tensor, args, device),
-        "napari-seg3d predict_volume": lambda: run_ours(ours_net, volume, args, device),
-    }
-    if device.type == "cuda":  # also with the accumulator forced into CPU memory
-        runs["napari-seg3d predict_volume (CPU accumulator)"] = (
-            lambda: run_ours(ours_net, volume, args, device, memory_limit_bytes=0))
-    runs["network forward only"] = lambda: run_forward(net, batches, args, device)
+    runs = {}
+    for amp in args.amps:
+        prec = precision_name(device, amp)
+        runs[MONAI, prec] = partial(run_monai, net, as_tensor, args, device, amp)
+        runs[OURS, prec] = partial(run_ours, net, volume, args, device, amp)
+        if device.type == "cuda":  # also with the accumulator forced into CPU memory
+            runs[f"{OURS} (CPU accumulator)", prec] = partial(
+                run_ours, net, volume, args, device, amp, memory_limit_bytes=0)
+        runs[FORWARD, prec] = partial(run_forward, net, batches, device, amp)
     return runs
 
 
@@ -179,33 +179,39 @@ def main(argv: list[str] | None = None) -> int:
             cpu_seconds[name] = min(cpu_seconds[name], cpu)
             outputs.setdefault(name, out)
 
-    monai_probs = outputs["MONAI sliding_window_inference"].float().numpy()
-    ours_probs = outputs["napari-seg3d predict_volume"]
-    max_diff = float(np.abs(monai_probs - ours_probs).max())
     voxels = int(np.prod(args.size))
-    t_monai, t_fwd = seconds["MONAI sliding_window_inference"], seconds["network forward only"]
-    rows, figures = [], {}
-    for name, t in seconds.items():
-        overhead = None if name == "network forward only" else 100.0 * (t / t_fwd - 1.0)
-        rows.append([name, t, voxels / t / 1e6, t_monai / t, overhead, cpu_seconds[name]])
-        figures[name] = {"seconds": t, "mvoxel_per_s": voxels / t / 1e6,
-                         "speed_vs_monai": t_monai / t, "overhead_vs_forward_pct": overhead,
-                         "cpu_seconds": cpu_seconds[name]}
+    rows, figures, max_diff = [], {}, {}
+    for (name, prec), t in seconds.items():
+        t_monai, t_fwd = seconds[MONAI, prec], seconds[FORWARD, prec]
+        overhead = None if name == FORWARD else 100.0 * (t / t_fwd - 1.0)
+        rows.append([name, prec, t, voxels / t / 1e6, t_monai / t, overhead,
+                     cpu_seconds[name, prec]])
+        figures[f"{name} [{prec}]"] = {
+            "method": name, "precision": prec, "seconds": t, "mvoxel_per_s": voxels / t / 1e6,
+            "speed_vs_monai": t_monai / t, "overhead_vs_forward_pct": overhead,
+            "cpu_seconds": cpu_seconds[name, prec]}
+        if name == OURS:
+            monai_probs = outputs[MONAI, prec].float().numpy()
+            max_diff[prec] = float(np.abs(monai_probs - outputs[OURS, prec]).max())
 
     env = machine(device)
     import monai
-    print(f"Sliding-window prediction, {args.device}"
-          f"{' fp16 autocast' if args.amp else ' fp32'}: volume {args.size}, patch {args.patch}, "
+    print(f"Sliding-window prediction, {args.device}: volume {args.size}, patch {args.patch}, "
           f"overlap {OVERLAP}, {n_windows} windows, {args.batch_size} a batch, "
           f"U-Net levels={args.levels} base_filters={args.base_filters} ({n_params / 1e6:.2f}M "
           f"parameters), {args.classes} classes; best of {args.repeats}")
     print(f"{env['device_name']}, {env['cpu_count']} CPUs, torch {torch.__version__} "
           f"({env['torch_threads']} threads), MONAI {monai.__version__}")
     print()
-    print(table(["method", "seconds", "Mvoxel/s", "speed vs MONAI", "overhead vs forward %",
-                 "CPU s"], rows))
+    print(table(["method", "precision", "seconds", "Mvoxel/s", "speed vs MONAI",
+                 "overhead vs forward %", "CPU s"], rows))
     print()
-    print(f"max |MONAI - ours| over all probabilities: {max_diff:.3g}")
+    if len(args.amps) == 2:
+        mixed = precision_name(device, True)
+        print(f"ours in {mixed} against MONAI in float32: "
+              f"{seconds[MONAI, 'float32'] / seconds[OURS, mixed]:.2f}x as fast")
+    print("max |MONAI - ours| over all probabilities: "
+          + ", ".join(f"{d:.3g} ({prec})" for prec, d in max_diff.items()))
     print(NOTES)
     note = load.note()
     if note:
@@ -213,7 +219,8 @@ def main(argv: list[str] | None = None) -> int:
     print(json_line({
         "benchmark": "predict", **env, "monai": monai.__version__, **load.summary(),
         "volume": list(args.size), "patch": list(args.patch), "overlap": OVERLAP,
-        "batch_size": args.batch_size, "windows": n_windows, "amp": args.amp,
+        "batch_size": args.batch_size, "windows": n_windows,
+        "precisions": [precision_name(device, amp) for amp in args.amps],
         "levels": args.levels, "base_filters": args.base_filters, "classes": args.classes,
         "parameters": n_params, "repeats": args.repeats, "max_abs_diff": max_diff,
         "methods": figures,

@@ -22,7 +22,7 @@ from pathlib import Path
 
 import numpy as np
 import torch
-from _common import LoadMonitor, json_line, machine, table
+from _common import LoadMonitor, json_line, machine, precision_name, table
 from _strokes import add_strokes, candidates, random_starts, uncertain_starts
 from _volumes import CLASS_NAMES, VOLUMES, make_volume
 
@@ -129,13 +129,13 @@ def run_forest(case: Case, seed: int) -> np.ndarray:
 PLAIN = {"smoothness": 0.0, "self_training": 0}  # the network on the strokes alone
 
 
-def train_config(case: Case, iterations: int, seed: int, device: str,
-                 plain: bool = False, dims: int = 3) -> TrainConfig:
+def train_config(case: Case, iterations: int, seed: int, args, plain: bool = False,
+                 dims: int = 3) -> TrainConfig:
     """The command line's training settings for ``case``; ``plain``: the network alone."""
     extra = PLAIN if plain else {}
     return TrainConfig(patch_size=propose_patch_size(case.image.shape, case.voxel_size, dims=dims),
                        batch_size=default_batch_size(dims), iterations=iterations, seed=seed,
-                       device=device, **extra)
+                       device=args.device, amp=not args.no_amp, **extra)
 
 
 def train(image: np.ndarray, labels: np.ndarray, cfg: TrainConfig, voxel_size, *, init=None,
@@ -162,7 +162,7 @@ def train(image: np.ndarray, labels: np.ndarray, cfg: TrainConfig, voxel_size, *
 
 def run_ours(case: Case, args, seed: int, plain: bool = False) -> np.ndarray:
     """Labels ``(Z, Y, X)`` from our training on the strokes of ``case``."""
-    cfg = train_config(case, args.iterations, seed, args.device, plain)
+    cfg = train_config(case, args.iterations, seed, args, plain)
     model = train(case.image, case.labels, cfg, case.voxel_size,
                   tag=f"{case.name} {'plain' if plain else 'ours'}")
     return model.predict(case.image, device=args.device)
@@ -176,7 +176,7 @@ def slice_model(case: Case, args):
     key = (case.name, case.seed)
     if key not in _SLICE_MODELS:
         t0 = time.perf_counter()
-        cfg = train_config(case, args.iterations, case.seed, args.device, dims=2)
+        cfg = train_config(case, args.iterations, case.seed, args, dims=2)
         model = train(case.image, case.labels, cfg, case.voxel_size, tag=f"{case.name} 2.5D",
                       dims=2)
         _SLICE_MODELS[key] = (model, time.perf_counter() - t0)
@@ -215,7 +215,7 @@ def active_learning(case: Case, args) -> list[dict]:
     ``args.al_strokes`` strokes and trains again, from the previous round's model
     (``--al-scratch``: from scratch). Returns one record per arm and round.
     """
-    cfg = train_config(case, args.al_iterations, case.seed, args.device)
+    cfg = train_config(case, args.al_iterations, case.seed, args)
     scratch = args.al_scratch
     t0 = time.perf_counter()
     model = train(case.image, case.labels, cfg, case.voxel_size, tag=f"AL {case.name} round 0")
@@ -320,6 +320,9 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
                    help="training iterations of ours (default: the command line's)")
     p.add_argument("--device", choices=("auto", "cpu", "cuda"), default="auto")
     p.add_argument("--threads", type=int, default=None, help="torch CPU threads")
+    p.add_argument("--no-amp", action="store_true",
+                   help="train and predict in float32 (default: mixed precision, as the command "
+                        "line: float16 on CUDA, bfloat16 on a CPU with native bfloat16)")
     p.add_argument("--json", type=Path, default=None, help="also write the JSON record here")
     p.add_argument("--figures", action="store_true",
                    help=f"write a PNG of each synthetic volume to {FIGURE_DIR} and exit")
@@ -408,7 +411,8 @@ def main(argv: list[str] | None = None) -> int:
 
     env = machine(device)
     print(f"Segmentation quality from sparse strokes: {len(args.seeds)} seed(s) "
-          f"{args.seeds}, ours {args.iterations} iterations, device {device.type}")
+          f"{args.seeds}, ours {args.iterations} iterations, device {device.type}, "
+          f"{precision_name(device, not args.no_amp)}")
     print(f"{env['device_name']}, {env['cpu_count']} CPUs, torch {torch.__version__} "
           f"({env['torch_threads']} threads); total {total:.0f} s")
     if rows:
@@ -437,6 +441,7 @@ def main(argv: list[str] | None = None) -> int:
         print(note)
     record = {"benchmark": "quality", **env, **load.summary(), "seeds": args.seeds,
               "iterations": args.iterations, "plain": PLAIN,
+              "precision": precision_name(device, not args.no_amp),
               "total_seconds": total, "volumes": figures}
     if al_records:
         record["active_learning"] = {"rounds": args.al_rounds, "strokes": args.al_strokes,

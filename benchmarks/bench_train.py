@@ -22,8 +22,8 @@ from unittest import mock
 import numpy as np
 import torch
 
-from _common import (LoadMonitor, autocast, json_line, machine, median, resolve_device,
-                     synthetic_volume, sync, table, triple)
+from _common import (LoadMonitor, json_line, machine, median, precision_name,
+                     resolve_device, synthetic_volume, sync, table, triple)
 from napari_seg3d.engine import TrainConfig, Trainer, build_model, default_model_config
 from napari_seg3d.engine import train_loop
 from napari_seg3d.engine.prefetch import Prefetcher
@@ -40,9 +40,10 @@ Notes:
   the copy to the device), as shown in the GUI.
 - batch prep: seconds the prefetch thread spends sampling + augmenting one batch (it overlaps
   with the step unless the wait is above zero; on a CPU it competes with the step for cores).
-- network step only: forward, masked loss, backward, gradient clipping and AdamW on one batch
-  already on the device (the Trainer's step without its data path); median of the runs before
-  and after the Trainer.
+- network step only: forward, the loop's loss (masked ce+Dice and the edge-aware smoothness
+  term), backward, gradient clipping and AdamW on one batch already on the device (the
+  Trainer's step without its data path); median of the runs before and after the Trainer.
+- Self-training is off: its rounds are whole-volume predictions between steps, not steps.
 - overhead vs network step = (seconds/step / network seconds/step - 1) x 100.
 - CPU s/step: median CPU seconds of this process per step (all threads, the prefetch thread
   included). On a shared machine it is the steadier figure with --threads 1."""
@@ -66,7 +67,8 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--levels", type=int, default=None,
                    help="U-Net levels (default: as many as the patch allows, at most 4)")
     p.add_argument("--no-amp", action="store_true",
-                   help="train in fp32 on CUDA (default: fp16 autocast, as the GUI does)")
+                   help="train in float32 (default: mixed precision as the GUI trains, float16 "
+                        "autocast on CUDA, bfloat16 on a CPU with native bfloat16)")
     p.add_argument("--threads", type=int, default=None,
                    help="torch CPU threads (default: torch's choice, one per core)")
     p.add_argument("--seed", type=int, default=0)
@@ -78,7 +80,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     args.patch = args.patch or triple("128" if cuda else "32,64,64")
     args.iterations = args.iterations or (30 if cuda else 6)
     args.base_filters = args.base_filters or (32 if cuda else 16)
-    args.amp = cuda and not args.no_amp
+    args.amp = not args.no_amp
     return args
 
 
@@ -111,7 +113,8 @@ def make_trainer(args, device: torch.device) -> tuple[Trainer, int]:
                                 radius=1, seed=args.seed)
     total = WARMUP_STEPS + args.iterations + 1
     config = TrainConfig(patch_size=args.patch, batch_size=args.batch_size, iterations=total,
-                         device=device.type, amp=args.amp, validate_every=total, seed=args.seed)
+                         device=device.type, amp=args.amp, validate_every=total, seed=args.seed,
+                         self_training=0)
     model_config = default_model_config(1, 2, args.patch, base_filters=args.base_filters,
                                         levels=args.levels)
     return Trainer(image, labels, config, model_config=model_config), int((labels > 0).sum())
@@ -154,7 +157,7 @@ def run_network_step(trainer: Trainer, args, device: torch.device) -> tuple[list
     net = build_model(mc.architecture, **mc.kwargs).to(device).train()
     optimizer = torch.optim.AdamW(net.parameters(), lr=cfg.learning_rate,
                                   weight_decay=cfg.weight_decay)
-    scaler = torch.amp.GradScaler("cuda", enabled=args.amp)
+    scaler = torch.amp.GradScaler("cuda", enabled=args.amp and device.type == "cuda")
     batch = trainer.sampler.sample(cfg.batch_size, np.random.default_rng(args.seed))
     image, target, mask = (torch.from_numpy(a).to(device) for a in (batch.image, batch.target,
                                                                      batch.mask))
@@ -162,9 +165,8 @@ def run_network_step(trainer: Trainer, args, device: torch.device) -> tuple[list
     for _ in range(WARMUP_STEPS + args.iterations):
         sync(device)
         start, start_cpu = time.perf_counter(), time.process_time()
-        with autocast(device, args.amp):
-            logits = net(image)
-        loss = trainer.loss_fn(logits, target, mask)
+        # the loop's own loss: masked loss plus the edge-aware smoothness term
+        loss = train_loop._batch_loss(trainer, net, args.amp, image, target, mask)
         optimizer.zero_grad(set_to_none=True)
         scaler.scale(loss).backward()
         scaler.unscale_(optimizer)
@@ -202,7 +204,7 @@ def main(argv: list[str] | None = None) -> int:
          median(net_cpu)],
     ]
     env = machine(device)
-    print(f"Training throughput, {args.device}{' fp16 autocast' if args.amp else ' fp32'}: "
+    print(f"Training throughput, {args.device} {precision_name(device, args.amp)}: "
           f"volume {args.size} with {painted} painted voxels, patch {args.patch}, batch "
           f"{args.batch_size}, U-Net levels={levels} base_filters={args.base_filters} "
           f"({n_params / 1e6:.2f}M parameters), loss {trainer.config.loss}, "
@@ -223,7 +225,8 @@ def main(argv: list[str] | None = None) -> int:
         "benchmark": "train", **env, **load.summary(), "volume": list(args.size),
         "painted_voxels": painted, "patch": list(args.patch), "batch_size": args.batch_size,
         "levels": levels, "base_filters": args.base_filters, "parameters": n_params,
-        "amp": args.amp, "loss": trainer.config.loss, "measured_steps": args.iterations,
+        "amp": args.amp, "precision": precision_name(device, args.amp),
+        "loss": trainer.config.loss, "measured_steps": args.iterations,
         "trainer": {"seconds_per_step": step_s, "mvoxel_per_s": voxels / step_s / 1e6,
                     "step_seconds": result["step_s"], "data_wait_share_timed": result["wait_share"],
                     "data_wait_share_progress": result["progress_data_wait"],

@@ -19,7 +19,8 @@ SLICES = "2.5D: 2D U-Net on z, y, x slices"
 
 @pytest.fixture
 def trained_2d(qtbot, viewer, blobs, shown, tmp_path, one_thread):  # noqa: F811
-    """The Train widget set to 2.5D (planes fast, TensorBoard on), after 6 iterations."""
+    """The Train widget set to 2.5D (planes fast, TensorBoard on, mixed precision off), after 6
+    iterations."""
     widget = make_widget(viewer, iterations=6)
     annotated(widget, blobs[2])
     assert not widget.planes_combo.isEnabled()
@@ -30,6 +31,7 @@ def trained_2d(qtbot, viewer, blobs, shown, tmp_path, one_thread):  # noqa: F811
         spin.setValue(p)
     widget.planes_combo.setCurrentText("fast")
     widget.tensorboard_edit.setText(str(tmp_path / "runs"))
+    widget.amp_check.setChecked(False)  # float32 training, and prediction as trained
     train(qtbot, widget)
     assert not shown["error"], shown["error"]
     return widget
@@ -40,6 +42,7 @@ def test_train_widget_trains_a_2d_network_on_slices(trained_2d, tmp_path):
     assert model.dims == 2 and type(model.network).__name__ == "SliceNetwork"
     assert model.model_config.kwargs["spatial_dims"] == 2
     assert model.train_config.planes == "fast" and model.train_config.batch_size == 8
+    assert model.train_config.amp is False
     assert SESSION.get("blobs model") is model
     assert list((tmp_path / "runs").glob("events.out.tfevents.*"))
 
@@ -95,3 +98,4 @@ def test_loading_a_2d_model_shows_its_settings(trained_2d, tmp_path, viewer):  #
     assert widget.dims == 2 and widget.planes_combo.currentText() == "fast"
     assert [s.value() for s in widget.patch_spins] == [8, 16, 16]
     assert widget.batch_spin.value() == 8 and widget.fine_tune_check.isChecked()
+    assert not widget.amp_check.isChecked()  # the model was trained in float32

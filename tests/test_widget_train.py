@@ -164,6 +164,26 @@ def test_strokes_painted_while_training_reach_the_trainer(qtbot, viewer, blobs, 
     assert (layer.data == 3).any()  # the layer itself is never changed
 
 
+def test_a_stroke_brings_a_live_preview_soon(qtbot, viewer, blobs, shown):
+    widget = make_widget(viewer, iterations=100_000)
+    layer = annotated(widget, blobs[2])
+    widget.quick_check.setChecked(False)
+    widget.preview_check.setChecked(True)
+    widget.preview_interval_s = 3600  # no periodic preview: only the stroke asks for one
+    assert widget.start_training()
+    first_progress(qtbot, widget)
+    previews = []
+    show = widget._show_preview
+    widget._show_preview = lambda p: (previews.append(p), show(p))
+    free = np.argwhere(layer.data[8] == 0)[0]
+    layer.paint((8, *free), 2)  # sent at once, or after SEND_INTERVAL_S; a preview follows
+    qtbot.waitUntil(lambda: bool(previews), timeout=WAIT_MS)
+    widget.stop_training()
+    qtbot.waitUntil(lambda: widget.worker is None, timeout=WAIT_MS)
+    assert not shown["error"], shown["error"]
+    assert viewer.layers["blobs preview"].data.any()
+
+
 def test_live_preview_writes_the_preview_layer(qtbot, viewer, blobs, shown):
     widget = make_widget(viewer, iterations=100_000)
     annotated(widget, blobs[2])
@@ -331,8 +351,10 @@ def test_advanced_settings_reach_the_config(viewer):
     widget = make_widget(viewer)
     widget.smoothness_spin.setValue(0.0)
     widget.self_training_spin.setValue(3)
+    assert fresh.amp_check.isChecked() is defaults.amp
+    widget.amp_check.setChecked(False)
     cfg = widget.train_config()
-    assert (cfg.smoothness, cfg.self_training, cfg.iterations) == (0.0, 3, 6)
+    assert (cfg.smoothness, cfg.self_training, cfg.iterations, cfg.amp) == (0.0, 3, 6, False)
 
 
 def test_training_report_is_shown_and_saved(qtbot, viewer, blobs, shown, tmp_path):

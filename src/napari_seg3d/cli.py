@@ -191,7 +191,7 @@ def _predict(args: argparse.Namespace) -> int:
     options = dict(fmt=args.format, overwrite=args.overwrite, overlap=args.overlap, tta=args.tta,
                    probabilities=args.probabilities, uncertainty=args.uncertainty,
                    batch_size=args.batch_size, device=args.device,
-                   block_shape=tuple(args.block_size), planes=args.planes)
+                   block_shape=tuple(args.block_size), planes=args.planes, amp=args.amp)
     if args.scheduler:
         from .engine.distributed import iter_predict_files_distributed
 
@@ -278,6 +278,10 @@ def build_parser() -> argparse.ArgumentParser:
                         f"{TrainConfig().self_training})")
     t.add_argument("--device", choices=["auto", "cpu", "cuda", "mps"])
     t.add_argument("--seed", type=int, help="default 0")
+    t.add_argument("--no-amp", dest="amp", action="store_false", default=None,
+                   help="compute in float32 (default: mixed precision, float16 on a GPU and "
+                        "bfloat16 on CPUs with AVX512-BF16/AMX; the model then also predicts "
+                        "in float32)")
     g = t.add_mutually_exclusive_group()
     g.add_argument("--resume", metavar="MODEL", help="continue a run exactly from its model file")
     g.add_argument("--fine-tune", metavar="MODEL", help="start from a model, fresh optimizer")
@@ -313,6 +317,9 @@ def build_parser() -> argparse.ArgumentParser:
                    help="2D (2.5D) models: fast (along z), three (z, y and x), best (three axes "
                         "x four rotations); default: as trained")
     r.add_argument("--batch-size", type=int, default=4)
+    r.add_argument("--no-amp", dest="amp", action="store_false", default=None,
+                   help="predict in float32 (default: as the model was trained, mixed precision "
+                        "unless trained with --no-amp)")
     r.add_argument("--device", default="auto", choices=["auto", "cpu", "cuda", "mps"])
     r.add_argument("--overwrite", action="store_true", help="replace existing outputs")
     r.set_defaults(func=_predict)

@@ -38,6 +38,9 @@ GUI_INIT_VOXELS = 2**25  # larger volumes build the Trainer (np.unique, statisti
 SEND_INTERVAL_S = 1.0  # new strokes go to the trainer at most this often
 RENDER_INTERVAL_MS = 200  # status, plot and progress bar redraw at most 5 times a second
 PREVIEW_YX = 256  # a live preview covers at most this many voxels in y and x
+# new strokes get their own live preview this long after they went to the trainer (the next
+# step already learns from them), instead of waiting for the next periodic one
+STROKE_PREVIEW_MS = 1000
 
 
 class TrainWidget(TrainForm):
@@ -92,6 +95,8 @@ class TrainWidget(TrainForm):
         self._preview_timer.timeout.connect(self.request_preview)
         self._send_timer = QTimer(self, singleShot=True)
         self._send_timer.timeout.connect(self._send_labels)
+        self._stroke_preview_timer = QTimer(self, singleShot=True, interval=STROKE_PREVIEW_MS)
+        self._stroke_preview_timer.timeout.connect(self.request_preview)
         self._table_timer = QTimer(self, singleShot=True, interval=300)
         self._table_timer.timeout.connect(self._refresh_class_table)
 
@@ -234,7 +239,8 @@ class TrainWidget(TrainForm):
             if result is not None:
                 self._on_result(result)
         self.worker, self._job = None, None
-        for timer in (self._render_timer, self._preview_timer, self._send_timer):
+        for timer in (self._render_timer, self._preview_timer, self._send_timer,
+                      self._stroke_preview_timer):
             timer.stop()
         self._update_buttons()
         self._display.finish(job, names)
@@ -263,6 +269,9 @@ class TrainWidget(TrainForm):
         labels = None if job is None else job.labels_to_send()
         if labels is not None:
             self._send(labels=self._known_classes_only(job, labels))
+            if self.preview_check.isChecked():  # show soon what the strokes changed
+                self._stroke_preview_timer.start()
+                self._preview_timer.start()  # the periodic one then follows from there
 
     def _known_classes_only(self, job: TrainJob, labels: np.ndarray) -> np.ndarray:
         """``labels`` with values the running model has no class for set to 0 (shown once)."""

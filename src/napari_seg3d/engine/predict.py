@@ -9,7 +9,6 @@ loaded whole; :mod:`.blocks` cuts wide volumes into blocks that give the same re
 
 from __future__ import annotations
 
-import contextlib
 import logging
 from collections.abc import Generator, Sequence
 from dataclasses import dataclass
@@ -20,6 +19,7 @@ import numpy as np
 import torch
 from torch import nn
 
+from . import precision
 from ._buffers import Accumulator, Rows, after_out_of_memory, depth_of, shift_window
 from .blocks import Block, Normalize, plan_blocks, read_region
 from .windows import Window, constant_weights, gaussian_weights
@@ -67,6 +67,7 @@ def iter_predict_volume(
     block_shape: Sequence[int] | None = None,
     normalize: Normalize | None = None,
     blocks: Sequence[int] | None = None,
+    amp: bool = True,
 ) -> Generator[RegionDone, None, None]:
     """Predict a volume window by window, yielding each finished region as soon as it is done.
 
@@ -96,6 +97,8 @@ def iter_predict_volume(
         block_shape: Largest block core ``(z, y, x)``; None predicts the volume as one block.
         normalize: Maps each ``(C, z, y, x)`` piece read to the float32 network input.
         blocks: Predict only these blocks of the plan (indices), e.g. one machine's share.
+        amp: Mixed precision where the device runs it natively (see :mod:`.precision`):
+            float16 on CUDA, bfloat16 on CPUs with AVX512-BF16 or AMX; False: float32.
 
     Yields:
         `RegionDone` records whose slices tile the volume exactly once: z-slabs of each block,
@@ -109,7 +112,7 @@ def iter_predict_volume(
         plan = [plan[i] for i in blocks]
     run = _Run(model, source, patch, blending, batch_size, _resolve_device(model, device),
                probabilities, tta, memory_limit_bytes, normalize,
-               sum(b.n_windows for b in plan))
+               sum(b.n_windows for b in plan), amp=amp)
     return _stream(run, plan)
 
 
@@ -129,6 +132,7 @@ class _Run:
     normalize: Normalize | None
     windows_total: int
     windows_done: int = 0
+    amp: bool = True
 
     @property
     def shape(self) -> tuple[int, int, int]:
@@ -170,7 +174,7 @@ def predict_block(run: _Run, block: Block, weights: torch.Tensor,
             local = [shift_window(w, (z_first, origin[1], origin[2])) for w in batch]
             try:
                 inputs = _gather(rows.get(z_first, z_last), local, run.device)
-                probs = _forward(run.model, _to_device(inputs, run.device), run.tta)
+                probs = _forward(run.model, _to_device(inputs, run.device), run.tta, run.amp)
             except torch.cuda.OutOfMemoryError:
                 size, acc = after_out_of_memory(size, acc)
                 continue
@@ -210,6 +214,7 @@ def predict_volume(
     memory_limit_bytes: int | None = None,
     block_shape: Sequence[int] | None = None,
     normalize: Normalize | None = None,
+    amp: bool = True,
 ) -> np.ndarray:
     """Predict a whole volume with a sliding window (see `iter_predict_volume` for the options).
 
@@ -222,6 +227,7 @@ def predict_volume(
         model, volume, patch_size=patch_size, overlap=overlap, blending=blending,
         batch_size=batch_size, device=device, probabilities=probabilities, tta=tta,
         memory_limit_bytes=memory_limit_bytes, block_shape=block_shape, normalize=normalize,
+        amp=amp,
     ):
         part = region.probabilities if probabilities else region.labels
         if out is None:
@@ -303,26 +309,19 @@ def _to_device(batch: torch.Tensor, device: torch.device) -> torch.Tensor:
     return batch.to(device, non_blocking=batch.is_pinned())
 
 
-def _forward(model: nn.Module, inputs: torch.Tensor, tta: bool) -> torch.Tensor:
+def _forward(model: nn.Module, inputs: torch.Tensor, tta: bool, amp: bool = True) -> torch.Tensor:
     """Class probabilities ``(B, K, z, y, x)`` float32 of a batch ``(B, C, z, y, x)``."""
     flips = TTA_FLIPS if tta else ((),)
     total = None
     for dims in flips:
         x = inputs.flip(dims) if dims else inputs
-        with _autocast(inputs.device):
+        with precision.autocast(inputs.device, amp):
             logits = model(x)
         _check_logits(logits, inputs)
         probs = _activate(logits.float())
         probs = probs.flip(dims) if dims else probs
         total = probs if total is None else total.add_(probs)
     return total if len(flips) == 1 else total.div_(len(flips))
-
-
-def _autocast(device: torch.device) -> contextlib.AbstractContextManager:
-    """float16 autocast on CUDA; nothing elsewhere."""
-    if device.type == "cuda":
-        return torch.autocast(device_type="cuda", dtype=torch.float16)
-    return contextlib.nullcontext()
 
 
 def _check_logits(logits: torch.Tensor, inputs: torch.Tensor) -> None:

@@ -223,8 +223,9 @@ class Trainer:
 
     def update_annotations(self, labels: np.ndarray) -> None:
         """Use new annotations from the next batch on (call from the training thread, or send
-        the labels into :meth:`run`)."""
-        self.sampler.set_annotations(self._annotations(np.asarray(labels)))
+        the labels into :meth:`run`); the next batches centre every other patch on the new
+        strokes (see :meth:`PatchSampler.set_annotations`)."""
+        self.sampler.set_annotations(self._annotations(np.asarray(labels)), focus=True)
 
     def preview(self, slices: tuple[slice, slice, slice], iteration: int) -> Preview:
         """Predict ``slices`` of the image with the current network (in the training thread)."""
@@ -238,7 +239,8 @@ class Trainer:
         try:
             labels = predict_volume(net, self.model.prepare(image),
                                     patch_size=self.model.window(image.shape[-3:]),
-                                    overlap=0.25, batch_size=2, device=self.device)
+                                    overlap=0.25, batch_size=2, device=self.device,
+                                    amp=self.config.amp)
         finally:
             net.train()
         return Preview(region, self.model.label_lut()[labels], iteration)
@@ -278,7 +280,7 @@ class Trainer:
         try:
             probs = predict_volume(net, self.model.prepare(np.asarray(self.sampler.image)),
                                    patch_size=self.model.window(shape), overlap=0.25, batch_size=2,
-                                   device=self.device, probabilities=True)
+                                   device=self.device, probabilities=True, amp=self.config.amp)
         finally:
             net.train()
         if probs.shape[0] == 1:  # one sigmoid channel: the probability of the second class

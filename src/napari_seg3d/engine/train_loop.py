@@ -10,6 +10,7 @@ from typing import TYPE_CHECKING, Generator
 import numpy as np
 import torch
 
+from . import precision
 from .errors import Seg3DError
 from .losses import dice_per_class, is_binary_loss
 from .model_file import SegmentationModel
@@ -54,7 +55,7 @@ def _smoothness(trainer: Trainer, logits: torch.Tensor, image: torch.Tensor) -> 
 
 
 def _batch_loss(trainer: Trainer, net, use_amp: bool, image, target, mask) -> torch.Tensor:
-    with torch.autocast("cuda", enabled=use_amp):
+    with precision.autocast(image.device, use_amp):
         logits = net(image)
     loss = trainer.loss_fn(logits, target, mask)
     if trainer.config.smoothness > 0:
@@ -115,7 +116,7 @@ def validate(trainer: Trainer, patches) -> tuple[float, ...] | None:
     for i in range(0, len(patches), 2):
         chunk = patches[i:i + 2]
         x = torch.from_numpy(np.stack([p[0] for p in chunk])).to(trainer.device)
-        with torch.autocast("cuda", enabled=trainer.device.type == "cuda" and trainer.config.amp):
+        with precision.autocast(trainer.device, trainer.config.amp):
             preds.append(_predict_classes(net, x, binary).cpu())
         targets.append(torch.from_numpy(np.stack([p[1] for p in chunk])))
         masks.append(torch.from_numpy(np.stack([p[2] for p in chunk])))
@@ -172,8 +173,9 @@ def training_loop(trainer: Trainer) -> Generator[TrainProgress, np.ndarray | Non
     optimizer = torch.optim.AdamW(net.parameters(), lr=cfg.learning_rate, weight_decay=cfg.weight_decay)
     if trainer.optimizer_state is not None:
         optimizer.load_state_dict(trainer.optimizer_state)
-    use_amp = cfg.amp and dev.type == "cuda"
-    scaler = torch.amp.GradScaler("cuda", enabled=use_amp)
+    use_amp = cfg.amp
+    # float16 needs loss scaling; bfloat16 (CPU) has float32's range and does not
+    scaler = torch.amp.GradScaler("cuda", enabled=use_amp and dev.type == "cuda")
     val_patches = trainer.sampler.validation_patches(_VAL_PATCHES, cfg.seed)
     best, best_score = None, -np.inf
     voxels = cfg.batch_size * int(np.prod(cfg.patch_size))
@@ -232,7 +234,10 @@ def training_loop(trainer: Trainer) -> Generator[TrainProgress, np.ndarray | Non
             if isinstance(update, np.ndarray):
                 update = TrainerUpdate(labels=update)
             if update is not None and update.labels is not None:
-                trainer.update_annotations(update.labels)
+                # batches made ahead were drawn from the old strokes: make them anew, so the
+                # very next step already learns from new strokes (the live preview shows them)
+                pf.restart(range(it + 1, cfg.iterations),
+                           lambda labels=update.labels: trainer.update_annotations(labels))
                 val_patches = trainer.sampler.validation_patches(_VAL_PATCHES, cfg.seed)
             if update is not None and update.preview is not None:
                 preview = trainer.preview(update.preview, it + 1)
