@@ -220,10 +220,6 @@ def train_model(path: Path, iterations: int) -> None:
 
 def child(args) -> int:
     from napari_seg3d._demo import _start_xvfb
-    from napari_seg3d.engine import sampling
-
-    if args.focus_batches is not None:
-        sampling.FOCUS_BATCHES = args.focus_batches
 
     xvfb = _start_xvfb() if "DISPLAY" not in os.environ else None
     try:
@@ -253,9 +249,6 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--iterations", type=int, default=200,
                    help="training iterations of the model the predict runs use")
     p.add_argument("--device", default="auto")
-    p.add_argument("--focus-batches", type=int, default=None,
-                   help="batches centred on new strokes (default: the engine's FOCUS_BATCHES; "
-                        "0 turns the focus off, for comparison)")
     p.add_argument("--child", action="store_true", help=argparse.SUPPRESS)
     p.add_argument("--model", help=argparse.SUPPRESS)
     args = p.parse_args(argv)
@@ -268,11 +261,8 @@ def main(argv: list[str] | None = None) -> int:
     from napari_seg3d.engine import resolve_device
 
     device = resolve_device(args.device)
-    from napari_seg3d.engine.sampling import FOCUS_BATCHES
-
-    focus = FOCUS_BATCHES if args.focus_batches is None else args.focus_batches
     record = {"benchmark": "feedback", **machine(device),
-              "precision": precision_name(device, True), "focus_batches": focus}
+              "precision": precision_name(device, True)}
     rows = []
     with tempfile.TemporaryDirectory() as tmp:
         model = Path(tmp) / "nuclei.pt"
@@ -286,8 +276,6 @@ def main(argv: list[str] | None = None) -> int:
                        args.device, "--model", str(model), "--presses", str(args.presses),
                        "--strokes", str(args.strokes), "--warm-iterations",
                        str(args.warm_iterations)]
-                if args.focus_batches is not None:
-                    cmd += ["--focus-batches", str(args.focus_batches)]
                 out = subprocess.run(cmd, capture_output=True, text=True, check=True)
                 runs.append(json.loads(out.stdout.strip().splitlines()[-1]))
                 print(f"{what} run {i + 1}: {runs[-1]}", file=sys.stderr)
@@ -318,8 +306,7 @@ def main(argv: list[str] | None = None) -> int:
                 rows.append([f"stroke -> preview gets half of it right ({len(right)} of "
                              f"{len(strokes)} within 30 s)", _fmt(right) if right else "-", ""])
     print(f"\nGUI feedback on the nuclei sample ({device.type}, "
-          f"{record['precision']}; torch {torch.__version__}; {args.runs} runs; {focus} "
-          "batches focused on new strokes)")
+          f"{record['precision']}; torch {torch.__version__}; {args.runs} runs)")
     print("| what | median / max s | target s |")
     print("|---|---|---|")
     for row in rows:

@@ -1,5 +1,4 @@
-"""Strokes painted while training: the very next step learns from them, and the next batches
-centre every other patch on them."""
+"""Strokes painted while training: the very next step learns from them."""
 
 from __future__ import annotations
 
@@ -7,7 +6,6 @@ import numpy as np
 import pytest
 
 from napari_seg3d.engine import TrainConfig, Trainer, default_model_config, train_loop
-from napari_seg3d.engine.sampling import FOCUS_BATCHES
 
 PATCH = (8, 16, 16)
 
@@ -61,47 +59,3 @@ def test_the_step_after_new_strokes_already_samples_them(blobs, monkeypatch):
     assert fresh is not old
     assert all(made[i] is fresh for i in range(2, 8)), {i: made[i] is fresh for i in made}
     assert [r.iteration for r in records] == list(range(1, 9))
-
-
-def _centres(sampler, rng):
-    """The patch centres of one batch of 4 from ``sampler``."""
-    centres = []
-    patch = sampler._patch
-
-    def recording(ann, pseudo, center, rng):
-        centres.append(tuple(int(c) for c in center))
-        return patch(ann, pseudo, center, rng)
-
-    sampler._patch = recording
-    try:
-        sampler.sample(4, rng)
-    finally:
-        del sampler._patch
-    return centres
-
-
-def test_new_strokes_centre_every_other_patch_for_a_while(blobs):
-    image, truth, labels = blobs
-    trainer = _trainer(image, labels)
-    new = _new_strokes(truth, labels)
-    fresh = {tuple(int(c) for c in v) for v in np.argwhere((new > 0) & (labels == 0))}
-    assert len(fresh) == 2
-    trainer.update_annotations(new)
-    rng = np.random.default_rng(0)
-    batches = [_centres(trainer.sampler, rng) for _ in range(FOCUS_BATCHES + 5)]
-    for centres in batches[:FOCUS_BATCHES]:
-        assert centres[0] in fresh and centres[2] in fresh
-    later = [c for centres in batches[FOCUS_BATCHES:] for c in centres]
-    assert sum(c in fresh for c in later) < len(later) / 2  # back to all strokes alike
-    trainer.update_annotations(new)  # the same strokes again: nothing is fresh
-    assert all(sum(c in fresh for c in _centres(trainer.sampler, rng)) < 2 for _ in range(5))
-
-
-def test_without_new_strokes_the_draws_are_unchanged(blobs):
-    image, _, labels = blobs
-    a, b = _trainer(image, labels).sampler, _trainer(image, labels).sampler
-    b.set_annotations(b.annotations, focus=True)  # nothing fresh: no focus
-    ra, rb = np.random.default_rng(5), np.random.default_rng(5)
-    for _ in range(3):
-        x, y = a.sample(2, ra), b.sample(2, rb)
-        assert np.array_equal(x.image, y.image) and np.array_equal(x.mask, y.mask)

@@ -17,7 +17,6 @@ from .errors import AnnotationError
 
 _VAL_BLOCK = 8  # edge of the spatial blocks that go wholly to training or to validation
 _MAX_PSEUDO_CENTRES = 50_000  # per class: patch centres drawn from pseudo-labelled voxels
-FOCUS_BATCHES = 20  # batches after new strokes in which every other patch is centred on them
 
 
 @dataclass(frozen=True)
@@ -214,7 +213,6 @@ class PatchSampler:
         self.shape = tuple(image.shape[-3:])
         self._annotations = annotations
         self._pseudo: tuple[np.ndarray, tuple[np.ndarray, ...]] | None = None
-        self._focus: tuple[np.ndarray, int] | None = None
 
     def set_pseudo_labels(self, pseudo: np.ndarray | None, seed: int = 0) -> None:
         """Targets for voxels without strokes (self-training): ``(Z, Y, X)`` class index + 1 where
@@ -232,16 +230,9 @@ class PatchSampler:
             coords.append(np.stack(np.unravel_index(flat, pseudo.shape), 1).astype(np.int32))
         self._pseudo = (pseudo, tuple(coords))  # one assignment: safe across threads
 
-    def set_annotations(self, annotations: AnnotationSet, *, focus: bool = False) -> None:
-        """Swap in a new snapshot (one reference assignment, safe across threads). With
-        ``focus``, every other patch of the next `FOCUS_BATCHES` batches is centred on the
-        training voxels that are new or changed (fresh strokes), so the network learns them
-        within steps rather than waiting for its turn among all strokes."""
-        old = self._annotations
+    def set_annotations(self, annotations: AnnotationSet) -> None:
+        """Swap in a new snapshot (one reference assignment, safe across threads)."""
         self._annotations = annotations
-        if focus:
-            fresh = np.argwhere((annotations.index > 0) & (annotations.index != old.index))
-            self._focus = (fresh, FOCUS_BATCHES) if len(fresh) and FOCUS_BATCHES > 0 else None
 
     @property
     def annotations(self) -> AnnotationSet:
@@ -286,15 +277,10 @@ class PatchSampler:
 
     def sample(self, batch_size: int, rng: np.random.Generator) -> Batch:
         """Draw ``batch_size`` patches; class-balanced centres on annotated voxels."""
-        ann, pseudo, focus = self._annotations, self._pseudo, self._focus
-        if focus is not None:
-            self._focus = (focus[0], focus[1] - 1) if focus[1] > 1 else None
+        ann, pseudo = self._annotations, self._pseudo
         images, targets, masks = [], [], []
-        for i in range(batch_size):
-            if focus is not None and i % 2 == 0:
-                center = focus[0][int(rng.integers(len(focus[0])))]
-            else:
-                center = self._centre(ann, pseudo, rng)
+        for _ in range(batch_size):
+            center = self._centre(ann, pseudo, rng)
             image, target, mask = self._patch(ann, pseudo, center, rng)
             images.append(image)
             targets.append(target)

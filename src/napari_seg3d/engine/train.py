@@ -223,9 +223,8 @@ class Trainer:
 
     def update_annotations(self, labels: np.ndarray) -> None:
         """Use new annotations from the next batch on (call from the training thread, or send
-        the labels into :meth:`run`); the next batches centre every other patch on the new
-        strokes (see :meth:`PatchSampler.set_annotations`)."""
-        self.sampler.set_annotations(self._annotations(np.asarray(labels)), focus=True)
+        the labels into :meth:`run`)."""
+        self.sampler.set_annotations(self._annotations(np.asarray(labels)))
 
     def preview(self, slices: tuple[slice, slice, slice], iteration: int) -> Preview:
         """Predict ``slices`` of the image with the current network (in the training thread)."""
