@@ -69,3 +69,45 @@ def test_trainer_quick_preview(blobs, region, monkeypatch):
     assert preview.labels.shape == tuple(s.stop - s.start for s in expected)
     assert set(np.unique(preview.labels)) <= {1, 2}
     assert np.mean(preview.labels == truth[expected]) > 0.85
+
+
+def test_forest_in_threads_keeps_warning_filters_and_is_reproducible(blobs):
+    """Fitting and predicting in several threads at once (the Train widget's preview beside
+    self-training) warns nothing and leaves Python's warning filters as they were: scikit-learn's
+    own n_jobs threads reset them while others read them, which raised a UserWarning at random
+    (and as an error under this suite's filterwarnings)."""
+    import sys
+    import threading
+    import warnings
+
+    image, _, scribbles = blobs
+    norm = compute_normalization(image[None])
+    before = list(warnings.filters)
+    results, errors = {}, []
+
+    def work(i):
+        try:
+            forest = fit_forest(image[None], scribbles.astype(np.int16), norm, n_trees=8,
+                                seed=i % 2, n_jobs=2)
+            results[i] = forest.probabilities(image_features(norm.apply(image[None])), threads=2)
+        except BaseException as e:  # noqa: BLE001 - reported below
+            errors.append(e)
+
+    interval = sys.getswitchinterval()
+    sys.setswitchinterval(1e-6)  # switch threads all the time: with scikit-learn's own threads
+    try:  # (RandomForestClassifier(n_jobs=2)) this corrupts the filters on every call
+        with warnings.catch_warnings():
+            warnings.simplefilter("error")
+            threads = [threading.Thread(target=work, args=(i,)) for i in range(6)]
+            for t in threads:
+                t.start()
+            for t in threads:
+                t.join()
+            during = list(warnings.filters)
+    finally:
+        sys.setswitchinterval(interval)
+    assert not errors, errors
+    assert during[0][0] == "error" and list(warnings.filters) == before
+    for i in range(2, 6):  # the same seed gives the same forest, whatever the threads did
+        np.testing.assert_array_equal(results[i], results[i % 2])
+    assert not np.array_equal(results[0], results[1])

@@ -12,6 +12,7 @@ from __future__ import annotations
 import itertools
 import math
 from collections.abc import Iterator
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 
 import numpy as np
@@ -84,21 +85,41 @@ def halo_of(spacing=(1.0, 1.0, 1.0), sigmas=SIGMAS) -> tuple[int, int, int]:
 
 @dataclass
 class Forest:
-    """A fitted forest with what it needs to segment any region of the image it was fit on."""
+    """A fitted forest with what it needs to segment any region of the image it was fit on.
 
-    classifier: object
+    ``trees`` are scikit-learn decision trees fit on bootstrap samples (a random forest, as
+    ``RandomForestClassifier`` builds it). They are fit and applied in our own threads rather
+    than through scikit-learn's ``n_jobs``: its worker threads reset Python's warning filters
+    while other threads read them (Python 3.11's ``warnings`` is not thread-safe), which raised
+    "sklearn.utils.parallel.delayed should be used with ..." at random and could leave a
+    process with no warning filters at all.
+    """
+
+    trees: list
     normalization: Normalization
     spacing: tuple[float, float, float]
+    n_classes: int
 
-    @property
-    def n_classes(self) -> int:
-        return len(self.classifier.classes_)
-
-    def probabilities(self, features: np.ndarray) -> np.ndarray:
+    def probabilities(self, features: np.ndarray, threads: int | None = None) -> np.ndarray:
         """``(K, ...)`` float32 class probabilities from ``(F, ...)`` features."""
-        f = features.reshape(features.shape[0], -1).T
-        p = self.classifier.predict_proba(f).astype(np.float32)
+        f = np.ascontiguousarray(features.reshape(features.shape[0], -1).T, dtype=np.float32)
+        parts = _in_threads(lambda group: sum(t.predict_proba(f, check_input=False)
+                                               for t in group), self.trees, threads)
+        p = (sum(parts) / len(self.trees)).astype(np.float32)
         return p.T.reshape((p.shape[1],) + features.shape[1:])
+
+
+def _in_threads(fn, items: list, threads: int | None) -> list:
+    """``fn`` applied to ``threads`` interleaved groups of ``items`` in a thread pool (the
+    tree code releases the GIL); ``threads`` None: torch's current count."""
+    import torch
+
+    n = max(1, min(len(items), threads or torch.get_num_threads()))
+    groups = [items[i::n] for i in range(n)]
+    if n == 1:
+        return [fn(groups[0])]
+    with ThreadPoolExecutor(n, thread_name_prefix="seg3d-forest") as pool:
+        return list(pool.map(fn, groups))
 
 
 def _region_features(image, region, spacing, normalization) -> tuple[np.ndarray, tuple]:
@@ -131,8 +152,6 @@ def fit_forest(image, index: np.ndarray, normalization: Normalization, *, spacin
         n_trees: trees in the forest.
         seed: fixes the subsampling and the forest.
     """
-    from sklearn.ensemble import RandomForestClassifier
-
     spacing = tuple(float(s) for s in (spacing or (1.0, 1.0, 1.0)))
     classes = np.abs(np.asarray(index))
     rng = np.random.default_rng(seed)
@@ -147,10 +166,22 @@ def fit_forest(image, index: np.ndarray, normalization: Normalization, *, spacin
         ys.append(labels[where] - 1)
     x, y = np.concatenate(xs), np.concatenate(ys)
     keep = np.concatenate([_subsample(np.flatnonzero(y == k), rng) for k in np.unique(y)])
-    clf = RandomForestClassifier(n_estimators=n_trees, n_jobs=n_jobs, random_state=seed,
-                                 min_samples_leaf=1)
-    clf.fit(x[keep], y[keep])
-    return Forest(clf, normalization, spacing)
+    x, y = np.ascontiguousarray(x[keep], dtype=np.float32), y[keep]
+    seeds = rng.integers(2**31 - 1, size=(n_trees, 2))
+    trees = _in_threads(lambda group: [_fit_tree(x, y, s) for s in group], list(seeds),
+                        None if n_jobs in (None, -1) else n_jobs)
+    return Forest([t for part in trees for t in part], normalization, spacing, len(np.unique(y)))
+
+
+def _fit_tree(x: np.ndarray, y: np.ndarray, seeds: np.ndarray):
+    """One tree of a random forest: a bootstrap sample (as weights, the way scikit-learn's
+    forest draws it) and a random subset of sqrt(F) features at every split."""
+    from sklearn.tree import DecisionTreeClassifier
+
+    counts = np.bincount(np.random.default_rng(seeds[0]).integers(0, len(y), len(y)),
+                         minlength=len(y))
+    tree = DecisionTreeClassifier(max_features="sqrt", random_state=int(seeds[1]))
+    return tree.fit(x, y, sample_weight=counts.astype(np.float64), check_input=True)
 
 
 def _subsample(indices: np.ndarray, rng: np.random.Generator) -> np.ndarray:
