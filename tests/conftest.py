@@ -12,6 +12,9 @@ for var in ("XDG_CONFIG_HOME", "XDG_CACHE_HOME", "XDG_DATA_HOME", "XDG_RUNTIME_D
     os.environ.setdefault(var, str(_tmp / var.lower()))
     Path(os.environ[var]).mkdir(parents=True, exist_ok=True, mode=0o700)
 os.environ.setdefault("NAPARI_CONFIG", str(_tmp / "napari-settings.yaml"))
+# One compute thread unless a test asks for more: results do not depend on how busy the machine
+# is (napari-seg3d otherwise measures the free cores; tests/test_threads.py tests that).
+os.environ.setdefault("NAPARI_SEG3D_THREADS", "1")
 
 SHARED = Path(__file__).resolve().parents[2] / "shared" / "data" / "nuclei3d"
 

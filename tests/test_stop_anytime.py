@@ -167,7 +167,7 @@ def test_a_stop_signal_during_training_saves_best_and_last_and_exits_0(data, tmp
     run.wait_for(lambda: run.iteration() >= 5, "iteration 5")
     code = run.signal(signum)
     _assert_saved_after_stop(run, code, 400)
-    assert "Stopping after this iteration" in run.text()[1]
+    assert "Stopping now" in run.text()[1]
 
 
 def _signal_when(plan: list[tuple[Run, object, int]], timeout: float = 90.0) -> list[int]:
@@ -279,3 +279,116 @@ def test_closing_the_training_generator_leaves_a_loadable_model(strokes, tmp_pat
     assert not _prefetch_threads()
     loaded = _loads_and_predicts(trainer.model, strokes[0], tmp_path / "closed.pt")
     assert len(loaded.history["loss"]) == after
+
+
+# --- a stop inside a step or a self-training round: it takes effect between two layers ---------
+
+def _stop_inside(trainer: Trainer, *, step: int, where: str) -> list[str]:
+    """Press Stop (``request_stop``) from inside step ``step`` (1-based): before the 3rd layer of
+    its forward pass, or as the 3rd gradient of its backward pass arrives, as a user's click
+    lands in the middle of a long step. Returns the layers that ran after the press."""
+    import torch
+
+    calls, after, pressed = {"n": 0, "step": 0}, [], []
+    convs = [m for m in trainer.model.network.modules() if isinstance(m, torch.nn.Conv3d)]
+
+    def count_step(module, args):  # the first layer starts a step
+        if module is convs[0] and module.training:
+            calls["step"] += 1
+            calls["n"] = 0
+
+    def forward(module, args):
+        if pressed:
+            after.append(f"forward {type(module).__name__}")
+        elif where == "forward" and calls["step"] == step and module.training:
+            calls["n"] += 1
+            if calls["n"] == 3:
+                trainer.request_stop()
+                pressed.append(True)
+
+    def backward(grad):
+        if pressed:
+            after.append("backward")
+        elif calls["step"] == step:
+            calls["n"] += 1
+            if calls["n"] == 3:
+                trainer.request_stop()
+                pressed.append(True)
+        return grad
+
+    def watch_gradient(module, args, output):
+        if where == "backward" and module.training and output.requires_grad:
+            output.register_hook(backward)
+
+    convs[0].register_forward_pre_hook(count_step)
+    for m in convs:
+        m.register_forward_pre_hook(forward)
+        m.register_forward_hook(watch_gradient)
+    return after
+
+
+@pytest.mark.parametrize("where", ["forward", "backward"])
+def test_a_stop_inside_a_step_takes_effect_at_the_next_layer(strokes, tmp_path, where, one_thread):
+    """The step being computed is dropped, the models are those of the steps before it, and the
+    run resumes from its last model exactly like a run stopped between the same two steps."""
+    trainer = _trainer(strokes)
+    ran_after = _stop_inside(trainer, step=4, where=where)
+    records, result = [], None
+    gen = trainer.run()
+    with pytest.raises(StopIteration) as done:
+        while True:
+            records.append(next(gen))
+    result = done.value.value
+    assert ran_after == [] and [r.iteration for r in records] == [1, 2, 3]
+    assert result.stopped and result.last.iteration == 3 and len(result.last.history["loss"]) == 3
+    assert not _prefetch_threads()
+
+    between = _trainer(strokes)  # the same run stopped between steps 3 and 4
+    gen = between.run()
+    for _ in range(3):
+        next(gen)
+    between.request_stop()
+    with pytest.raises(StopIteration) as done:
+        next(gen)
+    reference = done.value.value.last
+    for a, b in zip(result.last.network.state_dict().values(),
+                    reference.network.state_dict().values()):
+        assert torch_equal(a, b)
+    loaded = _loads_and_predicts(result.last, strokes[0], tmp_path / "last.pt")
+    assert loaded.iteration == 3 and loaded.optimizer_state is not None
+
+
+def torch_equal(a, b) -> bool:
+    import torch
+
+    return bool(torch.equal(a, b))
+
+
+def test_a_stop_during_a_self_training_round_ends_the_round_at_once(strokes, one_thread):
+    """A self-training round predicts the whole volume; Stop lands inside its first window."""
+    import torch
+
+    image, labels = strokes
+    cfg = TrainConfig(patch_size=(8, 16, 16), iterations=8, validate_every=5, device="cpu",
+                      self_training=1, seed=1)
+    trainer = Trainer(image, labels, cfg, model_config=default_model_config(
+        1, 2, cfg.patch_size, base_filters=4, levels=2))
+    inference_layers = []
+
+    def press(module, args):
+        if not torch.is_grad_enabled():  # the round's prediction (no gradients)
+            inference_layers.append(module)
+            trainer.request_stop()
+
+    for m in trainer.model.network.modules():
+        if isinstance(m, torch.nn.Conv3d):
+            m.register_forward_pre_hook(press)
+    gen = trainer.run()
+    records = []
+    with pytest.raises(StopIteration) as done:
+        while True:
+            records.append(next(gen))
+    result = done.value.value
+    # the round starts at iteration 4 (half the run); only its first layer ran
+    assert len(inference_layers) == 1 and [r.iteration for r in records] == [1, 2, 3, 4]
+    assert result.stopped and result.last.iteration == 4

@@ -252,10 +252,11 @@ def _threads_in_a_new_thread(work=torch.get_num_threads):
     return out[0]
 
 
-def test_training_in_a_worker_thread_keeps_torch_threads(blobs):
+def test_training_in_a_worker_thread_keeps_torch_threads(blobs, monkeypatch):
     """As in the napari widget: the prefetch thread limits itself to one torch thread, and neither
     the training thread nor threads started later inherit that limit."""
     image, _, labels = blobs
+    monkeypatch.setenv("NAPARI_SEG3D_THREADS", "2")  # what the training thread sets itself to
     torch.set_num_threads(2)  # the default of new threads (restored by _one_torch_thread)
     trainer = _trainer(image, labels, _config(iterations=3))
     seen = []

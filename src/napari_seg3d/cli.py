@@ -142,7 +142,8 @@ def _run_training(trainer, total: int, start: int, *, quiet: bool):
     from tqdm import tqdm
 
     def stop(signum, frame):
-        tqdm.write("Stopping after this iteration (Ctrl-C again to abort)...", file=sys.stderr)
+        tqdm.write("Stopping now: the models of the last finished step are saved (Ctrl-C "
+                   "again to abort)...", file=sys.stderr)
         trainer.request_stop()
         signal.signal(signal.SIGINT, previous)
 
@@ -157,7 +158,8 @@ def _run_training(trainer, total: int, start: int, *, quiet: bool):
                 except StopIteration as done:
                     return done.value
                 bar.update(1)
-                post = {"loss": f"{p.loss:.3f}", "vox/s": f"{p.voxels_per_s:.3g}"}
+                post = {"loss": f"{p.loss:.3f}", "vox/s": f"{p.voxels_per_s:.3g}",
+                        "threads": p.threads}
                 if p.val_dice is not None:
                     post["val_dice"] = " ".join(f"{d:.3f}" for d in p.val_dice)
                 bar.set_postfix(post, refresh=False)
@@ -338,6 +340,11 @@ def build_parser() -> argparse.ArgumentParser:
     d.set_defaults(func=_demo)
     for sp in (t, r):
         sp.add_argument("--quiet", action="store_true", help="no progress bar")
+    for sp in (t, r, d):
+        sp.add_argument("--threads", metavar="N", default=None,
+                        help="CPU threads: auto (default: the cores that other jobs leave free, "
+                             "measured again every few seconds) or a number; also "
+                             "NAPARI_SEG3D_THREADS")
     return p
 
 
@@ -352,6 +359,9 @@ def main(argv: list[str] | None = None) -> int:
     from .engine.errors import Seg3DError
 
     try:
+        from .engine.threads import set_default_threads
+
+        set_default_threads(getattr(args, "threads", None))
         return args.func(args)
     except (Seg3DError, ValueError, OSError) as e:
         if args.debug:

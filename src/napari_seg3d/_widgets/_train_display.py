@@ -66,6 +66,8 @@ class TrainingDisplay:
             if self.history[3]:
                 parts.append("val Dice " + _dice_text(self.history[3][-1], names))
             parts += [f"{p.voxels_per_s / 1e6:.2f} Mvoxel/s", f"ETA {_duration(p.eta_s)}"]
+            if p.threads and job.trainer is not None and job.trainer.device.type == "cpu":
+                parts.append(f"{p.threads} CPU thread{'s' if p.threads > 1 else ''}")
             if job.stop_requested:
                 parts.append("stopping...")
             self.status.setText(" · ".join(parts))

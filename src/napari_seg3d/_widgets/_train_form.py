@@ -185,6 +185,11 @@ class TrainForm(QWidget):
             "on our benchmark volumes. "
             f"This machine's CPU computes in {precision.describe('cpu')} with it. Off: float32 "
             "throughout; a model trained without it also predicts in float32.")
+        self.threads_spin = QSpinBox(minimum=0, maximum=512, value=0, specialValueText="auto")
+        self.threads_spin.setToolTip(
+            "CPU threads for training and prediction in this napari session. auto: the cores "
+            "that other programs leave free, measured again every few seconds (torch's default, "
+            "all cores, runs many times slower beside another job).")
         self.tensorboard_edit = QLineEdit()
         self.tensorboard_edit.setPlaceholderText("off")
         self.tensorboard_edit.setToolTip(
@@ -196,7 +201,7 @@ class TrainForm(QWidget):
                          ("Learning rate", self.lr_spin), ("Loss", self.loss_combo),
                          ("Edge-aware smoothness", self.smoothness_spin),
                          ("Self-training rounds", self.self_training_spin),
-                         ("Device", self.device_combo),
+                         ("Device", self.device_combo), ("CPU threads", self.threads_spin),
                          ("Mixed precision", self.amp_check), ("Seed", self.seed_spin),
                          ("Validation fraction", self.val_spin),
                          ("TensorBoard folder", self.tensorboard_edit)):

@@ -20,6 +20,7 @@ from qtpy.QtWidgets import QFileDialog, QWidget
 
 from ..engine import (ModelFileError, Preview, Seg3DError, Trainer, load_model,
                       save_model)
+from ..engine.threads import set_default_threads
 from . import _layers
 from ._session import SESSION
 from ._report_dialog import ReportDialog, start_report
@@ -128,10 +129,10 @@ class TrainWidget(TrainForm):
         return self._start(resume=True)
 
     def stop_training(self) -> None:
-        """Stop after the current iteration; the best model so far is kept."""
+        """Stop now (an unfinished step is dropped); the best model so far is kept."""
         if self._job is not None:
             self._job.request_stop()
-            self.status.setText("Stopping after this iteration...")
+            self.status.setText("Stopping...")
             self.stop_button.setEnabled(False)
 
     @property
@@ -163,6 +164,7 @@ class TrainWidget(TrainForm):
     def _make_job(self, resume: bool) -> TrainJob:
         image_layer, ann = self.image_layer(), self.annotation_layer()
         check_layers(image_layer, ann)
+        set_default_threads(self.threads_spin.value() or None)
         cfg, init = self._run_config(resume, self.model, self.last_model)
         job = new_job(image_layer, ann, cfg, init, resume=resume,
                       levels=self.levels_spin.value() or None,

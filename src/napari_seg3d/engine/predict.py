@@ -22,6 +22,7 @@ from torch import nn
 from . import precision
 from ._buffers import Accumulator, Rows, after_out_of_memory, depth_of, shift_window
 from .blocks import Block, Normalize, plan_blocks, read_region
+from .threads import ThreadPolicy, compute_threads
 from .windows import Window, constant_weights, gaussian_weights
 
 logger = logging.getLogger(__name__)
@@ -133,6 +134,7 @@ class _Run:
     windows_total: int
     windows_done: int = 0
     amp: bool = True
+    threads: ThreadPolicy | None = None  # set while the prediction runs
 
     @property
     def shape(self) -> tuple[int, int, int]:
@@ -145,8 +147,9 @@ def _stream(run: _Run, blocks: Sequence[Block]) -> Generator[RegionDone, None, N
     was_training = run.model.training
     run.model.eval()
     try:
-        for block in blocks:
-            yield from predict_block(run, block, weights)
+        with compute_threads() as run.threads:
+            for block in blocks:
+                yield from predict_block(run, block, weights)
     finally:
         run.model.train(was_training)
 
@@ -167,6 +170,8 @@ def predict_block(run: _Run, block: Block, weights: torch.Tensor,
     n_done, size = 0, run.batch_size
     z_done = block.core[0].start
     while n_done < len(windows):
+        if run.threads is not None:
+            run.threads.update()
         batch = windows[n_done:n_done + size]
         # Inference mode only around the work: never leak it to the consumer across a yield.
         with torch.inference_mode():

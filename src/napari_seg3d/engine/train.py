@@ -1,7 +1,7 @@
 """Training as a generator: it yields a :class:`TrainProgress` after every iteration, accepts new
-annotations through ``generator.send(labels)``, stops cleanly between iterations when
-:meth:`Trainer.request_stop` is called, and returns a :class:`TrainResult` with the best and the
-last model. Every random draw of iteration ``i`` is seeded by ``(seed, i)``, so a run stopped
+annotations through ``generator.send(labels)``, stops at the next layer it computes when
+:meth:`Trainer.request_stop` is called (an unfinished step is dropped, see :mod:`.interrupt`),
+and returns a :class:`TrainResult` with the best and the last model. Every random draw of iteration ``i`` is seeded by ``(seed, i)``, so a run stopped
 and resumed from its last model file continues exactly."""
 
 from __future__ import annotations
@@ -21,6 +21,7 @@ from .errors import AnnotationError
 from .losses import is_binary_loss, make_loss
 from .model_file import SegmentationModel, resolve_device
 from .models import MODELS, SliceNetwork, anisotropic_pooling, build_model
+from .threads import compute_threads
 from .sampling import (AnnotationSet, PatchSampler, SliceSampler, class_values_of,
                        compute_normalization, make_annotations)
 
@@ -46,6 +47,7 @@ class TrainProgress:
     val_dice: tuple[float, ...] | None = None
     is_best: bool = False
     preview: Preview | None = None
+    threads: int = 0  # CPU threads the step ran on (see .threads)
 
 
 @dataclass(frozen=True)
@@ -218,7 +220,8 @@ class Trainer:
                                 self.config.seed)
 
     def request_stop(self) -> None:
-        """Ask the loop to stop after the current iteration (safe from any thread)."""
+        """Ask the loop to stop at the next layer it computes, dropping an unfinished step (safe
+        from any thread)."""
         self._stop.set()
 
     def update_annotations(self, labels: np.ndarray) -> None:
@@ -258,8 +261,9 @@ class Trainer:
         if region is None or np.prod(shape) <= QUICK_PREVIEW_VOXELS:
             region = tuple(slice(0, n) for n in shape)
         region = tuple(slice(*s.indices(n)[:2]) for s, n in zip(region, shape))
-        forest, image = self._fit_forest(self.sampler.annotations.index)
-        probs = forest_predict(forest, _Region(image, region))
+        with compute_threads():
+            forest, image = self._fit_forest(self.sampler.annotations.index)
+            probs = forest_predict(forest, _Region(image, region))
         return Preview(region, self.model.label_lut()[probs.argmax(0)], 0)
 
     def self_train(self, iteration: int) -> Preview | None:

@@ -2,9 +2,11 @@
 
 from __future__ import annotations
 
+import contextlib
 import copy
 import time
 import warnings
+from dataclasses import dataclass
 from typing import TYPE_CHECKING, Generator
 
 import numpy as np
@@ -12,17 +14,19 @@ import torch
 
 from . import precision
 from .errors import Seg3DError
+from .interrupt import Interrupted, interruptible
 from .losses import dice_per_class, is_binary_loss
 from .model_file import SegmentationModel
 from .prefetch import Prefetcher
 from .regularizer import edge_aware_smoothness
 from .sampling import augment
+from .selection import ModelSelection
+from .threads import compute_threads
 
 if TYPE_CHECKING:
     from .train import Trainer, TrainProgress, TrainResult
 
 _VAL_PATCHES = 16
-_BEST_MARGIN = 0.05
 
 
 def _make_batch(trainer: Trainer, iteration: int):
@@ -164,90 +168,152 @@ def _call_loggers(trainer: Trainer, method: str, *args) -> None:
                           stacklevel=2)
 
 
+def train_step(trainer: Trainer, net, optimizer, scaler, batch,
+               iteration: int) -> tuple[float, float]:
+    """One optimisation step on ``batch`` ``(image, target, mask)`` on the device: the learning
+    rate of ``iteration``, forward, loss, backward (in parts after CUDA out of memory),
+    gradient clipping, AdamW. Returns ``(loss, learning rate)``."""
+    from .train import learning_rate_at
+
+    cfg = trainer.config
+    lr = learning_rate_at(iteration, cfg.iterations, cfg.learning_rate)
+    for group in optimizer.param_groups:
+        group["lr"] = lr
+    with _step_rng(net, cfg.seed * 1_000_003 + iteration, batch[0].device):
+        loss = _backward(trainer, net, optimizer, scaler, cfg.amp, *batch)
+    scaler.unscale_(optimizer)
+    torch.nn.utils.clip_grad_norm_(net.parameters(), 12.0)
+    scaler.step(optimizer)
+    scaler.update()
+    return loss, lr
+
+
+def _step_rng(net, seed: int, device: torch.device):
+    """Random layers (dropout) draw from torch's global generator: seed it for the step, so a
+    resumed run continues exactly, and put it back afterwards. Networks without them (the
+    default) leave the global generator alone."""
+    stochastic = any(isinstance(m, torch.nn.modules.dropout._DropoutNd) and m.p > 0
+                     for m in net.modules())
+    if not stochastic:
+        return contextlib.nullcontext()
+
+    @contextlib.contextmanager
+    def seeded():
+        with torch.random.fork_rng(devices=[device] if device.type == "cuda" else []):
+            torch.manual_seed(seed)
+            yield
+
+    return seeded()
+
+
+@dataclass
+class _Loop:
+    """What the loop carries from step to step."""
+
+    done: int  # steps finished: the state a stop keeps
+    best: SegmentationModel | None = None
+    preview: object = None
+    step_time: float = float("nan")
+    wait: float = 0.0
+
+    def timed(self, t_data: float, dt: float) -> None:
+        self.step_time = dt if not np.isfinite(self.step_time) else 0.9 * self.step_time + 0.1 * dt
+        self.wait = 0.9 * self.wait + 0.1 * (t_data / max(dt, 1e-9))
+
+
+def _checkpoint(trainer: Trainer, loop: _Loop, selection: ModelSelection, val_patches,
+                optimizer, iteration: int) -> tuple[tuple[float, ...] | None, bool]:
+    """Validate after ``iteration`` steps; keep the model when the selection rule says so."""
+    m = trainer.model
+    val_dice = validate(trainer, val_patches)
+    if val_dice is not None:
+        m.history["val_dice"].append(list(val_dice))
+        m.history["val_iteration"].append(iteration)
+    if not selection.consider(iteration, _score(val_dice, m.history)):
+        return val_dice, False
+    if val_dice is not None:
+        m.history["best_val_dice"] = list(val_dice)
+    loop.best = _snapshot(trainer, iteration, optimizer)
+    return val_dice, True
+
+
+def _take_update(trainer: Trainer, pf: Prefetcher, update, iteration: int, val_patches):
+    """Apply what the caller sent after ``iteration`` steps: new strokes, a preview request.
+    Returns ``(preview or None, validation patches)``."""
+    from .train import TrainerUpdate
+
+    if isinstance(update, np.ndarray):
+        update = TrainerUpdate(labels=update)
+    if update is None:
+        return None, val_patches
+    if update.labels is not None:
+        # batches made ahead were drawn from the old strokes: make them anew, so the very next
+        # step already learns from new strokes (the live preview shows them)
+        pf.restart(range(iteration, trainer.config.iterations),
+                   lambda labels=update.labels: trainer.update_annotations(labels))
+        val_patches = trainer.sampler.validation_patches(_VAL_PATCHES, trainer.config.seed)
+    preview = trainer.preview(update.preview, iteration) if update.preview is not None else None
+    return preview, val_patches
+
+
 def training_loop(trainer: Trainer) -> Generator[TrainProgress, np.ndarray | None, TrainResult]:
-    from .train import (TrainerUpdate, TrainProgress, TrainResult, eta, learning_rate_at,
-                        self_training_starts)
+    from .train import TrainProgress, TrainResult, eta, self_training_starts
 
     cfg, dev, m = trainer.config, trainer.device, trainer.model
     net = m.network.to(dev).train()
-    optimizer = torch.optim.AdamW(net.parameters(), lr=cfg.learning_rate, weight_decay=cfg.weight_decay)
+    optimizer = torch.optim.AdamW(net.parameters(), lr=cfg.learning_rate,
+                                  weight_decay=cfg.weight_decay)
     if trainer.optimizer_state is not None:
         optimizer.load_state_dict(trainer.optimizer_state)
-    use_amp = cfg.amp
     # float16 needs loss scaling; bfloat16 (CPU) has float32's range and does not
-    scaler = torch.amp.GradScaler("cuda", enabled=use_amp and dev.type == "cuda")
+    scaler = torch.amp.GradScaler("cuda", enabled=cfg.amp and dev.type == "cuda")
     val_patches = trainer.sampler.validation_patches(_VAL_PATCHES, cfg.seed)
-    best, best_score = None, -np.inf
     voxels = cfg.batch_size * int(np.prod(cfg.patch_size))
-    step_time, wait_frac, it = float("nan"), 0.0, trainer.start_iteration
-    stopped, preview = False, None
     rounds = self_training_starts(cfg)
-    if any(r <= trainer.start_iteration for r in rounds):  # resumed after self-training began
-        preview = trainer.self_train(trainer.start_iteration)
-    with Prefetcher(lambda i: _make_batch(trainer, i), range(trainer.start_iteration, cfg.iterations)) as pf:
-        for it in range(trainer.start_iteration, cfg.iterations):
-            if trainer._stop.is_set():
-                stopped = True
-                break
-            if it in rounds and it > trainer.start_iteration:
-                preview = pf.restart(range(it, cfg.iterations), lambda it=it: trainer.self_train(it))
-            t0 = time.perf_counter()
-            image, target, mask = (t.to(dev, non_blocking=True) for t in pf.get(it))
-            t_data = time.perf_counter() - t0
-            lr = learning_rate_at(it, cfg.iterations, cfg.learning_rate)
-            for group in optimizer.param_groups:
-                group["lr"] = lr
-            torch.manual_seed(cfg.seed * 1_000_003 + it)
-            loss_value = _backward(trainer, net, optimizer, scaler, use_amp, image, target, mask)
-            scaler.unscale_(optimizer)
-            torch.nn.utils.clip_grad_norm_(net.parameters(), 12.0)
-            scaler.step(optimizer)
-            scaler.update()
-            dt = time.perf_counter() - t0
-            step_time = dt if not np.isfinite(step_time) else 0.9 * step_time + 0.1 * dt
-            wait_frac = 0.9 * wait_frac + 0.1 * (t_data / max(dt, 1e-9))
-            m.history["loss"].append(loss_value)
-            val_dice, is_best = None, False
-            last_it = it + 1 == cfg.iterations
-            if (it + 1) % cfg.validate_every == 0 or last_it:
-                val_dice = validate(trainer, val_patches)
-                if val_dice is not None:
-                    m.history["val_dice"].append(list(val_dice))
-                    m.history["val_iteration"].append(it + 1)
-                score = _score(val_dice, m.history)
-                # Held-out strokes are few and easy (inside objects, far from borders), so their
-                # Dice saturates early and is noisy: on the nuclei sample the model picked at the
-                # top score was often an early one, 0.05 worse against the ground truth than the
-                # last. A later model replaces the best unless validation clearly degraded.
-                if score >= best_score - _BEST_MARGIN:
-                    best_score, is_best = max(score, best_score), True
-                    if val_dice is not None:
-                        m.history["best_val_dice"] = list(val_dice)
-                    best = _snapshot(trainer, it + 1, optimizer)
-            progress = TrainProgress(
-                iteration=it + 1, iterations=cfg.iterations, loss=loss_value, learning_rate=lr,
-                voxels_per_s=voxels / step_time, eta_s=eta(step_time, cfg.iterations - it - 1),
-                data_wait=wait_frac, val_dice=val_dice, is_best=is_best, preview=preview)
-            _call_loggers(trainer, "log", progress)
-            update = yield progress
-            preview = None
-            if isinstance(update, np.ndarray):
-                update = TrainerUpdate(labels=update)
-            if update is not None and update.labels is not None:
-                # batches made ahead were drawn from the old strokes: make them anew, so the
-                # very next step already learns from new strokes (the live preview shows them)
-                pf.restart(range(it + 1, cfg.iterations),
-                           lambda labels=update.labels: trainer.update_annotations(labels))
-                val_patches = trainer.sampler.validation_patches(_VAL_PATCHES, cfg.seed)
-            if update is not None and update.preview is not None:
-                preview = trainer.preview(update.preview, it + 1)
-        else:
-            it = cfg.iterations
+    selection = ModelSelection(rounds)
+    loop, start, stopped = _Loop(done=trainer.start_iteration), trainer.start_iteration, False
+    try:
+        with compute_threads() as threads, interruptible(trainer._stop):
+            if any(r <= start for r in rounds):  # resumed after self-training began
+                loop.preview = trainer.self_train(start)
+            with Prefetcher(lambda i: _make_batch(trainer, i), range(start, cfg.iterations)) as pf:
+                for it in range(start, cfg.iterations):
+                    if trainer._stop.is_set():
+                        raise Interrupted
+                    if it in rounds and it > start:
+                        loop.preview = pf.restart(range(it, cfg.iterations),
+                                                  lambda it=it: trainer.self_train(it))
+                    threads.update()
+                    t0 = time.perf_counter()
+                    batch = tuple(t.to(dev, non_blocking=True) for t in pf.get(it))
+                    t_data = time.perf_counter() - t0
+                    loss, lr = train_step(trainer, net, optimizer, scaler, batch, it)
+                    loop.done = it + 1
+                    loop.timed(t_data, time.perf_counter() - t0)
+                    m.history["loss"].append(loss)
+                    val_dice, is_best = None, False
+                    if loop.done % cfg.validate_every == 0 or loop.done == cfg.iterations:
+                        val_dice, is_best = _checkpoint(trainer, loop, selection, val_patches,
+                                                        optimizer, loop.done)
+                    progress = TrainProgress(
+                        iteration=loop.done, iterations=cfg.iterations, loss=loss,
+                        learning_rate=lr, voxels_per_s=voxels / loop.step_time,
+                        eta_s=eta(loop.step_time, cfg.iterations - loop.done),
+                        data_wait=loop.wait, val_dice=val_dice, is_best=is_best,
+                        preview=loop.preview, threads=threads.threads)
+                    _call_loggers(trainer, "log", progress)
+                    update = yield progress
+                    loop.preview, val_patches = _take_update(trainer, pf, update, loop.done,
+                                                             val_patches)
+    except Interrupted:  # Stop: between two steps, or inside one (which is dropped)
+        stopped = True
+        optimizer.zero_grad(set_to_none=True)
+        net.train()
     _call_loggers(trainer, "close")
-    done = it if stopped else cfg.iterations
-    last = _snapshot(trainer, done, optimizer)
-    m.iteration = done
-    if best is None or (stopped and best.iteration < done and not m.history["val_dice"]):
+    last = _snapshot(trainer, loop.done, optimizer)
+    m.iteration = loop.done
+    best = loop.best
+    if best is None or (stopped and best.iteration < loop.done and not m.history["val_dice"]):
         best = last
     best.history = copy.deepcopy(m.history)
     return TrainResult(best=best, last=last, stopped=stopped)
