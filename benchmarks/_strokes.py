@@ -1,13 +1,13 @@
 """Simulated strokes for the active-learning rounds of ``bench_quality.py``: where a simulated
 user starts them (the most uncertain voxels, or random ones) and how they are painted (short
-brush walks inside the true class on a z, y or x slice, as ``engine.scribbles`` paints)."""
+brush walks inside the true class on a z, y or x slice, as ``engine.training.scribbles`` paints)."""
 
 from __future__ import annotations
 
 import numpy as np
 from scipy import ndimage as ndi
 
-from napari_seg3d.engine.scribbles import stroke
+from napari_seg3d.engine.training.scribbles import stroke
 
 
 def candidates(labels: np.ndarray, margin: int = 0) -> np.ndarray:

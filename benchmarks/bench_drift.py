@@ -173,7 +173,7 @@ def _tiny_model(args, folder: Path):
         load_model,
         save_model,
     )
-    from napari_seg3d.engine.scribbles import simulate_scribbles
+    from napari_seg3d.engine.training.scribbles import simulate_scribbles
 
     rng = np.random.default_rng(args.seed)
     image = _volume(args.shape, rng)
@@ -194,8 +194,8 @@ def _tiny_model(args, folder: Path):
 
 
 def run_predict(args) -> dict:
-    from napari_seg3d.engine.batch import FileResult, iter_predict_files
     from napari_seg3d.engine.io import write_volume
+    from napari_seg3d.engine.prediction.batch import FileResult, iter_predict_files
 
     with tempfile.TemporaryDirectory(prefix="seg3d-drift-") as tmp:
         folder = Path(tmp)
@@ -243,7 +243,7 @@ def run_train(args) -> dict:
         before = psutil.Process().memory_info().rss
         import sklearn.ensemble  # noqa: F401
 
-        import napari_seg3d.engine.forest  # noqa: F401
+        import napari_seg3d.engine.training.forest  # noqa: F401
         gc.collect()
         preload = (psutil.Process().memory_info().rss - before) / MiB
     image, _, strokes = load_nuclei()

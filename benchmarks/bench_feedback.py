@@ -204,9 +204,8 @@ def stroke_run(device: str, strokes: int, warm_iterations: int) -> dict:
 
 def train_model(path: Path, iterations: int) -> None:
     """A model of the sample, trained with the command line's defaults."""
-    from napari_seg3d.cli import main
-
     from napari_seg3d._sample_data import load_nuclei
+    from napari_seg3d.cli import main
     from napari_seg3d.engine.io import write_volume
 
     image, _, scribbles = load_nuclei()
@@ -254,9 +253,8 @@ def main(argv: list[str] | None = None) -> int:
     args = p.parse_args(argv)
     if args.child:
         return child(args)
-    from _common import json_line, machine, precision_name
-
     import torch
+    from _common import json_line, machine, precision_name
 
     from napari_seg3d.engine import resolve_device
 

@@ -61,7 +61,7 @@ def make_model(path: Path, patch, base_filters: int, levels: int) -> None:
     from napari_seg3d.engine import TrainConfig, default_model_config, save_model
     from napari_seg3d.engine.model_file import SegmentationModel
     from napari_seg3d.engine.models import build_model
-    from napari_seg3d.engine.sampling import Normalization
+    from napari_seg3d.engine.normalization import Normalization
 
     config = default_model_config(1, 2, patch, base_filters=base_filters, levels=levels)
     torch.manual_seed(0)

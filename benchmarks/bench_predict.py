@@ -23,13 +23,23 @@ from functools import partial
 
 import numpy as np
 import torch
+from _common import (
+    LoadMonitor,
+    autocast,
+    json_line,
+    machine,
+    precision_name,
+    resolve_device,
+    synthetic_volume,
+    table,
+    timed,
+    triple,
+)
 from torch import nn
 
-from _common import (LoadMonitor, autocast, json_line, machine, precision_name, resolve_device,
-                     synthetic_volume, table, timed, triple)
 from napari_seg3d.engine import predict_volume
 from napari_seg3d.engine.models import UNet
-from napari_seg3d.engine.windows import pad_for_window, window_positions
+from napari_seg3d.engine.prediction.windows import pad_for_window, window_positions
 
 OVERLAP = 0.5
 SIGMA_SCALE = 0.125  # MONAI's default and napari-seg3d's `gaussian_weights` default

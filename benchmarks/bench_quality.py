@@ -26,11 +26,16 @@ from _common import LoadMonitor, json_line, machine, precision_name, table
 from _strokes import add_strokes, candidates, random_starts, uncertain_starts
 from _volumes import CLASS_NAMES, VOLUMES, make_volume
 
-from napari_seg3d.engine import (TrainConfig, Trainer, default_batch_size, default_model_config,
-                                 propose_patch_size)
+from napari_seg3d.engine import (
+    TrainConfig,
+    Trainer,
+    default_batch_size,
+    default_model_config,
+    propose_patch_size,
+)
 from napari_seg3d.engine.metrics import dice_scores
-from napari_seg3d.engine.scribbles import simulate_scribbles
-from napari_seg3d.engine.uncertainty import uncertainty_map
+from napari_seg3d.engine.prediction.uncertainty import uncertainty_map
+from napari_seg3d.engine.training.scribbles import simulate_scribbles
 
 ALL_VOLUMES = ("nuclei",) + VOLUMES
 METHODS = {"forest": "forest", "ours": "ours", "plain": "ours (plain)",

@@ -32,8 +32,8 @@ from bench_quality import load_case, train_config
 
 from napari_seg3d.engine import Trainer
 from napari_seg3d.engine.metrics import dice_scores
-from napari_seg3d.engine.selection import RULES, pick_checkpoint
-from napari_seg3d.engine.train import self_training_starts
+from napari_seg3d.engine.training.schedule import self_training_starts
+from napari_seg3d.engine.training.selection import RULES, pick_checkpoint
 
 DEFAULT_CASES = "nuclei:0,nuclei:1,nuclei:2,neurites:0,textures:0"
 

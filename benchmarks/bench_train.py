@@ -21,13 +21,24 @@ from unittest import mock
 
 import numpy as np
 import torch
+from _common import (
+    LoadMonitor,
+    json_line,
+    machine,
+    median,
+    precision_name,
+    resolve_device,
+    sync,
+    synthetic_volume,
+    table,
+    triple,
+)
 
-from _common import (LoadMonitor, json_line, machine, median, precision_name,
-                     resolve_device, synthetic_volume, sync, table, triple)
 from napari_seg3d.engine import TrainConfig, Trainer, build_model, default_model_config
-from napari_seg3d.engine import train_loop
-from napari_seg3d.engine.prefetch import Prefetcher
-from napari_seg3d.engine.scribbles import simulate_scribbles
+from napari_seg3d.engine.training import loop as train_loop
+from napari_seg3d.engine.training import step as train_step
+from napari_seg3d.engine.training.prefetch import Prefetcher
+from napari_seg3d.engine.training.scribbles import simulate_scribbles
 
 WARMUP_STEPS = 2
 
@@ -166,7 +177,7 @@ def run_network_step(trainer: Trainer, args, device: torch.device) -> tuple[list
         sync(device)
         start, start_cpu = time.perf_counter(), time.process_time()
         # the loop's own loss: masked loss plus the edge-aware smoothness term
-        loss = train_loop._batch_loss(trainer, net, args.amp, image, target, mask)
+        loss = train_step._batch_loss(trainer, net, args.amp, image, target, mask)
         optimizer.zero_grad(set_to_none=True)
         scaler.scale(loss).backward()
         scaler.unscale_(optimizer)

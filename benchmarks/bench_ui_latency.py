@@ -438,7 +438,7 @@ def redraw_phase(app, viewer, handlers: Handlers, n: int, gap_s: float = 0.3):
 def build_viewer(args):
     import napari
 
-    from napari_seg3d.engine.scribbles import simulate_scribbles
+    from napari_seg3d.engine.training.scribbles import simulate_scribbles
 
     image, truth = synthetic_volume(args.size, args.seed)
     scribbles = simulate_scribbles(truth, slices_per_axis=3, strokes_per_class=2, length=20,

@@ -23,7 +23,7 @@ SHARED = Path(__file__).resolve().parents[2] / "shared" / "data" / "nuclei3d"
 def blobs():
     """A tiny two-class volume ``(image float32 (17, 24, 26), truth uint8 in {1, 2})`` with bright
     balls on a dark noisy background, and sparse scribbles drawn from it."""
-    from napari_seg3d.engine.scribbles import simulate_scribbles
+    from napari_seg3d.engine.training.scribbles import simulate_scribbles
 
     rng = np.random.default_rng(0)
     z, y, x = np.mgrid[:17, :24, :26]

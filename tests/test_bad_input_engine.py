@@ -19,10 +19,10 @@ from _bad_input_cases import (
     painted,
     train,
 )
+from conftest import run_to_end
 from hypothesis import given, settings
 from hypothesis import strategies as st
 from hypothesis.extra.numpy import arrays
-from conftest import run_to_end
 
 from napari_seg3d.engine import (
     AnnotationError,

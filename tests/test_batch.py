@@ -10,11 +10,16 @@ import pytest
 import torch
 
 from napari_seg3d.engine import SegmentationModel, TrainConfig, default_model_config
-from napari_seg3d.engine.batch import (FileProgress, FileResult, expand_inputs, iter_predict_files,
-                                       predict_files)
 from napari_seg3d.engine.io import read_volume, write_volume
 from napari_seg3d.engine.models import build_model
-from napari_seg3d.engine.sampling import Normalization
+from napari_seg3d.engine.normalization import Normalization
+from napari_seg3d.engine.prediction.batch import (
+    FileProgress,
+    FileResult,
+    expand_inputs,
+    iter_predict_files,
+    predict_files,
+)
 
 PATCH = (8, 16, 16)
 SHAPE = (9, 20, 22)

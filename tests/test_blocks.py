@@ -7,9 +7,9 @@ import pytest
 import torch
 from torch import nn
 
-from napari_seg3d.engine.blocks import plan_blocks
-from napari_seg3d.engine.predict import iter_predict_volume, predict_volume
-from napari_seg3d.engine.windows import window_positions
+from napari_seg3d.engine.prediction.blocks import plan_blocks
+from napari_seg3d.engine.prediction.sliding_window import iter_predict_volume, predict_volume
+from napari_seg3d.engine.prediction.windows import window_positions
 
 
 def _net(channels=1, classes=3):

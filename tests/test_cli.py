@@ -19,7 +19,7 @@ from conftest import ball_volume
 from napari_seg3d.cli import main
 from napari_seg3d.engine import ModelFileError, load_model, uncertainty_map
 from napari_seg3d.engine.io import read_volume, write_volume
-from napari_seg3d.engine.scribbles import simulate_scribbles
+from napari_seg3d.engine.training.scribbles import simulate_scribbles
 
 TINY = ["--patch-size", "8", "16", "16", "--base-filters", "4", "--levels", "2", "--quiet",
         "--device", "cpu"]

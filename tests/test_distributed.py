@@ -13,12 +13,12 @@ from conftest import drain
 
 from napari_seg3d.cli import main
 from napari_seg3d.engine import SegmentationModel, TrainConfig, default_model_config, save_model
-from napari_seg3d.engine import distributed as dist
-from napari_seg3d.engine.batch import FileProgress, FileResult, predict_files
 from napari_seg3d.engine.errors import Seg3DError
 from napari_seg3d.engine.io import read_volume, write_volume
 from napari_seg3d.engine.models import build_model
-from napari_seg3d.engine.sampling import Normalization
+from napari_seg3d.engine.normalization import Normalization
+from napari_seg3d.engine.prediction import distributed as dist
+from napari_seg3d.engine.prediction.batch import FileProgress, FileResult, predict_files
 
 distributed = pytest.importorskip("distributed")
 

@@ -14,9 +14,9 @@ import pytest
 from conftest import run_to_end
 
 from napari_seg3d.engine import TrainConfig, Trainer, load_model, save_model
-from napari_seg3d.engine._temps import host_tag, remove_stale_temps
-from napari_seg3d.engine.batch import predict_files
 from napari_seg3d.engine.io import read_volume, write_volume
+from napari_seg3d.engine.io._temps import host_tag, remove_stale_temps
+from napari_seg3d.engine.prediction.batch import predict_files
 
 _WRITER = """
 import sys, numpy as np, torch
@@ -129,7 +129,7 @@ def test_batch_outputs_stay_in_the_output_folder_and_inputs_are_untouched(blobs,
 
 _HOLDER = """
 import sys
-from napari_seg3d.engine._temps import temp_path
+from napari_seg3d.engine.io._temps import temp_path
 part = temp_path(sys.argv[1])
 part.write_bytes(b"half a file")
 print(part, flush=True)

@@ -4,7 +4,9 @@ import numpy as np
 import pytest
 
 from napari_seg3d.engine import TrainConfig, Trainer
-from napari_seg3d.engine.forest import (
+from napari_seg3d.engine.metrics import dice_scores
+from napari_seg3d.engine.normalization import compute_normalization
+from napari_seg3d.engine.training.forest import (
     SIGMAS,
     fit_forest,
     forest_predict,
@@ -13,8 +15,6 @@ from napari_seg3d.engine.forest import (
     iter_forest_predict,
     symmetric_eigenvalues,
 )
-from napari_seg3d.engine.metrics import dice_scores
-from napari_seg3d.engine.sampling import compute_normalization
 
 
 def test_closed_form_eigenvalues_match_numpy():
@@ -57,12 +57,12 @@ def test_forest_segments_blobs_and_blocks_match_the_whole(blobs):
 
 @pytest.mark.parametrize("region", [None, (slice(3, 9), slice(0, 24), slice(5, 20))])
 def test_trainer_quick_preview(blobs, region, monkeypatch):
-    from napari_seg3d.engine import train
+    from napari_seg3d.engine.training import self_training
 
     image, truth, scribbles = blobs
     trainer = Trainer(image, scribbles, TrainConfig(patch_size=(8, 16, 16), device="cpu"))
     if region is not None:
-        monkeypatch.setattr(train, "QUICK_PREVIEW_VOXELS", 1000)  # "a large volume"
+        monkeypatch.setattr(self_training, "QUICK_PREVIEW_VOXELS", 1000)  # "a large volume"
     preview = trainer.quick_preview(region)
     expected = region or tuple(slice(0, n) for n in image.shape)
     assert preview.slices == expected and preview.iteration == 0

@@ -10,8 +10,16 @@ import pytest
 import tifffile
 
 from napari_seg3d.engine import io
-from napari_seg3d.engine.io import (ChunkedWriter, Volume, VolumeError, list_datasets,
-                                    output_path, read_volume, split_path, write_volume)
+from napari_seg3d.engine.io import (
+    ChunkedWriter,
+    Volume,
+    VolumeError,
+    list_datasets,
+    output_path,
+    read_volume,
+    split_path,
+    write_volume,
+)
 
 SHAPES = [(5, 6, 7), (2, 5, 6, 7)]
 DTYPES = [np.uint8, np.uint16, np.float32, np.int32]

@@ -5,7 +5,8 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from napari_seg3d.engine import TrainConfig, Trainer, default_model_config, train_loop
+from napari_seg3d.engine import TrainConfig, Trainer, default_model_config
+from napari_seg3d.engine.training import loop
 
 PATCH = (8, 16, 16)
 
@@ -37,13 +38,13 @@ def test_the_step_after_new_strokes_already_samples_them(blobs, monkeypatch):
     image, truth, labels = blobs
     new = _new_strokes(truth, labels)
     made = {}  # iteration -> the annotations its batch was drawn from
-    make = train_loop._make_batch
+    make = loop.make_batch
 
     def recording(trainer, i):
         made[i] = trainer.sampler.annotations
         return make(trainer, i)
 
-    monkeypatch.setattr(train_loop, "_make_batch", recording)
+    monkeypatch.setattr(loop, "make_batch", recording)
     trainer = _trainer(image, labels)
     old = trainer.sampler.annotations
     gen = trainer.run()

@@ -8,7 +8,7 @@ import pytest
 import torch
 
 from napari_seg3d.engine.config import LOSSES
-from napari_seg3d.engine.losses import dice_per_class, is_binary_loss, make_loss
+from napari_seg3d.engine.training.losses import dice_per_class, is_binary_loss, make_loss
 
 SHAPE = (2, 3, 5, 4)  # (B, z, y, x), odd on purpose
 K = 3  # classes of the softmax losses

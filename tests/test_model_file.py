@@ -15,8 +15,16 @@ import pytest
 import torch
 from conftest import run_to_end
 
-from napari_seg3d.engine import (ModelFileError, SegmentationModel, Trainer, TrainConfig,
-                                 default_model_config, describe, load_model, save_model)
+from napari_seg3d.engine import (
+    ModelFileError,
+    SegmentationModel,
+    TrainConfig,
+    Trainer,
+    default_model_config,
+    describe,
+    load_model,
+    save_model,
+)
 from napari_seg3d.engine.model_file import FORMAT, FORMAT_VERSION
 
 PATCH = (8, 16, 16)
@@ -165,7 +173,7 @@ _SAVER = textwrap.dedent("""
     import sys, torch
     from napari_seg3d.engine import SegmentationModel, TrainConfig, default_model_config, save_model
     from napari_seg3d.engine.models import build_model
-    from napari_seg3d.engine.sampling import Normalization
+    from napari_seg3d.engine.normalization import Normalization
     config = default_model_config(1, 2, (16, 32, 32), base_filters=16, levels=3)
     model = SegmentationModel(
         network=build_model(config.architecture, **config.kwargs), model_config=config,

@@ -5,8 +5,7 @@ from __future__ import annotations
 import pytest
 import torch
 
-from napari_seg3d.engine.models import (MODELS, SliceNetwork, UNet, anisotropic_pooling,
-                                        build_model)
+from napari_seg3d.engine.models import MODELS, SliceNetwork, UNet, anisotropic_pooling, build_model
 
 
 def _tiny(**kwargs) -> UNet:

@@ -5,12 +5,12 @@ both say so; when nothing is left to give, a clear error."""
 import numpy as np
 import pytest
 import torch
-from torch import nn
 from conftest import drain
+from torch import nn
 
 from napari_seg3d.engine import Seg3DError, TrainConfig, Trainer
 from napari_seg3d.engine.models import build_model
-from napari_seg3d.engine.predict import predict_volume
+from napari_seg3d.engine.prediction.sliding_window import predict_volume
 
 
 class Tight(nn.Module):

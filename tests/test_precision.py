@@ -8,7 +8,7 @@ import torch
 from torch import nn
 
 from napari_seg3d.engine import precision
-from napari_seg3d.engine.predict import predict_volume
+from napari_seg3d.engine.prediction.sliding_window import predict_volume
 
 
 def test_cuda_computes_in_float16_and_other_devices_in_float32():

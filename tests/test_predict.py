@@ -7,8 +7,8 @@ import pytest
 import torch
 from torch import nn
 
-from napari_seg3d.engine._buffers import drop_rows, labels_of, normalise
-from napari_seg3d.engine.predict import (
+from napari_seg3d.engine.prediction._buffers import drop_rows, labels_of, normalise
+from napari_seg3d.engine.prediction.sliding_window import (
     RegionDone,
     iter_predict_volume,
     predict_volume,

@@ -4,7 +4,7 @@ import numpy as np
 import pytest
 import torch
 
-from napari_seg3d.engine.regularizer import edge_aware_smoothness, neighbour_offsets
+from napari_seg3d.engine.training.regularizer import edge_aware_smoothness, neighbour_offsets
 
 
 def _two_halves(axis: int, shape=(8, 10, 12)) -> torch.Tensor:

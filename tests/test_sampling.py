@@ -8,8 +8,14 @@ import pytest
 import torch
 
 from napari_seg3d.engine.errors import AnnotationError
-from napari_seg3d.engine.sampling import (Normalization, PatchSampler, augment, class_values_of,
-                                          compute_normalization, make_annotations, read_patch)
+from napari_seg3d.engine.normalization import Normalization, compute_normalization
+from napari_seg3d.engine.training.sampling import (
+    PatchSampler,
+    augment,
+    class_values_of,
+    make_annotations,
+    read_patch,
+)
 
 PATCH = (8, 16, 16)
 

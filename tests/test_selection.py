@@ -3,7 +3,7 @@ rule the training loop applies."""
 
 import pytest
 
-from napari_seg3d.engine.selection import ModelSelection, phase_of, pick_checkpoint
+from napari_seg3d.engine.training.selection import ModelSelection, phase_of, pick_checkpoint
 
 ITS = [50, 100, 150, 200, 250, 300, 350, 400]
 
@@ -41,7 +41,7 @@ def test_the_training_keeps_a_model_of_the_last_self_training_round(blobs):
     """With self-training, the model file holds a checkpoint of the last round, never one from
     before it (the rounds' held-out scores are not comparable with the earlier ones)."""
     from napari_seg3d.engine import TrainConfig, Trainer, default_model_config
-    from napari_seg3d.engine.train import self_training_starts
+    from napari_seg3d.engine.training.schedule import self_training_starts
 
     image, _, labels = blobs
     cfg = TrainConfig(patch_size=(8, 16, 16), iterations=12, validate_every=2, device="cpu",

@@ -13,7 +13,7 @@ from napari_seg3d.engine import load_model, save_model
 @pytest.mark.parametrize("iterations, rounds, expected", [
     (800, 2, [400, 600]), (800, 1, [400]), (800, 0, []), (6, 2, [3, 4]), (1, 2, [])])
 def test_self_training_rounds_share_the_second_half(iterations, rounds, expected):
-    from napari_seg3d.engine.train import self_training_starts
+    from napari_seg3d.engine.training.schedule import self_training_starts
 
     assert self_training_starts(_config(iterations=iterations, self_training=rounds)) == expected
 
@@ -58,9 +58,9 @@ def test_resuming_after_self_training_began_pseudo_labels_again(blobs, tmp_path)
 
 
 def test_self_training_is_skipped_on_volumes_above_the_limit(blobs, monkeypatch):
-    from napari_seg3d.engine import train
+    from napari_seg3d.engine.training import self_training
 
-    monkeypatch.setattr(train, "SELF_TRAINING_VOXELS", 100)
+    monkeypatch.setattr(self_training, "SELF_TRAINING_VOXELS", 100)
     image, _, labels = blobs
     trainer = _trainer(image, labels, _config(iterations=4, self_training=1))
     records, _ = _run(trainer)
@@ -76,7 +76,9 @@ def test_self_training_pseudo_labels_average_the_network_and_a_forest(blobs):
                                                   self_training_forest=with_forest))
         _run(trainer)
         pseudo[with_forest] = trainer.sampler._pseudo[0]
-    forest = trainer._forest_probabilities()
+    from napari_seg3d.engine.training.self_training import _forest_probabilities
+
+    forest = _forest_probabilities(trainer)
     assert forest.shape == (2,) + truth.shape
     np.testing.assert_allclose(forest.sum(0), 1, atol=1e-5)
     assert np.mean(forest.argmax(0) + 1 == truth) > 0.85  # the forest alone reads the blobs

@@ -10,13 +10,21 @@ import torch
 from conftest import ball_volume, run_to_end
 
 from napari_seg3d._sample_data import load_nuclei
-from napari_seg3d.engine import (SliceNetwork, TrainConfig, Trainer, build_model,
-                                 default_batch_size, default_model_config, load_model,
-                                 propose_patch_size, save_model)
+from napari_seg3d.engine import (
+    SliceNetwork,
+    TrainConfig,
+    Trainer,
+    build_model,
+    default_batch_size,
+    default_model_config,
+    load_model,
+    propose_patch_size,
+    save_model,
+)
 from napari_seg3d.engine.metrics import dice_scores
 from napari_seg3d.engine.models.slices import along_axis
-from napari_seg3d.engine.sampling import (Normalization, SliceSampler, make_annotations,
-                                          to_slice_frame)
+from napari_seg3d.engine.normalization import Normalization
+from napari_seg3d.engine.training.sampling import SliceSampler, make_annotations, to_slice_frame
 
 
 def _net(out_channels: int = 3) -> SliceNetwork:

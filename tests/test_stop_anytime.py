@@ -29,7 +29,7 @@ from conftest import ball_volume
 
 from napari_seg3d.engine import TrainConfig, Trainer, default_model_config, load_model, save_model
 from napari_seg3d.engine.io import write_volume
-from napari_seg3d.engine.scribbles import simulate_scribbles
+from napari_seg3d.engine.training.scribbles import simulate_scribbles
 
 TINY = ["--patch-size", "8", "16", "16", "--base-filters", "4", "--levels", "2", "--device", "cpu",
         "--no-report", "--self-training", "0"]

@@ -11,10 +11,16 @@ import torch
 
 from napari_seg3d.engine import Seg3DError, TrainConfig, Trainer, default_model_config
 from napari_seg3d.engine.errors import OutputError
-from napari_seg3d.engine.scribbles import simulate_scribbles
-from napari_seg3d.engine.tensorboard import (TensorBoardLogger, choose_slice, colour_classes,
-                                             dice_tags, mean_dice, slice_region,
-                                             tensorboard_available)
+from napari_seg3d.engine.training.scribbles import simulate_scribbles
+from napari_seg3d.engine.training.tensorboard import (
+    TensorBoardLogger,
+    choose_slice,
+    colour_classes,
+    dice_tags,
+    mean_dice,
+    slice_region,
+    tensorboard_available,
+)
 
 PATCH = (8, 16, 16)
 SHAPE = (16, 32, 32)

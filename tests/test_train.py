@@ -10,12 +10,22 @@ import numpy as np
 import pytest
 import torch
 
-from napari_seg3d.engine import (AnnotationError, Preview, Trainer, TrainerUpdate, TrainConfig,
-                                 TrainProgress, TrainResult, default_model_config, load_model,
-                                 propose_patch_size, save_model)
+from napari_seg3d.engine import (
+    AnnotationError,
+    Preview,
+    TrainConfig,
+    Trainer,
+    TrainerUpdate,
+    TrainProgress,
+    TrainResult,
+    default_model_config,
+    load_model,
+    propose_patch_size,
+    save_model,
+)
 from napari_seg3d.engine.metrics import dice_scores
-from napari_seg3d.engine.scribbles import simulate_scribbles
-from napari_seg3d.engine.train import learning_rate_at
+from napari_seg3d.engine.training.schedule import learning_rate_at
+from napari_seg3d.engine.training.scribbles import simulate_scribbles
 
 PATCH = (8, 16, 16)
 

@@ -5,14 +5,19 @@ import threading
 
 import numpy as np
 import pytest
-from napari.utils._proxies import PublicOnlyProxy
 from conftest import run_to_end
+from napari.utils._proxies import PublicOnlyProxy
 
 from napari_seg3d._widgets import predict as predict_module
 from napari_seg3d._widgets._session import SESSION
 from napari_seg3d._widgets.predict import FROM_FILE, PredictWidget
-from napari_seg3d.engine import (TrainConfig, Trainer, default_model_config, save_model,
-                                 uncertainty_map)
+from napari_seg3d.engine import (
+    TrainConfig,
+    Trainer,
+    default_model_config,
+    save_model,
+    uncertainty_map,
+)
 
 WAIT_MS = 30_000
 SCALE = (2.0, 1.0, 1.0)

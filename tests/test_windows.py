@@ -6,7 +6,7 @@ import numpy as np
 import pytest
 import torch
 
-from napari_seg3d.engine.windows import (
+from napari_seg3d.engine.prediction.windows import (
     constant_weights,
     crop_padding,
     gaussian_weights,

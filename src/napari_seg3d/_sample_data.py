@@ -13,7 +13,7 @@ from typing import Any
 import numpy as np
 
 from .engine.io import read_volume
-from .engine.scribbles import simulate_scribbles
+from .engine.training.scribbles import simulate_scribbles
 
 SAMPLE_DIR = Path(__file__).parent / "_sample"
 CLASS_NAMES = {1: "background", 2: "nucleus"}

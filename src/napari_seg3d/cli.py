@@ -34,7 +34,7 @@ def _train(args: argparse.Namespace) -> int:
     )
     from .engine.errors import writable_folder
     from .engine.io import read_volume
-    from .engine.losses import is_binary_loss
+    from .engine.training.losses import is_binary_loss
 
     file = read_config(args.config) if args.config else {}
     writable_folder(Path(args.out).parent)  # fail now, not after the training
@@ -79,7 +79,7 @@ def _train(args: argparse.Namespace) -> int:
                                             dims=dims)
     loggers = []
     if args.tensorboard:
-        from .engine.tensorboard import TensorBoardLogger
+        from .engine.training.tensorboard import TensorBoardLogger
 
         loggers.append(TensorBoardLogger(args.tensorboard))
     trainer = Trainer(image.data, labels, cfg, model_config=model_config, voxel_size=voxel,
@@ -183,7 +183,7 @@ def _predict(args: argparse.Namespace) -> int:
     from tqdm import tqdm
 
     from .engine import load_model
-    from .engine.batch import FileProgress, FileResult, expand_inputs, iter_predict_files
+    from .engine.prediction.batch import FileProgress, FileResult, expand_inputs, iter_predict_files
 
     model = load_model(args.model)
     model.set_planes(args.planes)  # refuses planes for a 3D model before any file
@@ -195,7 +195,7 @@ def _predict(args: argparse.Namespace) -> int:
                    batch_size=args.batch_size, device=args.device,
                    block_shape=tuple(args.block_size), planes=args.planes, amp=args.amp)
     if args.scheduler:
-        from .engine.distributed import iter_predict_files_distributed
+        from .engine.prediction.distributed import iter_predict_files_distributed
 
         gen = iter_predict_files_distributed(args.model, inputs, args.out, args.scheduler,
                                              **options)
@@ -240,9 +240,9 @@ def _demo(args: argparse.Namespace) -> int:
 
 
 def build_parser() -> argparse.ArgumentParser:
-    from .engine.blocks import DEFAULT_BLOCK_SHAPE
     from .engine.config import LOSSES, PLANES, TrainConfig
     from .engine.models import MODELS
+    from .engine.prediction.blocks import DEFAULT_BLOCK_SHAPE
 
     p = argparse.ArgumentParser(prog="napari-seg3d", description=__doc__.splitlines()[0])
     p.add_argument("--debug", action="store_true", help="show tracebacks and debug logging")
@@ -354,7 +354,7 @@ def main(argv: list[str] | None = None) -> int:
                         format="%(levelname)s %(name)s: %(message)s")
     if not args.debug:  # failures are reported once, as the command's own line
         logging.getLogger("tifffile").setLevel(logging.CRITICAL)
-        logging.getLogger("napari_seg3d.engine.batch").setLevel(logging.ERROR)
+        logging.getLogger("napari_seg3d.engine.prediction.batch").setLevel(logging.ERROR)
         logging.getLogger("distributed").setLevel(logging.CRITICAL)  # a lost scheduler: one line
     from .engine.errors import Seg3DError
 

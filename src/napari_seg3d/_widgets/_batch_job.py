@@ -6,7 +6,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from ..engine import ModelFileError, SegmentationModel, errors, load_model
-from ..engine.batch import iter_predict_files
+from ..engine.prediction.batch import iter_predict_files
 
 
 @dataclass(frozen=True)

@@ -9,7 +9,7 @@ from napari.utils import progress
 from qtpy.QtCore import QTimer
 from qtpy.QtWidgets import QAbstractItemView, QHeaderView, QTableWidget, QTableWidgetItem, QWidget
 
-from ..engine.batch import FileProgress, FileResult
+from ..engine.prediction.batch import FileProgress, FileResult
 
 BAR_INTERVAL_MS = 100
 STATUSES = ("done", "skipped", "failed")

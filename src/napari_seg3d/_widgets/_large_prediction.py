@@ -22,9 +22,8 @@ from typing import Any
 import numpy as np
 import zarr
 
-from ..engine import _zarr
-from ..engine.blocks import DEFAULT_BLOCK_SHAPE
-from ..engine.io import ChunkedWriter
+from ..engine.io import ChunkedWriter, _zarr
+from ..engine.prediction.blocks import DEFAULT_BLOCK_SHAPE
 
 log = logging.getLogger(__name__)
 

@@ -20,7 +20,7 @@ from qtpy.QtCore import QTimer
 from qtpy.QtWidgets import QComboBox
 
 from ..engine import PLANES, Seg3DError
-from ..engine.train import MAX_CHANNELS  # a 4D image with a longer first axis is not (C, Z, Y, X)
+from ..engine.training.trainer import MAX_CHANNELS
 
 if TYPE_CHECKING:
     import napari

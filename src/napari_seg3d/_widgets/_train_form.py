@@ -10,13 +10,31 @@ import dataclasses
 from typing import TYPE_CHECKING
 
 import numpy as np
-from qtpy.QtWidgets import (QCheckBox, QComboBox, QDoubleSpinBox, QFormLayout, QHBoxLayout, QLabel,
-                            QLineEdit, QPushButton, QSpinBox, QVBoxLayout, QWidget)
+from qtpy.QtWidgets import (
+    QCheckBox,
+    QComboBox,
+    QDoubleSpinBox,
+    QFormLayout,
+    QHBoxLayout,
+    QLabel,
+    QLineEdit,
+    QPushButton,
+    QSpinBox,
+    QVBoxLayout,
+    QWidget,
+)
 from superqt import QCollapsible
 
-from ..engine import (LOSSES, PLANES, AnnotationError, TrainConfig, default_batch_size,
-                      propose_patch_size, resolve_device)
-from ..engine import precision
+from ..engine import (
+    LOSSES,
+    PLANES,
+    AnnotationError,
+    TrainConfig,
+    default_batch_size,
+    precision,
+    propose_patch_size,
+    resolve_device,
+)
 from ..engine.models import MODELS
 from . import _layers
 from ._class_table import ClassTable

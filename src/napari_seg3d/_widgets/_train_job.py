@@ -11,9 +11,9 @@ from typing import TYPE_CHECKING
 import numpy as np
 
 from ..engine import AnnotationError, Trainer, TrainerUpdate, default_model_config
-from ..engine.tensorboard import TensorBoardLogger
-from ..engine.losses import is_binary_loss
-from ..engine.sampling import class_values_of
+from ..engine.training.losses import is_binary_loss
+from ..engine.training.sampling import class_values_of
+from ..engine.training.tensorboard import TensorBoardLogger
 from . import _layers
 
 if TYPE_CHECKING:

@@ -1,6 +1,6 @@
 """The *Batch predict* dock widget: apply a saved or session model to many files.
 
-It wires the form to :func:`napari_seg3d.engine.batch.iter_predict_files`, run in a napari
+It wires the form to :func:`napari_seg3d.engine.prediction.batch.iter_predict_files`, run in a napari
 ``thread_worker``; the engine writes every output atomically and reports each file's outcome, so a
 failure or a cancel never leaves a partial output under its final name.
 """
@@ -12,14 +12,26 @@ from typing import Any
 
 from napari.qt.threading import thread_worker
 from napari.utils.notifications import show_error, show_info
-from qtpy.QtWidgets import (QAbstractItemView, QCheckBox, QComboBox, QDoubleSpinBox, QFileDialog,
-                            QFormLayout, QHBoxLayout, QLabel, QLineEdit, QListWidget, QPushButton,
-                            QVBoxLayout, QWidget)
+from qtpy.QtWidgets import (
+    QAbstractItemView,
+    QCheckBox,
+    QComboBox,
+    QDoubleSpinBox,
+    QFileDialog,
+    QFormLayout,
+    QHBoxLayout,
+    QLabel,
+    QLineEdit,
+    QListWidget,
+    QPushButton,
+    QVBoxLayout,
+    QWidget,
+)
 
 from ..engine import PLANES, ModelFileError
-from ..engine.batch import FileProgress, FileResult, expand_inputs
 from ..engine.errors import Seg3DError
 from ..engine.io import SUFFIXES, read_volume
+from ..engine.prediction.batch import FileProgress, FileResult, expand_inputs
 from . import _layers
 from ._batch_job import BatchJob, run_batch_job, writable_folder
 from ._batch_progress import BatchProgress, file_progress_text, summary_text

@@ -18,12 +18,11 @@ from napari.utils.notifications import show_error, show_info, show_warning
 from qtpy.QtCore import QTimer
 from qtpy.QtWidgets import QFileDialog, QWidget
 
-from ..engine import (ModelFileError, Preview, Seg3DError, Trainer, load_model,
-                      save_model)
+from ..engine import ModelFileError, Preview, Seg3DError, Trainer, load_model, save_model
 from ..engine.threads import set_default_threads
 from . import _layers
-from ._session import SESSION
 from ._report_dialog import ReportDialog, start_report
+from ._session import SESSION
 from ._train_display import TrainingDisplay
 from ._train_form import TrainForm
 from ._train_job import TrainJob, check_layers, new_job

@@ -4,14 +4,17 @@ Data flows one way: arrays or files -> engine -> results. Long work is a generat
 small frozen dataclasses (:class:`TrainProgress`, :class:`RegionDone`)."""
 
 from .config import LOSSES, PLANES, ModelConfig, TrainConfig
+from .devices import resolve_device
 from .errors import AnnotationError, ModelFileError, Seg3DError
-from .model_file import SegmentationModel, describe, load_model, resolve_device, save_model
+from .model_file import SegmentationModel, describe, load_model, save_model
 from .models import MODELS, SliceNetwork, UNet, anisotropic_pooling, build_model
-from .predict import RegionDone, iter_predict_volume, predict_volume
-from .sampling import Normalization, PatchSampler, SliceSampler, compute_normalization
-from .train import (Preview, Trainer, TrainerUpdate, TrainProgress, TrainResult,
-                    default_batch_size, default_model_config, propose_patch_size)
-from .uncertainty import uncertainty_map
+from .normalization import Normalization, compute_normalization
+from .plan import default_batch_size, default_model_config, propose_patch_size
+from .prediction.sliding_window import RegionDone, iter_predict_volume, predict_volume
+from .prediction.uncertainty import uncertainty_map
+from .training.progress import Preview, TrainerUpdate, TrainProgress, TrainResult
+from .training.sampling import PatchSampler, SliceSampler
+from .training.trainer import Trainer
 
 __all__ = [
     "LOSSES", "MODELS", "PLANES", "AnnotationError", "ModelConfig", "ModelFileError", "Normalization",

@@ -19,11 +19,12 @@ import numpy as np
 import torch
 
 from .. import __version__
-from ._temps import remove_stale_temps, temp_path
 from .config import ModelConfig, TrainConfig
+from .devices import resolve_device
 from .errors import ModelFileError, OutputError
+from .io._temps import remove_stale_temps, temp_path
 from .models import SliceNetwork, build_model
-from .sampling import Normalization, has_finite_value
+from .normalization import Normalization, has_finite_value
 
 log = logging.getLogger(__name__)
 
@@ -117,7 +118,7 @@ class SegmentationModel:
         ``planes`` (2D models only): ``"fast"``, ``"three"`` or ``"best"``; None: as trained.
         ``amp``: mixed precision where the device runs it natively (see :mod:`.precision`);
         None: as the model was trained (``train_config.amp``)."""
-        from .predict import iter_predict_volume
+        from .prediction.sliding_window import iter_predict_volume
 
         self.set_planes(planes)
         self.check_image(image)
@@ -171,20 +172,6 @@ class SegmentationModel:
             "history": self.history,
             "optimizer_state": self.optimizer_state if include_optimizer else None,
         }
-
-
-def resolve_device(device: str | torch.device) -> torch.device:
-    """``"auto"`` -> cuda, then mps, then cpu; other names checked for availability."""
-    name = str(device)
-    if name == "auto":
-        if torch.cuda.is_available():
-            return torch.device("cuda")
-        if getattr(torch.backends, "mps", None) and torch.backends.mps.is_available():
-            return torch.device("mps")
-        return torch.device("cpu")
-    if name.startswith("cuda") and not torch.cuda.is_available():
-        raise ValueError("CUDA was asked for, but no CUDA GPU is available here; use device 'cpu' or 'auto'.")
-    return torch.device(name)
 
 
 def save_model(model: SegmentationModel, path: str | os.PathLike, *,

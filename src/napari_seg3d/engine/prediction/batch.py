@@ -12,10 +12,10 @@ from pathlib import Path
 
 import numpy as np
 
+from ..errors import Seg3DError, writable_folder
+from ..io import HDF5_SUFFIXES, ChunkedWriter, output_path, read_volume, split_path
+from ..model_file import SegmentationModel
 from .blocks import DEFAULT_BLOCK_SHAPE
-from .errors import Seg3DError, writable_folder
-from .io import HDF5_SUFFIXES, ChunkedWriter, output_path, read_volume, split_path
-from .model_file import SegmentationModel
 from .uncertainty import uncertainty_map
 
 log = logging.getLogger(__name__)
@@ -204,7 +204,7 @@ def predict_files(model: SegmentationModel, inputs, out_dir, **kwargs) -> list[F
 
 def expand_inputs(paths: Sequence[str | Path], pattern: str = "*") -> list[str]:
     """Files named directly, plus the readable files matching ``pattern`` in named folders."""
-    from .io import SUFFIXES, ZARR_SUFFIXES
+    from ..io import SUFFIXES, ZARR_SUFFIXES
 
     out: list[str] = []
     for p in paths:

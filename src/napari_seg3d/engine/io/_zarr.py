@@ -19,7 +19,7 @@ import zarr
 from ._hdf5 import Entry, missing_key, pick_volume
 
 if TYPE_CHECKING:
-    from .io import VoxelSize
+    from ._paths import VoxelSize
 
 VOXEL_ATTR = "element_size_um"
 

@@ -18,7 +18,7 @@ from dataclasses import dataclass
 import numpy as np
 from scipy import ndimage as ndi
 
-from .sampling import Normalization
+from ..normalization import Normalization
 
 SIGMAS = (0.7, 1.0, 1.6, 3.5, 5.0)  # ilastik's scales up to 5 (0.80 on the sample; 4 scales: 0.77)
 _MAX_PER_CLASS = 20_000  # training voxels per class; more adds time, not accuracy

@@ -29,11 +29,11 @@ from typing import Any
 
 import numpy as np
 
-from .. import __version__
+from ... import __version__
+from ..errors import ModelFileError, OutputError, Seg3DError, writable_folder
+from ..io import read_volume, split_path
 from .batch import FileProgress, FileResult, _Outputs, _reason, iter_predict_file, output_paths
 from .blocks import DEFAULT_BLOCK_SHAPE, plan_blocks
-from .errors import ModelFileError, OutputError, Seg3DError, writable_folder
-from .io import read_volume, split_path
 
 log = logging.getLogger(__name__)
 
@@ -72,7 +72,7 @@ def iter_predict_files_distributed(
             workers run another napari-seg3d.
         ModelFileError: The model file cannot be loaded here.
     """
-    from .model_file import load_model
+    from ..model_file import load_model
 
     client_mod = _distributed()
     model_path = Path(model).expanduser().resolve()
@@ -230,7 +230,7 @@ def _predict_large(client, model_path: Path, model, spec: str, out: Path, n_bloc
     workers' memory while this process writes."""
     from distributed import as_completed
 
-    from .predict import RegionDone
+    from .sliding_window import RegionDone
 
     t0 = time.perf_counter()
     skipped = _skipped(0, 1, spec, out, overwrite)
@@ -314,7 +314,7 @@ def _worker_id(dask_worker=None) -> str | None:
 
 def _worker_model(path: str):
     """The model file at ``path``, loaded once per worker (again only when the file changes)."""
-    from .model_file import load_model
+    from ..model_file import load_model
 
     file = Path(path)
     if not file.is_file():

@@ -19,10 +19,11 @@ from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
-from .errors import OutputError, Seg3DError, writable_folder
+from ..errors import OutputError, Seg3DError, writable_folder
 
 if TYPE_CHECKING:
-    from .train import Trainer, TrainProgress
+    from .progress import TrainProgress
+    from .trainer import Trainer
 
 MAX_IMAGE_EDGE = 256  # y/x extent of the logged slices of large volumes
 
@@ -143,7 +144,7 @@ def label_classes(labels: np.ndarray, class_values) -> np.ndarray:
 
 class TensorBoardLogger:
     """Writes a training run to a TensorBoard log folder (a training logger, see
-    :class:`~napari_seg3d.engine.train.Trainer`).
+    :class:`~napari_seg3d.engine.training.trainer.Trainer`).
 
     Args:
         log_dir: the folder of the event files, created if needed; runs logged to the same

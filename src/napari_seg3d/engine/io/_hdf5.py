@@ -11,10 +11,10 @@ from typing import TYPE_CHECKING, Any
 import h5py
 import numpy as np
 
-from .errors import VolumeError
+from ..errors import VolumeError
 
 if TYPE_CHECKING:
-    from .io import VoxelSize
+    from ._paths import VoxelSize
 
 VOXEL_ATTRS = ("element_size_um", "voxel_size", "resolution")
 

@@ -14,8 +14,8 @@ from collections.abc import Callable, Sequence
 import numpy as np
 import torch
 
+from ..errors import Seg3DError
 from .blocks import Block
-from .errors import Seg3DError
 from .windows import Window
 
 logger = logging.getLogger(__name__)

@@ -9,10 +9,10 @@ from typing import TYPE_CHECKING, Any
 import numpy as np
 import tifffile
 
-from .errors import VolumeError
+from ..errors import VolumeError
 
 if TYPE_CHECKING:
-    from .io import VoxelSize
+    from ._paths import VoxelSize
 
 _IMAGEJ_DTYPES = (np.dtype(np.uint8), np.dtype(np.uint16), np.dtype(np.float32))
 # micrometres per TIFF ResolutionUnit: NONE (ImageJ, unit in its metadata), CM, MM, UM; not INCH.

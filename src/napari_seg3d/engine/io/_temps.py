@@ -20,6 +20,8 @@ import shutil
 import socket
 import sys
 import time
+from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 
 log = logging.getLogger(__name__)
@@ -161,3 +163,35 @@ def remove_stale_temps(target: str | os.PathLike, *, max_age_s: float = STALE_AF
         log.info("Removed %s, left by an interrupted write.", entry.path)
         removed.append(Path(entry.path))
     return removed
+
+
+def fresh_temp(path: Path) -> Path:
+    """A fresh hidden temporary beside ``path`` (``.<name>.<host>-<pid>-<token>.part``), after
+    deleting those that killed writers left there (see :func:`remove_stale_temps`)."""
+    remove_stale_temps(path)
+    return temp_path(path)
+
+
+def commit_temp(tmp: Path, path: Path) -> None:
+    """Flush ``tmp`` to disk and move it onto ``path`` in one step."""
+    with open(tmp, "r+b") as fh:
+        os.fsync(fh.fileno())
+    os.replace(tmp, path)
+    if os.name == "posix":  # make the rename itself durable
+        fd = os.open(path.parent, os.O_RDONLY)
+        try:
+            os.fsync(fd)
+        finally:
+            os.close(fd)
+
+
+@contextmanager
+def atomic_temp(path: Path) -> Iterator[Path]:
+    """Yield a temporary path beside ``path``; move it onto ``path`` on success, else delete it."""
+    tmp = fresh_temp(path)
+    try:
+        yield tmp
+        commit_temp(tmp, path)
+    except BaseException:
+        tmp.unlink(missing_ok=True)
+        raise

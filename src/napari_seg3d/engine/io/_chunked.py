@@ -1,10 +1,4 @@
-"""Region-by-region writing for :mod:`napari_seg3d.engine.io`: :class:`ChunkedWriter` (which
-:mod:`.io` re-exports), and the two steps of every atomic write, a fresh hidden temporary beside
-the target (:func:`fresh_temp`) and its move onto the target once complete (:func:`commit_temp`).
-
-:mod:`.io` imports this module, so this one imports :mod:`.io` (for its path and format helpers)
-only when a writer is created or committed.
-"""
+"""Region-by-region writing of volumes larger than memory: :class:`ChunkedWriter`."""
 
 from __future__ import annotations
 
@@ -18,9 +12,19 @@ import h5py
 import numpy as np
 
 from . import _hdf5, _zarr
-from ._temps import remove_stale_temps, temp_path
+from ._paths import (
+    DEFAULT_KEY,
+    HDF5_SUFFIXES,
+    TIFF_SUFFIXES,
+    ZARR_SUFFIXES,
+    format_of,
+    split_path,
+    voxel_tuple,
+)
+from ._temps import atomic_temp, commit_temp, fresh_temp
+from ._tiff import write_tiff
 
-log = logging.getLogger(f"{__package__}.io")  # the public module's logger, as before the split
+log = logging.getLogger("napari_seg3d.engine.io")
 
 
 class ChunkedWriter:
@@ -30,7 +34,7 @@ class ChunkedWriter:
     temporary store and ``.npy`` targets a memory-mapped temporary file, so none holds the volume
     in memory. A zarr target can be read (by napari, say) while it is written: see :attr:`array`. TIFF cannot be filled
     region by region when compressed, so a TIFF target is collected in memory and written by
-    :func:`write_volume` on commit: prefer HDF5 for outputs larger than memory.
+    one piece on commit: prefer HDF5 for outputs larger than memory.
 
     Leaving the ``with`` block without ``commit()`` (for instance on an exception) deletes the
     temporary file and leaves any earlier file untouched::
@@ -44,18 +48,16 @@ class ChunkedWriter:
     def __init__(self, spec: str | os.PathLike, shape: Sequence[int], dtype: Any, *,
                  voxel_size: Sequence[float] | None = None,
                  chunks: tuple[int, ...] | None = None) -> None:
-        from . import io  # here, not at the top: io imports this module
-
-        self.path, key = io.split_path(spec)
-        suffix = io._format_of(self.path)
+        self.path, key = split_path(spec)
+        suffix = format_of(self.path)
         self.shape, self.dtype = tuple(int(n) for n in shape), np.dtype(dtype)
-        self._voxel = io._voxel_tuple(voxel_size)
+        self._voxel = voxel_tuple(voxel_size)
         self._tmp: Path | None = None
-        self._zarr = suffix in io.ZARR_SUFFIXES
+        self._zarr = suffix in ZARR_SUFFIXES
         self._file: h5py.File | None = None
         self._done = False
         self._data: Any = None
-        if suffix in io.TIFF_SUFFIXES:
+        if suffix in TIFF_SUFFIXES:
             self._data = np.zeros(self.shape, self.dtype)
             return
         self.path.parent.mkdir(parents=True, exist_ok=True)
@@ -64,9 +66,9 @@ class ChunkedWriter:
             if self._zarr:
                 self._data = _zarr.create(self._tmp, self.shape, self.dtype, self._voxel,
                                           chunks=chunks)
-            elif suffix in io.HDF5_SUFFIXES:
+            elif suffix in HDF5_SUFFIXES:
                 self._file = _hdf5.open_copy(self.path, self._tmp)
-                self._data = _hdf5.create_dataset(self._file, key or io.DEFAULT_KEY, self.shape,
+                self._data = _hdf5.create_dataset(self._file, key or DEFAULT_KEY, self.shape,
                                                   self.dtype, self._voxel, chunks=chunks)
             else:
                 self._data = np.lib.format.open_memmap(self._tmp, "w+", self.dtype, self.shape)
@@ -90,10 +92,9 @@ class ChunkedWriter:
         """Move the finished output onto its final name and return that path."""
         if self._done:
             raise RuntimeError(f"The writer for {self.path} is already committed or aborted.")
-        if self._tmp is None:
-            from . import io
-
-            io.write_volume(self.path, self._data, voxel_size=self._voxel)
+        if self._tmp is None:  # TIFF, collected in memory
+            with atomic_temp(self.path) as tmp:
+                write_tiff(tmp, self._data, self._voxel, True)
         else:
             self._release()
             try:
@@ -141,21 +142,4 @@ class ChunkedWriter:
         self.abort()
 
 
-def fresh_temp(path: Path) -> Path:
-    """A fresh hidden temporary beside ``path`` (``.<name>.<host>-<pid>-<token>.part``), after
-    deleting those that killed writers left there (see :mod:`._temps`)."""
-    remove_stale_temps(path)
-    return temp_path(path)
-
-
-def commit_temp(tmp: Path, path: Path) -> None:
-    """Flush ``tmp`` to disk and move it onto ``path`` in one step."""
-    with open(tmp, "r+b") as fh:
-        os.fsync(fh.fileno())
-    os.replace(tmp, path)
-    if os.name == "posix":  # make the rename itself durable
-        fd = os.open(path.parent, os.O_RDONLY)
-        try:
-            os.fsync(fd)
-        finally:
-            os.close(fd)
+#END

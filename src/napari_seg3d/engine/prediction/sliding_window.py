@@ -19,10 +19,10 @@ import numpy as np
 import torch
 from torch import nn
 
-from . import precision
+from .. import precision
+from ..threads import ThreadPolicy, compute_threads
 from ._buffers import Accumulator, Rows, after_out_of_memory, depth_of, shift_window
 from .blocks import Block, Normalize, plan_blocks, read_region
-from .threads import ThreadPolicy, compute_threads
 from .windows import Window, constant_weights, gaussian_weights
 
 logger = logging.getLogger(__name__)

@@ -1,10 +1,5 @@
-"""Read and write volumes as TIFF, HDF5, zarr or ``.npy`` files; every write is atomic.
-
-An HDF5 dataset is named ``file.h5:/group/data``, an array in a zarr group ``store.zarr:/name``. Writes go to a hidden ``.part`` file beside the
-target and are moved onto it only once complete, so a crash never leaves half a file behind.
-The format details live in :mod:`._tiff`, :mod:`._hdf5` and :mod:`._zarr`, region-by-region writing
-(:class:`ChunkedWriter`) in :mod:`._chunked`; this module is the public API.
-"""
+"""Read and write whole volumes (:func:`read_volume`, :func:`write_volume`); every write is
+atomic. Re-exported by :mod:`napari_seg3d.engine.io`."""
 
 from __future__ import annotations
 
@@ -20,30 +15,24 @@ from typing import Any
 import h5py
 import numpy as np
 
+from ..errors import VolumeError
 from . import _hdf5, _zarr
-from ._chunked import ChunkedWriter, commit_temp, fresh_temp
-from ._hdf5 import VOXEL_ATTRS
+from ._chunked import ChunkedWriter
+from ._paths import (
+    DEFAULT_KEY,
+    HDF5_SUFFIXES,
+    SUFFIXES,
+    TIFF_SUFFIXES,
+    ZARR_SUFFIXES,
+    VoxelSize,
+    format_of,
+    split_path,
+    voxel_tuple,
+)
+from ._temps import atomic_temp
 from ._tiff import read_tiff, write_tiff
-from .errors import VolumeError
 
-__all__ = [
-    "DEFAULT_KEY", "HDF5_SUFFIXES", "SUFFIXES", "TIFF_SUFFIXES", "VOXEL_ATTRS", "ZARR_SUFFIXES",
-    "ChunkedWriter",
-    "Volume", "VolumeError", "VoxelSize", "list_datasets", "output_path", "read_volume",
-    "split_path", "write_volume",
-]
-
-log = logging.getLogger(__name__)
-
-TIFF_SUFFIXES = (".tif", ".tiff")
-HDF5_SUFFIXES = (".h5", ".hdf5", ".hdf")
-ZARR_SUFFIXES = (".zarr",)
-SUFFIXES = (*TIFF_SUFFIXES, *HDF5_SUFFIXES, *ZARR_SUFFIXES, ".npy")
-DEFAULT_KEY = "/labels"
-_H5_SPEC = re.compile(r"^(.+?\.(?:h5|hdf5|hdf|zarr)):(.*)$", re.IGNORECASE | re.DOTALL)
-
-VoxelSize = tuple[float, float, float]
-
+log = logging.getLogger("napari_seg3d.engine.io")
 
 @dataclass(eq=False)
 class Volume:
@@ -76,20 +65,6 @@ class Volume:
         self.close()
 
 
-def split_path(spec: str | os.PathLike) -> tuple[Path, str | None]:
-    """Split ``"file.h5:/group/data"`` into ``(Path("file.h5"), "/group/data")``.
-
-    Other paths (``"C:\\data\\a.tif"``, ``"a.h5"``, an existing file with a colon in its name)
-    come back unchanged with key None.
-    """
-    text = os.fspath(spec)
-    match = _H5_SPEC.match(text)
-    if match is None or Path(text).exists():
-        return Path(text), None
-    file, key = match.groups()
-    return Path(file), ("/" + key.lstrip("/")) if key else None
-
-
 def read_volume(spec: str | os.PathLike, *, lazy: bool = False) -> Volume:
     """Read a TIFF, HDF5 (``file.h5`` or ``file.h5:/key``), zarr or ``.npy`` volume.
 
@@ -107,7 +82,7 @@ def read_volume(spec: str | os.PathLike, *, lazy: bool = False) -> Volume:
         VolumeError: The file is missing, damaged, of an unknown format, or ambiguous.
     """
     path, key = split_path(spec)
-    suffix = _format_of(path)
+    suffix = format_of(path)
     if suffix in ZARR_SUFFIXES:
         return _read_zarr(path, key, lazy)
     if not path.is_file():
@@ -153,8 +128,8 @@ def write_volume(spec: str | os.PathLike, data: Any, *, voxel_size: Sequence[flo
         The path written.
     """
     path, key = split_path(spec)
-    suffix = _format_of(path)
-    data, voxel = np.asarray(data), _voxel_tuple(voxel_size)
+    suffix = format_of(path)
+    data, voxel = np.asarray(data), voxel_tuple(voxel_size)
     if not overwrite and _target_exists(path, key):
         raise VolumeError(f"{os.fspath(spec)} already exists. Choose another output name or "
                           "allow overwriting.")
@@ -163,7 +138,7 @@ def write_volume(spec: str | os.PathLike, data: Any, *, voxel_size: Sequence[flo
         with ChunkedWriter(spec, data.shape, data.dtype, voxel_size=voxel) as writer:
             writer.write((Ellipsis,), data)
             return writer.commit()
-    with _atomic_temp(path) as tmp:
+    with atomic_temp(path) as tmp:
         if suffix in TIFF_SUFFIXES:
             write_tiff(tmp, data, voxel, compression)
         elif suffix in HDF5_SUFFIXES:
@@ -197,23 +172,6 @@ def output_path(out_dir: str | os.PathLike, input_spec: str | os.PathLike, fmt: 
 def _safe_name(text: str) -> str:
     name = re.sub(r"\.{2,}", ".", re.sub(r"[^\w.-]+", "_", text))
     return name.strip("._-")
-
-
-def _format_of(path: Path) -> str:
-    suffix = path.suffix.lower()
-    if suffix not in SUFFIXES:
-        raise VolumeError(f"Cannot tell the format of {path} from its suffix "
-                          f"{suffix or '(none)'}. Use one of: {', '.join(SUFFIXES)}.")
-    return suffix
-
-
-def _voxel_tuple(voxel_size: Sequence[float] | None) -> VoxelSize | None:
-    if voxel_size is None:
-        return None
-    values = tuple(float(v) for v in voxel_size)
-    if len(values) != 3 or not all(v > 0 for v in values):
-        raise VolumeError(f"The voxel size {voxel_size!r} is not three positive numbers (z, y, x).")
-    return values  # type: ignore[return-value]
 
 
 @contextmanager
@@ -259,13 +217,4 @@ def _target_exists(path: Path, key: str | None) -> bool:
     return _hdf5.has_dataset(path, key or DEFAULT_KEY)
 
 
-@contextmanager
-def _atomic_temp(path: Path) -> Iterator[Path]:
-    """Yield a temporary path beside ``path``; move it onto ``path`` on success, else delete it."""
-    tmp = fresh_temp(path)
-    try:
-        yield tmp
-        commit_temp(tmp, path)
-    except BaseException:
-        tmp.unlink(missing_ok=True)
-        raise
+#END

@@ -1,0 +1,19 @@
+"""The device a run computes on: ``"auto"`` is CUDA when there is a GPU, else MPS, else the CPU."""
+
+from __future__ import annotations
+
+import torch
+
+
+def resolve_device(device: str | torch.device) -> torch.device:
+    """``"auto"`` -> cuda, then mps, then cpu; other names checked for availability."""
+    name = str(device)
+    if name == "auto":
+        if torch.cuda.is_available():
+            return torch.device("cuda")
+        if getattr(torch.backends, "mps", None) and torch.backends.mps.is_available():
+            return torch.device("mps")
+        return torch.device("cpu")
+    if name.startswith("cuda") and not torch.cuda.is_available():
+        raise ValueError("CUDA was asked for, but no CUDA GPU is available here; use device 'cpu' or 'auto'.")
+    return torch.device(name)
