@@ -183,13 +183,21 @@ def _predict(args: argparse.Namespace) -> int:
     from tqdm import tqdm
 
     from .engine import load_model
-    from .engine.batch import FileProgress, FileResult, expand_inputs, iter_predict_files
+    from .engine.batch import (
+        FileProgress,
+        FileResult,
+        expand_inputs,
+        iter_predict_files,
+        output_paths,
+    )
 
     model = load_model(args.model)
     model.set_planes(args.planes)  # refuses planes for a 3D model before any file
     inputs = expand_inputs(args.inputs, args.pattern)
     if not inputs:
         raise ValueError("No input volumes found; name TIFF, HDF5, zarr or .npy files or a folder.")
+    output_paths(args.out, inputs, args.format, model_file=args.model,  # refused before any file
+                 probabilities=args.probabilities, uncertainty=args.uncertainty)
     options = dict(fmt=args.format, overwrite=args.overwrite, overlap=args.overlap, tta=args.tta,
                    probabilities=args.probabilities, uncertainty=args.uncertainty,
                    batch_size=args.batch_size, device=args.device,
@@ -200,7 +208,7 @@ def _predict(args: argparse.Namespace) -> int:
         gen = iter_predict_files_distributed(args.model, inputs, args.out, args.scheduler,
                                              **options)
     else:
-        gen = iter_predict_files(model, inputs, args.out, **options)
+        gen = iter_predict_files(model, inputs, args.out, model_file=args.model, **options)
     failed = done = 0
     with tqdm(total=len(inputs), unit="file", desc="predict", disable=args.quiet) as bar:
         for item in gen:  # the bar counts files, and the windows (or blocks) of the current one
