@@ -189,3 +189,29 @@ def test_cancel_keeps_only_complete_outputs(widget, qtbot, model_file, blobs, tm
                                                       for i in range(len(widget.results))]
     for path in written[1:]:
         assert read_volume(path).data.shape == (34, 48, 52)
+
+
+def test_an_output_that_would_replace_an_input_refuses_the_run(widget, qtbot, model_file, blobs,
+                                                               tmp_path, errors):
+    """``h/x.tif`` and the user's ``h/x_labels.tif`` into ``h``: refused before any file, with
+    the sentence; a folder that is also the output folder is never fed its own outputs."""
+    h = tmp_path / "h"
+    image = write_volume(h / "x.tif", blobs[0])
+    annotations = write_volume(h / "x_labels.tif", blobs[2])
+    before = {p: p.read_bytes() for p in (image, annotations)}
+    widget.set_inputs([image, annotations])
+    widget.set_model_path(model_file)
+    widget.set_output_dir(h)
+    widget.set_options(overwrite=True)
+    widget.run()
+    assert widget.worker is None and widget.results == [] and _ready(widget)
+    assert errors == [(f"The output x_labels.tif of {image} would be written over the input "
+                       f"{annotations}: choose another output folder; nothing was written.")]
+    assert {p: p.read_bytes() for p in before} == before and sorted(h.iterdir()) == sorted(before)
+
+    annotations.unlink()
+    widget.set_inputs([h])
+    widget.set_options(overwrite=False, pattern="*.tif")
+    assert _run(widget, qtbot) == ["done"]
+    assert _run(widget, qtbot) == ["skipped"]  # x_labels.tif is an output, not an input
+    assert len(errors) == 1
