@@ -22,6 +22,7 @@ log = logging.getLogger("napari_seg3d")
 
 
 def _train(args: argparse.Namespace) -> int:
+    from ._cli_outputs import check_train_outputs, last_path, report_path
     from ._config_file import read_config
     from .engine import (
         TrainConfig,
@@ -36,6 +37,7 @@ def _train(args: argparse.Namespace) -> int:
     from .engine.io import read_volume
     from .engine.losses import is_binary_loss
 
+    check_train_outputs(args)  # nothing it writes may land on an input: refused before reading
     file = read_config(args.config) if args.config else {}
     writable_folder(Path(args.out).parent)  # fail now, not after the training
 
@@ -86,7 +88,7 @@ def _train(args: argparse.Namespace) -> int:
                       init=init, resume=bool(args.resume), loggers=loggers)
     result = _run_training(trainer, cfg.iterations, start, quiet=args.quiet)
     out = Path(args.out)
-    last = out.with_name(out.stem + ".last" + out.suffix)
+    last = last_path(out)
     with _signals_held("Saving the models: Ctrl-C takes effect once both are written..."):
         save_model(result.best, out)
         save_model(result.last, last)
@@ -96,7 +98,7 @@ def _train(args: argparse.Namespace) -> int:
         from ._report import save_report, training_report
 
         fig = training_report(result.best, image.data, labels, title=out.name, device=cfg.device)
-        print(f"Training report: {save_report(fig, out.with_name(out.stem + '.report.png'))}")
+        print(f"Training report: {save_report(fig, report_path(out))}")
     if best:
         names = result.best.class_names
         print("Validation Dice: " + ", ".join(f"{n} {d:.3f}" for n, d in zip(names, best)))
@@ -183,13 +185,21 @@ def _predict(args: argparse.Namespace) -> int:
     from tqdm import tqdm
 
     from .engine import load_model
-    from .engine.batch import FileProgress, FileResult, expand_inputs, iter_predict_files
+    from .engine.batch import (
+        FileProgress,
+        FileResult,
+        expand_inputs,
+        iter_predict_files,
+        output_paths,
+    )
 
     model = load_model(args.model)
     model.set_planes(args.planes)  # refuses planes for a 3D model before any file
     inputs = expand_inputs(args.inputs, args.pattern)
     if not inputs:
         raise ValueError("No input volumes found; name TIFF, HDF5, zarr or .npy files or a folder.")
+    output_paths(args.out, inputs, args.format, model_file=args.model,  # refused before any file
+                 probabilities=args.probabilities, uncertainty=args.uncertainty)
     options = dict(fmt=args.format, overwrite=args.overwrite, overlap=args.overlap, tta=args.tta,
                    probabilities=args.probabilities, uncertainty=args.uncertainty,
                    batch_size=args.batch_size, device=args.device,
@@ -200,7 +210,7 @@ def _predict(args: argparse.Namespace) -> int:
         gen = iter_predict_files_distributed(args.model, inputs, args.out, args.scheduler,
                                              **options)
     else:
-        gen = iter_predict_files(model, inputs, args.out, **options)
+        gen = iter_predict_files(model, inputs, args.out, model_file=args.model, **options)
     failed = done = 0
     with tqdm(total=len(inputs), unit="file", desc="predict", disable=args.quiet) as bar:
         for item in gen:  # the bar counts files, and the windows (or blocks) of the current one

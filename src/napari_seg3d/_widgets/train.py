@@ -21,7 +21,7 @@ from qtpy.QtWidgets import QFileDialog, QWidget
 from ..engine import (ModelFileError, Preview, Seg3DError, Trainer, load_model,
                       save_model)
 from ..engine.threads import set_default_threads
-from . import _layers
+from . import _layer_files, _layers
 from ._session import SESSION
 from ._report_dialog import ReportDialog, start_report
 from ._train_display import TrainingDisplay
@@ -313,6 +313,10 @@ class TrainWidget(TrainForm):
         """Save the best model to ``path``; returns the path, or None (after a notification)."""
         if self.model is None:
             show_error("There is no model yet: train or load one first.")
+            return None
+        refused = _layer_files.refusal(self.viewer, path, "the model")
+        if refused is not None:  # e.g. the image's or the annotations' own file
+            show_error(refused)
             return None
         try:
             out = save_model(self.model, path)
