@@ -70,6 +70,7 @@ def _train(args: argparse.Namespace) -> int:
         device=setting("device", "auto"), **{k: v for k, v in given.items() if v is not None})
     model_config = None
     if init is None:
+        _refuse_implausible_labels(labels, args.allow_many_classes)
         channels = image.data.shape[0] if image.data.ndim == 4 else 1
         k = 1 if is_binary_loss(cfg.loss) else len(np.unique(labels[labels > 0]))
         model_config = default_model_config(channels, k, patch, voxel,
@@ -104,6 +105,20 @@ def _train(args: argparse.Namespace) -> int:
         _print_truth_dice(result.best, image.data, args.truth, args)
     image.close()
     return 0
+
+
+def _refuse_implausible_labels(labels: np.ndarray, allowed: bool) -> None:
+    """Refuse labels that look like an image or instances (a model with a class per grey value
+    or per object) unless ``--allow-many-classes`` was given."""
+    from .engine.errors import AnnotationError
+    from .engine.labels_check import labels_look_wrong
+
+    problem = None if allowed else labels_look_wrong(labels)
+    if problem and labels.dtype.kind in "fc":
+        raise AnnotationError(f"{problem} Save the annotations as integers.")
+    if problem:
+        raise AnnotationError(f"{problem} Check --labels, or add --allow-many-classes to train on "
+                              "them anyway.")
 
 
 @contextlib.contextmanager
@@ -287,6 +302,9 @@ def build_parser() -> argparse.ArgumentParser:
     g.add_argument("--fine-tune", metavar="MODEL", help="start from a model, fresh optimizer")
     t.add_argument("--no-report", action="store_true",
                    help="do not write the training report (<out>.report.png)")
+    t.add_argument("--allow-many-classes", action="store_true",
+                   help="train even if the labels look like an image or an instance "
+                        "segmentation (more than 16 values, or more than 10 that are dense)")
     t.add_argument("--truth", help="dense ground truth to report Dice against after training")
     t.add_argument("--tensorboard", metavar="DIR",
                    help="log loss, Dice and image slices to TensorBoard in DIR (needs the "
