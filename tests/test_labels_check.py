@@ -8,8 +8,8 @@ from __future__ import annotations
 import numpy as np
 import pytest
 from conftest import ball_volume
-from napari.utils.notifications import NotificationSeverity, notification_manager
 from napari.utils._proxies import PublicOnlyProxy
+from napari.utils.notifications import NotificationSeverity, notification_manager
 from qtpy.QtCore import QTimer
 from qtpy.QtWidgets import QApplication, QMessageBox
 
@@ -62,8 +62,8 @@ LOOK_WRONG = {
     "12 filled balls, one value each": (lambda: _balls(12), "12 different values",
                                         "an instance segmentation"),
     "a dense 12-class volume": (lambda: _blocks(12), "12 different values", "100% of the volume"),
-    "a float image with decimals": (lambda: load_nuclei()[0] / 7.0, "decimal values (dtype "
-                                    "float64)", "an image"),
+    "a float image with decimals": (lambda: load_nuclei()[0] / 7.0,
+                                    "decimal values (dtype float64)", "an image"),
     "the sample image as int64": (lambda: load_nuclei()[0].astype(np.int64), "250 different",
                                   "an image"),
 }
@@ -118,18 +118,32 @@ def _cli(capsys, *args) -> tuple[int, str, str]:
 
 
 @pytest.mark.parametrize("labels, message", [
-    ("image.tif", "The labels hold 250 different values over 100% of the volume: they look like "
-                  "an image"),
-    ("instances.tif", "The labels hold 51 different values over 38% of the volume: they look "
-                      "like an instance segmentation (one value per object)"),
+    ("image.tif", ("The labels hold 250 different values over 100% of the volume: they look "
+                   "like an image")),
+    ("instances.tif", ("The labels hold 51 different values over 38% of the volume: they look "
+                       "like an instance segmentation (one value per object)")),
 ])
 def test_the_command_line_refuses_implausible_labels(capsys, tmp_path, labels, message):
-    code, out, err = _cli(capsys, "train", "--image", SAMPLE_DIR / "image.tif", "--labels",
-                          SAMPLE_DIR / labels, "--out", tmp_path / "m.pt", *TINY)
+    code, _, err = _cli(capsys, "train", "--image", SAMPLE_DIR / "image.tif", "--labels",
+                        SAMPLE_DIR / labels, "--out", tmp_path / "m.pt", *TINY)
     assert code == 2 and len(err.strip().splitlines()) == 1, (code, err)
     assert err.startswith(f"napari-seg3d train: error: {message}"), err
     assert "add --allow-many-classes to train on them anyway." in err
     assert not (tmp_path / "m.pt").exists()
+
+
+def test_the_command_line_refuses_labels_with_decimals(capsys, tmp_path):
+    labels = tmp_path / "image.npy"
+    np.save(labels, load_nuclei()[0] / 7.0)
+    for extra in ([], ["--allow-many-classes"]):  # decimals cannot train at all
+        code, _, err = _cli(capsys, "train", "--image", SAMPLE_DIR / "image.tif", "--labels",
+                            labels, "--out", tmp_path / "m.pt", *TINY, *extra)
+        assert code == 2 and len(err.strip().splitlines()) == 1, (code, err)
+    assert "Annotations must be integer labels, got dtype float64." in err
+    code, _, err = _cli(capsys, "train", "--image", SAMPLE_DIR / "image.tif", "--labels",
+                        labels, "--out", tmp_path / "m.pt", *TINY)
+    assert err.strip().endswith("they look like an image, not annotations (0 = not annotated, "
+                                "1, 2, ... = classes). Save the annotations as integers."), err
 
 
 def test_allow_many_classes_trains_on_them(capsys, tmp_path):

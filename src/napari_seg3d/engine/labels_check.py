@@ -13,6 +13,8 @@ from __future__ import annotations
 
 import numpy as np
 
+from .errors import AnnotationError
+
 MANY_VALUES = 16  # more distinct values than this look like an image or instances
 DENSE_VALUES = 10  # more than this with dense coverage or solid objects also do
 DENSE_COVERAGE = 0.5  # fraction of voxels labelled that counts as dense
@@ -50,6 +52,17 @@ def labels_look_wrong(labels: np.ndarray) -> str | None:
     return (f"The labels hold {count} different values over {coverage:.0%} of the volume: they "
             f"look like {cause}, not annotations of a few classes, and would train a "
             f"{count}-class model.")
+
+
+def refuse_implausible_labels(labels: np.ndarray, how_to_go_on: str) -> None:
+    """Raise an :class:`AnnotationError` with :func:`labels_look_wrong`'s sentence and
+    ``how_to_go_on`` (e.g. the option that trains anyway) if the labels look wrong; labels with
+    decimals cannot be trained on at all, so their sentence says to save integers instead."""
+    problem = labels_look_wrong(labels)
+    if problem is not None:
+        floats = np.asarray(labels).dtype.kind in "fc"
+        raise AnnotationError(f"{problem} "
+                              f"{'Save the annotations as integers.' if floats else how_to_go_on}")
 
 
 def distinct_nonzero(labels: np.ndarray) -> int:
