@@ -24,6 +24,7 @@ import tifffile
 import torch
 from conftest import run_to_end
 
+from napari_seg3d._sample_data import SAMPLE_DIR
 from napari_seg3d.cli import main
 from napari_seg3d.engine import (
     SegmentationModel,
@@ -221,6 +222,23 @@ def _truncated_tiff(folder, image, labels):
     return path, "{path} is truncated: its image data needs"
 
 
+def _cut_sample(folder, image, labels):
+    """The sample image cut to 60,000 of its 138,925 bytes: tifffile alone reads one 2D page."""
+    path = folder / "cut_sample.tif"
+    path.write_bytes((SAMPLE_DIR / "image.tif").read_bytes()[:60_000])
+    return path, ("{path} is truncated: its image data needs 62920 bytes but the file has 60000. "
+                  "Copy or export the file again.")
+
+
+def _short_imagej_tiff(folder, image, labels):
+    """Whole as a file, but its ImageJ metadata describes more images than it holds."""
+    path = folder / "short.tif"
+    tifffile.imwrite(path, image, imagej=True, metadata={"axes": "ZYX"})
+    path.write_bytes(path.read_bytes().replace(b"images=17", b"images=34"))
+    return path, ("{path} is truncated or damaged: its ImageJ metadata describes 34 images but "
+                  "its pages hold shape (17, 24, 26). Copy or export the file again.")
+
+
 def _time_series_tiff(folder, image, labels):
     path = folder / "series.tif"
     tifffile.imwrite(path, np.stack([image] * 3), imagej=True, metadata={"axes": "TZYX"})
@@ -244,6 +262,8 @@ def _hdf5_without_key(folder, image, labels):
 UNREADABLE = {
     "corrupt TIFF (random bytes)": _random_tiff,
     "truncated TIFF": _truncated_tiff,
+    "sample TIFF cut at 60,000 bytes": _cut_sample,
+    "TIFF shorter than its metadata": _short_imagej_tiff,
     "TIFF time series (T, Z, Y, X)": _time_series_tiff,
     "truncated HDF5": _truncated_hdf5,
     "HDF5 with several datasets, no key": _hdf5_without_key,

@@ -26,6 +26,7 @@ from napari_seg3d._widgets.train import TrainWidget
 from napari_seg3d.engine import save_model
 from napari_seg3d.engine.errors import VolumeError
 from napari_seg3d.engine.io import write_volume
+from napari_seg3d.engine.prediction.output_names import MANIFEST
 
 # the shared fixtures (see _bad_input_cases), in this module
 one_torch_thread = cases.one_torch_thread  # autouse
@@ -216,7 +217,8 @@ def test_unreadable_files_in_napari(make_napari_viewer, qtbot, blobs, model, tmp
             assert press_run(qtbot, widget) == ["done"]
             viewer.open(path, plugin="napari-seg3d")
             assert {"raw", "labels"} <= {layer.name for layer in viewer.layers}
-    assert [p.name for p in (tmp_path / "out").iterdir()] == ["several_raw_labels.tif"]
+    assert sorted(p.name for p in (tmp_path / "out").iterdir()) == [MANIFEST,
+                                                                    "several_raw_labels.tif"]
 
 
 # --- model files that cannot be loaded ------------------------------------------------------------

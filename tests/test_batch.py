@@ -20,6 +20,7 @@ from napari_seg3d.engine.prediction.batch import (
     iter_predict_files,
     predict_files,
 )
+from napari_seg3d.engine.prediction.output_names import MANIFEST
 
 PATCH = (8, 16, 16)
 SHAPE = (9, 20, 22)
@@ -94,7 +95,7 @@ def test_each_file_is_done_or_failed_on_its_own(model, inputs, tmp_path, fmt):
     assert all("\n" not in r.reason for r in results)
     assert {p.index for p in progress} == {0, 1}
     assert all(0 < p.windows_done <= p.windows_total for p in progress)
-    assert sorted(p.name for p in (tmp_path / "out").iterdir()) == sorted(names)
+    assert sorted(p.name for p in (tmp_path / "out").iterdir()) == sorted([*names, MANIFEST])
     assert _digests(tmp_path / "in") == before
 
 
@@ -132,7 +133,7 @@ def test_output_names_never_escape_the_output_folder(model, tmp_path, name, expe
     assert results[0].output.resolve().parent == out.resolve()
     assert results[0].output.name == expected
     written = {p.relative_to(tmp_path).as_posix() for p in tmp_path.rglob("*") if p.is_file()}
-    assert written == {f"deep/sub/{name}", f"deep/sub/out/{expected}"}
+    assert written == {f"deep/sub/{name}", f"deep/sub/out/{expected}", f"deep/sub/out/{MANIFEST}"}
 
 
 def test_inputs_with_the_same_stem_keep_both_outputs(model, tmp_path):
@@ -140,7 +141,7 @@ def test_inputs_with_the_same_stem_keep_both_outputs(model, tmp_path):
     for i, folder in enumerate(("x", "y")):
         specs.append(str(write_volume(tmp_path / folder / "a.tif", _image(i))))
     results = predict_files(model, specs, tmp_path / "out", device="cpu")
-    assert [r.output.name for r in results] == ["a_labels.tif", "a_labels_1.tif"]
+    assert [r.output.name for r in results] == ["a_labels_x.tif", "a_labels_y.tif"]
     for result, seed in zip(results, (0, 1)):
         np.testing.assert_array_equal(read_volume(result.output).data,
                                       model.predict(_image(seed), device="cpu"))

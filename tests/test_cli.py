@@ -19,6 +19,7 @@ from conftest import ball_volume
 from napari_seg3d.cli import main
 from napari_seg3d.engine import ModelFileError, load_model, uncertainty_map
 from napari_seg3d.engine.io import read_volume, write_volume
+from napari_seg3d.engine.prediction.output_names import MANIFEST
 from napari_seg3d.engine.training.scribbles import simulate_scribbles
 
 TINY = ["--patch-size", "8", "16", "16", "--base-filters", "4", "--levels", "2", "--quiet",
@@ -112,7 +113,7 @@ def test_predict_writes_painted_labels_then_skips_unless_overwrite(workspace, tm
     assert _predict(workspace, out, "--overwrite") == 0
     assert capsys.readouterr().out.startswith("done")
     np.testing.assert_array_equal(read_volume(written).data, expected)
-    assert sorted(p.name for p in out.iterdir()) == ["image_labels.tif"]
+    assert sorted(p.name for p in out.iterdir()) == [MANIFEST, "image_labels.tif"]
 
 
 def test_predict_h5_format_and_probabilities(workspace, tmp_path):
@@ -141,7 +142,7 @@ def test_predict_block_by_block_from_hdf5_and_zarr_inputs(workspace, tmp_path, f
                                   np.array([3, 7])[expected.argmax(0)])
     np.testing.assert_allclose(read_volume(out / f"in_probabilities.{fmt}").data, expected,
                                rtol=1e-5, atol=1e-6)
-    assert sorted(p.name for p in out.iterdir()) == [f"in_labels.{fmt}",
+    assert sorted(p.name for p in out.iterdir()) == [MANIFEST, f"in_labels.{fmt}",
                                                      f"in_probabilities.{fmt}"]
 
 
@@ -149,7 +150,7 @@ def test_predict_block_by_block_from_hdf5_and_zarr_inputs(workspace, tmp_path, f
 def test_predict_uncertainty_is_written_beside_the_labels(workspace, tmp_path, fmt):
     out = tmp_path / "out"
     assert _predict(workspace, out, "--format", fmt, "--uncertainty") == 0
-    assert sorted(p.name for p in out.iterdir()) == [f"image_labels.{fmt}",
+    assert sorted(p.name for p in out.iterdir()) == [MANIFEST, f"image_labels.{fmt}",
                                                      f"image_uncertainty.{fmt}"]
     written = read_volume(out / f"image_uncertainty.{fmt}")
     assert written.key == ("/uncertainty" if fmt == "h5" else None)
@@ -396,7 +397,7 @@ def test_2d_model_on_slices_from_the_command_line(workspace, tmp_path, capsys, o
     (["train", "--image", "{image}", "--labels", "{labels}", "--out", "{tmp}/x.pt",
       "--fine-tune", "{model}", "--dims", "2"], "is a 3D network; --dims 2 needs a new model"),
     (["train", "--image", "{image}", "--labels", "{labels}", "--out", "{tmp}/x.pt",
-      "--tensorboard", "{image}"], "Cannot write to the output folder"),
+      "--tensorboard", "{image}"], "TensorBoard log .* would be written over the image"),
 ])
 def test_2d_options_that_do_not_fit_are_one_line_errors(workspace, tmp_path, capsys, argv,
                                                         message):

@@ -19,6 +19,7 @@ from napari_seg3d.engine.models import build_model
 from napari_seg3d.engine.normalization import Normalization
 from napari_seg3d.engine.prediction import distributed as dist
 from napari_seg3d.engine.prediction.batch import FileProgress, FileResult, predict_files
+from napari_seg3d.engine.prediction.output_names import MANIFEST
 
 distributed = pytest.importorskip("distributed")
 
@@ -62,7 +63,9 @@ def _run(model_path, specs, out, address, **kwargs):
 
 
 def _files(folder: Path) -> dict[str, Path]:
-    return {p.name: p for p in folder.iterdir()}
+    """The outputs in ``folder``, beside the record of them, which must be there."""
+    assert (folder / MANIFEST).is_file()
+    return {p.name: p for p in folder.iterdir() if p.name != MANIFEST}
 
 
 def _assert_same_outputs(local: Path, remote: Path) -> None:
@@ -100,7 +103,7 @@ def test_many_files_give_the_local_outputs(cluster, model_file, tmp_path):
     assert [r.output for r in results] == [
         r.output if r.output is None else tmp_path / "remote" / r.output.name for r in local]
     assert results[-1].reason == local[-1].reason and "broken.tif" in results[-1].reason
-    assert results[3].output.name == "a_labels_3.h5"  # the duplicate-stem rule of the local run
+    assert results[3].output.name == "a_labels_other.h5"  # the same-name rule of the local run
     _assert_same_outputs(tmp_path / "local", tmp_path / "remote")
 
     again, _ = _run(path, specs, tmp_path / "remote", cluster[0].scheduler_address, **kwargs)

@@ -1,8 +1,18 @@
 """The nuclei sample: an image, a sparse two-class annotation layer, and its licence notice."""
 
 import numpy as np
+import pytest
 
-from napari_seg3d._sample_data import SAMPLE_DIR, load_nuclei, nuclei3d_sample
+from napari_seg3d._sample_data import (
+    SAMPLE_DIR,
+    load_nuclei,
+    nuclei3d_sample,
+    nuclei_scale,
+    write_sample,
+)
+from napari_seg3d.cli import main
+from napari_seg3d.engine.errors import OutputError
+from napari_seg3d.engine.io import read_volume
 
 
 def test_load_nuclei_arrays():
@@ -36,3 +46,28 @@ def test_open_sample_in_viewer(make_napari_viewer):
     assert type(labels).__name__ == "Labels" and type(image).__name__ == "Image"
     assert image.data.shape == labels.data.shape
     assert set(np.unique(labels.data)) == {0, 1, 2}
+
+
+def test_write_sample_writes_what_the_napari_sample_shows(tmp_path, capsys):
+    """``napari-seg3d demo --write-sample DIR``: the image, the exact strokes of the napari
+    sample and the truth, with the voxel size, and the licence notice beside them."""
+    assert main(["demo", "--write-sample", str(tmp_path / "sample")]) == 0
+    assert "image.tif, scribbles.tif, truth.tif" in capsys.readouterr().out
+    image, truth, scribbles = load_nuclei()
+    (_, image_kw, _), (layer_strokes, _, _) = nuclei3d_sample()
+    for name, expected in [("image", image), ("scribbles", layer_strokes), ("truth", truth)]:
+        volume = read_volume(tmp_path / "sample" / f"{name}.tif")
+        np.testing.assert_array_equal(volume.data, expected)
+        assert volume.data.dtype == expected.dtype
+        assert volume.voxel_size == nuclei_scale() == tuple(image_kw["scale"])
+    np.testing.assert_array_equal(layer_strokes, scribbles)
+    notice = (tmp_path / "sample" / "LICENSE-stardist.txt").read_text()
+    assert notice == (SAMPLE_DIR / "LICENSE-stardist.txt").read_text()
+
+
+def test_write_sample_keeps_existing_files(tmp_path):
+    (tmp_path / "scribbles.tif").write_bytes(b"mine")
+    with pytest.raises(OutputError, match="scribbles.tif already exists; choose an empty folder"):
+        write_sample(tmp_path)
+    assert (tmp_path / "scribbles.tif").read_bytes() == b"mine"
+    assert not (tmp_path / "image.tif").exists()

@@ -10,6 +10,7 @@ from napari_seg3d._widgets._session import Session
 from napari_seg3d._widgets.batch import BatchPredictWidget
 from napari_seg3d.engine import TrainConfig, Trainer, default_model_config, save_model
 from napari_seg3d.engine.io import read_volume, write_volume
+from napari_seg3d.engine.prediction.output_names import MANIFEST
 
 PATCH = (8, 16, 16)
 
@@ -83,7 +84,7 @@ def test_batch_done_failed_skipped_overwritten(widget, qtbot, model_file, inputs
     assert _run(widget, qtbot) == ["done", "failed", "done"]
     failed = widget.results[1]
     assert failed.output is None and "b_corrupt.tif" in failed.reason
-    outputs = sorted(out.iterdir())
+    outputs = sorted(p for p in out.iterdir() if p.name != MANIFEST)
     assert [p.name for p in outputs] == ["a_labels.tif", "c_labels.tif"]
     first = read_volume(out / "a_labels.tif")
     assert first.data.shape == (17, 24, 26) and set(np.unique(first.data)) <= {1, 2}
@@ -97,7 +98,7 @@ def test_batch_done_failed_skipped_overwritten(widget, qtbot, model_file, inputs
     assert {p: p.stat().st_ino for p in outputs} == stamps
     assert _run(widget, qtbot, overwrite=True) == ["done", "failed", "done"]
     assert all(p.stat().st_ino != stamps[p] for p in outputs)  # replaced atomically
-    assert sorted(out.iterdir()) == outputs  # no temporary files left
+    assert sorted(out.iterdir()) == [out / MANIFEST, *outputs]  # no temporary files left
 
 
 def test_folder_input_with_pattern_and_h5_format(widget, qtbot, model_file, inputs, tmp_path):
@@ -120,7 +121,8 @@ def test_zarr_format_reads_an_hdf5_input_and_matches_the_model(widget, qtbot, mo
     out = read_volume(tmp_path / "out" / "in_raw_labels.zarr")
     assert out.voxel_size == (2.0, 1.0, 1.0)
     np.testing.assert_array_equal(out.data, model.predict(blobs[0]))
-    assert [p.name for p in (tmp_path / "out").iterdir()] == ["in_raw_labels.zarr"]
+    assert sorted(p.name for p in (tmp_path / "out").iterdir()) == [MANIFEST,
+                                                                    "in_raw_labels.zarr"]
 
 
 def test_session_model(widget, qtbot, model, inputs, tmp_path):
@@ -183,6 +185,33 @@ def test_cancel_keeps_only_complete_outputs(widget, qtbot, model_file, blobs, tm
     assert 1 <= len(widget.results) < 6 and _ready(widget)
     assert widget._status.text().startswith("Cancelled")
     written = sorted((tmp_path / "out").iterdir())  # complete files only, no temporary ones
-    assert [p.name for p in written] == [f"v{i}_labels.tif" for i in range(len(widget.results))]
-    for path in written:
+    assert [p.name for p in written] == [MANIFEST] + [f"v{i}_labels.tif"
+                                                      for i in range(len(widget.results))]
+    for path in written[1:]:
         assert read_volume(path).data.shape == (34, 48, 52)
+
+
+def test_an_output_that_would_replace_an_input_refuses_the_run(widget, qtbot, model_file, blobs,
+                                                               tmp_path, errors):
+    """``h/x.tif`` and the user's ``h/x_labels.tif`` into ``h``: refused before any file, with
+    the sentence; a folder that is also the output folder is never fed its own outputs."""
+    h = tmp_path / "h"
+    image = write_volume(h / "x.tif", blobs[0])
+    annotations = write_volume(h / "x_labels.tif", blobs[2])
+    before = {p: p.read_bytes() for p in (image, annotations)}
+    widget.set_inputs([image, annotations])
+    widget.set_model_path(model_file)
+    widget.set_output_dir(h)
+    widget.set_options(overwrite=True)
+    widget.run()
+    assert widget.worker is None and widget.results == [] and _ready(widget)
+    assert errors == [(f"The output x_labels.tif of {image} would be written over the input "
+                       f"{annotations}: choose another output folder; nothing was written.")]
+    assert {p: p.read_bytes() for p in before} == before and sorted(h.iterdir()) == sorted(before)
+
+    annotations.unlink()
+    widget.set_inputs([h])
+    widget.set_options(overwrite=False, pattern="*.tif")
+    assert _run(widget, qtbot) == ["done"]
+    assert _run(widget, qtbot) == ["skipped"]  # x_labels.tif is an output, not an input
+    assert len(errors) == 1

@@ -279,3 +279,29 @@ def test_an_error_keeps_the_part_done_under_a_partial_name(qtbot, viewer, model,
     assert zarr.open_array(partial, mode="r")[...].any()  # the blocks done before the error
     assert "before the error" in shown["info"][-1] and str(partial) in shown["info"][-1]
     assert "CUDA error, say" in widget.status.text() and widget.predict_button.isEnabled()
+
+
+def test_a_prediction_on_disk_never_replaces_a_file_open_in_the_viewer(
+        qtbot, make_napari_viewer, blobs, model, expected, shown, tmp_path, monkeypatch):
+    """The user's annotations, ``raw_labels.zarr`` beside the image and open in the viewer,
+    have the name of the prediction's store: the prediction goes to ``raw_seg3d_labels.zarr``."""
+    monkeypatch.setattr(_reader, "LAZY_BYTES", 0)
+    write_volume(f"{tmp_path / 'blobs.h5'}:/raw", blobs[0], voxel_size=SCALE)
+    write_volume(tmp_path / "raw_labels.zarr", blobs[2])
+    viewer = make_napari_viewer()
+    viewer.open(tmp_path / "blobs.h5", plugin="napari-seg3d")
+    viewer.open(tmp_path / "raw_labels.zarr", plugin="napari", layer_type="labels")
+    kept = {p: p.read_bytes() for p in (tmp_path / "raw_labels.zarr").rglob("*") if p.is_file()}
+    widget = make_widget(viewer, model)
+    assert widget.start_prediction()
+    wait(qtbot, widget)
+    assert not shown["error"], shown
+    assert root(viewer.layers["raw prediction"].data) == tmp_path / "raw_seg3d_labels.zarr"
+    np.testing.assert_array_equal(viewer.layers["raw prediction"].data[...], expected[0])
+    assert {p: p.read_bytes() for p in kept} == kept
+    assert names(tmp_path) == ["blobs.h5", "raw_labels.zarr", "raw_seg3d_labels.zarr"]
+    other = tmp_path / "elsewhere" / "ann.zarr"
+    os.makedirs(other.parent)
+    os.symlink(tmp_path / "raw_labels.zarr", other)
+    assert large.store_base(tmp_path, "raw", None, [other]) == "raw_seg3d"  # through a link
+    assert large.store_base(tmp_path, "raw", None, [tmp_path / "raw.zarr"]) == "raw"

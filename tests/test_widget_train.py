@@ -7,6 +7,7 @@ from napari.utils._proxies import PublicOnlyProxy
 from napari_seg3d._widgets import train as train_module
 from napari_seg3d._widgets._session import SESSION
 from napari_seg3d._widgets.train import TrainWidget
+from napari_seg3d.engine import default_model_config
 
 WAIT_MS = 30_000
 
@@ -224,6 +225,32 @@ def test_instant_forest_preview_before_the_first_iteration(qtbot, viewer, blobs,
             for v in (1, 2)]
     assert min(dice) > 0.8, dice
     assert not shown["error"], shown["error"]
+
+
+def test_the_model_is_never_saved_over_a_file_open_in_the_viewer(viewer, blobs, shown, tmp_path):
+    """Save model onto the file the image and annotations were read from: refused, file kept."""
+    from napari_seg3d.engine import SegmentationModel, TrainConfig, build_model, save_model
+    from napari_seg3d.engine.io import write_volume
+    from napari_seg3d.engine.normalization import Normalization
+
+    config = default_model_config(1, 2, (8, 16, 16), base_filters=4, levels=2)
+    model = SegmentationModel(network=build_model(config.architecture, **config.kwargs),
+                              model_config=config, train_config=TrainConfig(patch_size=(8, 16, 16)),
+                              class_values=(1, 2), normalization=Normalization((0.0,), (1.0,)))
+    write_volume(f"{tmp_path / 'vol.h5'}:/raw", blobs[0])
+    write_volume(f"{tmp_path / 'vol.h5'}:/annotations", blobs[2])
+    viewer.open(tmp_path / "vol.h5", plugin="napari-seg3d")
+    (tmp_path / "link.pt").symlink_to(tmp_path / "vol.h5")
+    before = (tmp_path / "vol.h5").read_bytes()
+    widget = make_widget(viewer)
+    assert widget.load_model_from(save_model(model, tmp_path / "m.pt")) is not None
+    for target in ("vol.h5", "link.pt"):
+        assert widget.save_model_to(tmp_path / target) is None
+        assert shown["error"][-1].startswith(f"Not saved: the model ({tmp_path / target}) would "
+                                             "be written over the file of the layer ")
+        assert shown["error"][-1].endswith("which would be lost. Choose another file name.")
+    assert (tmp_path / "vol.h5").read_bytes() == before and (tmp_path / "link.pt").is_symlink()
+    assert widget.save_model_to(tmp_path / "other.pt") == tmp_path / "other.pt"
 
 
 def test_save_and_load_model(qtbot, viewer, blobs, shown, tmp_path):

@@ -7,15 +7,19 @@ al.; see ``_sample/LICENSE-stardist.txt`` and ``_sample/SOURCE.md``). Nothing he
 
 from __future__ import annotations
 
+import os
+import shutil
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 
-from .engine.io import read_volume
+from .engine.errors import OutputError, writable_folder
+from .engine.io import read_volume, write_volume
 from .engine.training.scribbles import simulate_scribbles
 
 SAMPLE_DIR = Path(__file__).parent / "_sample"
+SAMPLE_FILES = ("image.tif", "scribbles.tif", "truth.tif", "LICENSE-stardist.txt")
 CLASS_NAMES = {1: "background", 2: "nucleus"}
 # The files carry no voxel size; the StarDist authors do not state one either.
 _DEFAULT_SCALE = (1.0, 1.0, 1.0)
@@ -52,3 +56,29 @@ def nuclei3d_sample() -> list[tuple[np.ndarray, dict[str, Any], str]]:
         (scribbles, {"name": "nuclei annotations", "scale": scale,
                      "metadata": {"class_names": dict(CLASS_NAMES)}}, "labels"),
     ]
+
+
+def write_sample(folder: str | os.PathLike) -> list[Path]:
+    """Write the nuclei sample as files for the command line (``demo --write-sample``).
+
+    Args:
+        folder: Where to write; created if needed. None of :data:`SAMPLE_FILES` may exist there.
+
+    Returns:
+        The paths of ``image.tif`` (uint16), ``scribbles.tif`` (the strokes the napari sample
+        shows: 0 = not annotated, 1 background, 2 nucleus), ``truth.tif`` (1, 2 everywhere), each
+        with the sample's voxel size, and ``LICENSE-stardist.txt``, the notice that must travel
+        with the image.
+    """
+    folder = writable_folder(folder)
+    taken = [name for name in SAMPLE_FILES if (folder / name).exists()]
+    if taken:
+        raise OutputError(f"{folder / taken[0]} already exists; choose an empty folder for the "
+                          "sample, or delete its files first.")
+    image, truth, scribbles = load_nuclei()
+    scale = nuclei_scale()
+    paths = [write_volume(folder / name, data, voxel_size=scale)
+             for name, data in zip(SAMPLE_FILES, (image, scribbles, truth))]
+    paths.append(Path(shutil.copyfile(SAMPLE_DIR / "LICENSE-stardist.txt",
+                                      folder / "LICENSE-stardist.txt")))
+    return paths

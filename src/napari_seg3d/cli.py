@@ -17,11 +17,14 @@ from pathlib import Path
 import numpy as np
 
 log = logging.getLogger("napari_seg3d")
-
-
+# --help is plain text: argparse shows it as written (the module docstring is for Sphinx)
+DESCRIPTION = ("Train 3D segmentation networks on sparse annotations, predict volumes, inspect "
+               "model files, run the demo.")
+EPILOG = "To try it on the nuclei sample: napari-seg3d demo --write-sample sample"
 
 
 def _train(args: argparse.Namespace) -> int:
+    from ._cli_outputs import check_train_outputs, last_path, report_path
     from ._config_file import read_config
     from .engine import (
         TrainConfig,
@@ -34,8 +37,10 @@ def _train(args: argparse.Namespace) -> int:
     )
     from .engine.errors import writable_folder
     from .engine.io import read_volume
+    from .engine.training.labels_check import refuse_implausible_labels
     from .engine.training.losses import is_binary_loss
 
+    check_train_outputs(args)  # nothing it writes may land on an input: refused before reading
     file = read_config(args.config) if args.config else {}
     writable_folder(Path(args.out).parent)  # fail now, not after the training
 
@@ -70,6 +75,9 @@ def _train(args: argparse.Namespace) -> int:
         device=setting("device", "auto"), **{k: v for k, v in given.items() if v is not None})
     model_config = None
     if init is None:
+        if not args.allow_many_classes:  # labels like an image or instances: refuse
+            refuse_implausible_labels(labels, "Check --labels, or add --allow-many-classes to "
+                                      "train on them anyway.")
         channels = image.data.shape[0] if image.data.ndim == 4 else 1
         k = 1 if is_binary_loss(cfg.loss) else len(np.unique(labels[labels > 0]))
         model_config = default_model_config(channels, k, patch, voxel,
@@ -86,7 +94,7 @@ def _train(args: argparse.Namespace) -> int:
                       init=init, resume=bool(args.resume), loggers=loggers)
     result = _run_training(trainer, cfg.iterations, start, quiet=args.quiet)
     out = Path(args.out)
-    last = out.with_name(out.stem + ".last" + out.suffix)
+    last = last_path(out)
     with _signals_held("Saving the models: Ctrl-C takes effect once both are written..."):
         save_model(result.best, out)
         save_model(result.last, last)
@@ -96,7 +104,7 @@ def _train(args: argparse.Namespace) -> int:
         from ._report import save_report, training_report
 
         fig = training_report(result.best, image.data, labels, title=out.name, device=cfg.device)
-        print(f"Training report: {save_report(fig, out.with_name(out.stem + '.report.png'))}")
+        print(f"Training report: {save_report(fig, report_path(out))}")
     if best:
         names = result.best.class_names
         print("Validation Dice: " + ", ".join(f"{n} {d:.3f}" for n, d in zip(names, best)))
@@ -183,13 +191,21 @@ def _predict(args: argparse.Namespace) -> int:
     from tqdm import tqdm
 
     from .engine import load_model
-    from .engine.prediction.batch import FileProgress, FileResult, expand_inputs, iter_predict_files
+    from .engine.prediction.batch import (
+        FileProgress,
+        FileResult,
+        expand_inputs,
+        iter_predict_files,
+        output_paths,
+    )
 
     model = load_model(args.model)
     model.set_planes(args.planes)  # refuses planes for a 3D model before any file
     inputs = expand_inputs(args.inputs, args.pattern)
     if not inputs:
         raise ValueError("No input volumes found; name TIFF, HDF5, zarr or .npy files or a folder.")
+    output_paths(args.out, inputs, args.format, model_file=args.model,  # refused before any file
+                 probabilities=args.probabilities, uncertainty=args.uncertainty)
     options = dict(fmt=args.format, overwrite=args.overwrite, overlap=args.overlap, tta=args.tta,
                    probabilities=args.probabilities, uncertainty=args.uncertainty,
                    batch_size=args.batch_size, device=args.device,
@@ -200,7 +216,7 @@ def _predict(args: argparse.Namespace) -> int:
         gen = iter_predict_files_distributed(args.model, inputs, args.out, args.scheduler,
                                              **options)
     else:
-        gen = iter_predict_files(model, inputs, args.out, **options)
+        gen = iter_predict_files(model, inputs, args.out, model_file=args.model, **options)
     failed = done = 0
     with tqdm(total=len(inputs), unit="file", desc="predict", disable=args.quiet) as bar:
         for item in gen:  # the bar counts files, and the windows (or blocks) of the current one
@@ -233,10 +249,22 @@ def _info(args: argparse.Namespace) -> int:
 
 
 def _demo(args: argparse.Namespace) -> int:
+    if args.write_sample:
+        from ._sample_data import write_sample
+
+        paths = write_sample(args.write_sample)
+        print(f"Wrote the nuclei sample (StarDist, BSD 3-Clause: see {paths[-1].name}) to "
+              f"{paths[0].parent}: " + ", ".join(p.name for p in paths[:-1]) + ".")
+        return 0
     from ._demo import run_demo
 
     return run_demo(out_dir=Path(args.out), iterations=args.iterations, headless=args.headless,
                     device=args.device)
+
+
+def _command(sub, name: str, summary: str) -> argparse.ArgumentParser:
+    """A subcommand whose --help starts with its one-line summary (plain text, no markup)."""
+    return sub.add_parser(name, help=summary, description=summary[0].upper() + summary[1:] + ".")
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -244,13 +272,14 @@ def build_parser() -> argparse.ArgumentParser:
     from .engine.models import MODELS
     from .engine.prediction.blocks import DEFAULT_BLOCK_SHAPE
 
-    p = argparse.ArgumentParser(prog="napari-seg3d", description=__doc__.splitlines()[0])
+    p = argparse.ArgumentParser(prog="napari-seg3d", description=DESCRIPTION, epilog=EPILOG)
     p.add_argument("--debug", action="store_true", help="show tracebacks and debug logging")
     sub = p.add_subparsers(dest="command", required=True)
 
-    t = sub.add_parser("train", help="train a model on an image and sparse annotations")
+    t = _command(sub, "train", "train a model on an image and sparse annotations")
     t.add_argument("--image", required=True, help="TIFF, HDF5 (file.h5:/key) or .npy volume")
-    t.add_argument("--labels", required=True, help="annotations: 0 = not annotated, 1.. = classes")
+    t.add_argument("--labels", required=True,
+                   help="annotations: 0 = not annotated, 1, 2, ... = classes")
     t.add_argument("--out", required=True, help="model file to write (the best model)")
     t.add_argument("--config", metavar="FILE.yaml",
                    help="training settings from a YAML file (options given here win over it)")
@@ -289,13 +318,16 @@ def build_parser() -> argparse.ArgumentParser:
     g.add_argument("--fine-tune", metavar="MODEL", help="start from a model, fresh optimizer")
     t.add_argument("--no-report", action="store_true",
                    help="do not write the training report (<out>.report.png)")
+    t.add_argument("--allow-many-classes", action="store_true",
+                   help="train even if the labels look like an image or an instance "
+                        "segmentation (more than 16 values, or more than 10 that are dense)")
     t.add_argument("--truth", help="dense ground truth to report Dice against after training")
     t.add_argument("--tensorboard", metavar="DIR",
                    help="log loss, Dice and image slices to TensorBoard in DIR (needs the "
                         "tensorboard package: pip install \"napari-seg3d[tensorboard]\")")
     t.set_defaults(func=_train)
 
-    r = sub.add_parser("predict", help="apply a model to volumes, writing DIR/<stem>_labels.<ext>")
+    r = _command(sub, "predict", "apply a model to volumes, writing DIR/<stem>_labels.<ext>")
     r.add_argument("inputs", nargs="+", metavar="IMG", help="volumes or folders")
     r.add_argument("--model", required=True)
     r.add_argument("--out", required=True, metavar="DIR")
@@ -326,17 +358,21 @@ def build_parser() -> argparse.ArgumentParser:
     r.add_argument("--overwrite", action="store_true", help="replace existing outputs")
     r.set_defaults(func=_predict)
 
-    i = sub.add_parser("info", help="print what a model file holds")
+    i = _command(sub, "info", "print what a model file holds")
     i.add_argument("model")
     i.add_argument("--config", action="store_true",
                    help="print the training settings as a YAML file for train --config")
     i.set_defaults(func=_info)
 
-    d = sub.add_parser("demo", help="the whole workflow on the bundled nuclei sample")
+    d = _command(sub, "demo", "the whole workflow on the bundled nuclei sample")
     d.add_argument("--out", default="demo-output", help="folder for the screenshot, model, prediction")
     d.add_argument("--iterations", type=int, default=TrainConfig().iterations)
     d.add_argument("--headless", action="store_true", help="scripted run, even with a display")
     d.add_argument("--device", default="auto", choices=["auto", "cpu", "cuda", "mps"])
+    d.add_argument("--write-sample", metavar="DIR",
+                   help="only write the sample as files for the command-line examples: "
+                        "DIR/image.tif, DIR/scribbles.tif (the strokes of the napari sample), "
+                        "DIR/truth.tif, with its licence notice")
     d.set_defaults(func=_demo)
     for sp in (t, r):
         sp.add_argument("--quiet", action="store_true", help="no progress bar")

@@ -32,9 +32,13 @@ def run_batch_job(job: BatchJob):
     except ModelFileError as exc:
         return str(exc)
     planes = job.planes if model.dims == 2 else None  # 3D networks have no planes
-    return (yield from iter_predict_files(model, job.inputs, job.out_dir, fmt=job.fmt,
-                                          overwrite=job.overwrite, overlap=job.overlap,
-                                          tta=job.tta, planes=planes))
+    try:
+        return (yield from iter_predict_files(model, job.inputs, job.out_dir, fmt=job.fmt,
+                                              overwrite=job.overwrite, overlap=job.overlap,
+                                              tta=job.tta, planes=planes,
+                                              model_file=job.model_path))
+    except errors.OutputError as exc:  # an output would land on an input: nothing was written
+        return str(exc)
 
 
 def writable_folder(text: str) -> Path:

@@ -23,6 +23,7 @@ import numpy as np
 import zarr
 
 from ..engine.io import ChunkedWriter, _zarr
+from ..engine.io.no_overwrite import ReadFiles
 from ..engine.prediction.blocks import DEFAULT_BLOCK_SHAPE
 
 log = logging.getLogger(__name__)
@@ -128,15 +129,16 @@ def store_path(folder: Path, base: str, role: str, partial: bool = False) -> Pat
     return Path(folder) / f"{base}_{role}{PARTIAL if partial else ''}.zarr"
 
 
-def store_base(folder: Path, image_name: str, source: str | os.PathLike | None) -> str:
+def store_base(folder: Path, image_name: str, source: str | os.PathLike | None,
+               opened: Sequence[str | os.PathLike] = ()) -> str:
     """The stem of the stores of ``image_name``: its safe name, made different when a store of
-    that name would replace the image's own file."""
+    that name would replace the image's own file or one of the files ``opened`` in the viewer
+    (links included, see :class:`.ReadFiles`)."""
     base = safe_name(image_name)
-    if source:
-        own = Path(source).expanduser().resolve()
-        while any(store_path(folder, base, role, partial).expanduser().resolve() == own
-                  for role in ROLES for partial in (False, True)):
-            base += "_seg3d"
+    read = ReadFiles({f"file {i}": path for i, path in enumerate([source, *opened]) if path})
+    while any(read.hit(store_path(folder, base, role, partial)) is not None
+              for role in ROLES for partial in (False, True)):
+        base += "_seg3d"
     return base
 
 

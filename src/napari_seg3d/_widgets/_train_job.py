@@ -31,8 +31,9 @@ class TrainJob:
     one (``GeneratorWorker`` keeps a single pending value)."""
 
     def __init__(self, make_trainer, annotation_layer, image_name: str, labels: np.ndarray,
-                 start_iteration: int, iterations: int) -> None:
+                 start_iteration: int, iterations: int, new_model: bool = True) -> None:
         self._make_trainer = make_trainer
+        self.new_model = new_model  # False: fine-tuning or continuing a model
         self.trainer: Trainer | None = None
         self.annotation_layer = annotation_layer
         self.image_name = image_name
@@ -213,4 +214,4 @@ def new_job(image_layer, annotation_layer, cfg: TrainConfig, init: SegmentationM
 
     start = init.iteration if resume else 0
     return TrainJob(make_trainer, annotation_layer, image_layer.name, labels, start,
-                    cfg.iterations)
+                    cfg.iterations, new_model=init is None)

@@ -31,7 +31,7 @@ from qtpy.QtWidgets import (
 from ..engine import PLANES, ModelFileError
 from ..engine.errors import Seg3DError
 from ..engine.io import SUFFIXES, read_volume
-from ..engine.prediction.batch import FileProgress, FileResult, expand_inputs
+from ..engine.prediction.batch import FileProgress, FileResult, expand_inputs, output_paths
 from . import _layers
 from ._batch_job import BatchJob, run_batch_job, writable_folder
 from ._batch_progress import BatchProgress, file_progress_text, summary_text
@@ -252,10 +252,14 @@ class BatchPredictWidget(QWidget):
                 raise ModelFileError("No model chosen: choose a model file or a model trained "
                                      "in this session.")
             model_path = Path(text).expanduser()
-        return BatchJob(inputs, model, model_path, writable_folder(self._out_dir.text()),
-                    self._format.currentText(), self._overwrite.isChecked(),
-                    float(self._overlap.value()), self._tta.isChecked(),
-                    _layers.planes_choice(self._planes))
+        out_dir = self._out_dir.text().strip()
+        if out_dir:  # an output that would land on an input refuses the run before it starts
+            output_paths(Path(out_dir).expanduser(), inputs, self._format.currentText(),
+                         model_file=model_path)
+        return BatchJob(inputs, model, model_path, writable_folder(out_dir),
+                        self._format.currentText(), self._overwrite.isChecked(),
+                        float(self._overlap.value()), self._tta.isChecked(),
+                        _layers.planes_choice(self._planes))
 
     def _set_busy(self, busy: bool) -> None:
         for widget in self._form_widgets:

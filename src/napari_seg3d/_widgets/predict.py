@@ -34,7 +34,7 @@ from qtpy.QtWidgets import (
 
 from ..engine import ModelFileError, Seg3DError, load_model, resolve_device
 from . import _large_prediction as _large
-from . import _layers, _predict_outputs
+from . import _layer_files, _layers, _predict_outputs
 from ._session import SESSION
 
 if TYPE_CHECKING:
@@ -326,7 +326,8 @@ class PredictWidget(QWidget):
         source = _large.source_path(image)
         folder = _large.choose_folder(self.large_folder_edit.text(), source)
         try:
-            return _large.DiskStores(folder, _large.store_base(folder, image.name, source),
+            opened = _layer_files.opened_files(self.viewer, ours=False).values()
+            return _large.DiskStores(folder, _large.store_base(folder, image.name, source, opened),
                                      _layers.spatial_shape(image), model.label_lut().dtype,
                                      _layers.voxel_size(image))
         except (OSError, Seg3DError) as e:

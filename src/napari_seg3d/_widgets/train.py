@@ -20,7 +20,8 @@ from qtpy.QtWidgets import QFileDialog, QWidget
 
 from ..engine import ModelFileError, Preview, Seg3DError, Trainer, load_model, save_model
 from ..engine.threads import set_default_threads
-from . import _layers
+from . import _layer_files, _layers
+from ._labels_warning import labels_confirmed
 from ._report_dialog import ReportDialog, start_report
 from ._session import SESSION
 from ._train_display import TrainingDisplay
@@ -148,6 +149,8 @@ class TrainWidget(TrainForm):
             return False
         try:
             job = self._make_job(resume)
+            if job.new_model and not labels_confirmed(self, job.sent_labels):
+                return False
             if job.sent_labels.size <= GUI_INIT_VOXELS:
                 job.build()  # errors a user can fix show at once
         except Exception as e:  # noqa: BLE001 - a GUI action: tell the user, keep the widget ready
@@ -283,8 +286,7 @@ class TrainWidget(TrainForm):
         return labels
 
     def _send(self, labels=None, preview=None) -> None:
-        """Hand new labels and/or a preview region to the trainer, merged with what it has not
-        taken yet (the newest of each)."""
+        """Hand labels and/or a preview region to the trainer, merged with any not yet taken."""
         job = self._job
         if job is None or self.worker is None:
             return
@@ -312,6 +314,10 @@ class TrainWidget(TrainForm):
         """Save the best model to ``path``; returns the path, or None (after a notification)."""
         if self.model is None:
             show_error("There is no model yet: train or load one first.")
+            return None
+        refused = _layer_files.refusal(self.viewer, path, "the model")
+        if refused is not None:  # e.g. the image's or the annotations' own file
+            show_error(refused)
             return None
         try:
             out = save_model(self.model, path)
@@ -343,9 +349,8 @@ class TrainWidget(TrainForm):
     # --- training report --------------------------------------------------------------------------
 
     def show_report(self) -> bool:
-        """Build the training report of the current model on the chosen layers in a worker
-        thread, then show it in a window (:attr:`report_dialog`). Returns False (after a
-        notification) when there is nothing to report on."""
+        """Build the training report of the model on the chosen layers in a worker thread, then
+        show it in a window (:attr:`report_dialog`); False (after a notification) if none."""
         image, annotations = self.image_layer(), self.annotation_layer()
         if self.model is None or image is None or annotations is None:
             show_error("The report needs a model (train or load one) and the image and "
@@ -402,8 +407,7 @@ class TrainWidget(TrainForm):
 
 
 def _warm_up_forest() -> None:
-    """Import scikit-learn in the background (1-3 s) so the instant preview of the first
-    *Train* does not wait for it."""
+    """Import scikit-learn in the background (1-3 s): the first instant preview need not wait."""
     import importlib
     import threading
 

@@ -1,5 +1,5 @@
 """TIFF volumes for :mod:`napari_seg3d.engine.io`: read as ``(Z, Y, X)`` or ``(C, Z, Y, X)`` with
-the voxel size, check for truncated files, write ImageJ hyperstacks where the dtype allows."""
+the voxel size, refuse truncated files (see :mod:`._tiff_check`), write ImageJ hyperstacks where the dtype allows."""
 
 from __future__ import annotations
 
@@ -10,6 +10,7 @@ import numpy as np
 import tifffile
 
 from ..errors import VolumeError
+from ._tiff_check import AGAIN, check_tiff_series, check_tiff_structure
 
 if TYPE_CHECKING:
     from ._paths import VoxelSize
@@ -22,30 +23,18 @@ _UM_PER_UNIT = {1: 1.0, 3: 1e4, 4: 1e3, 5: 1.0}
 def read_tiff(path: Path, lazy: bool) -> tuple[np.ndarray, VoxelSize | None]:
     """The first series of ``path`` as ``(Z, Y, X)`` or ``(C, Z, Y, X)`` (an ``np.memmap`` when
     ``lazy`` and uncompressed) and its voxel size."""
+    check_tiff_structure(path)
     with tifffile.TiffFile(path) as tif:
+        if not tif.series:
+            raise VolumeError(f"{path} holds no image tifffile can read. {AGAIN}")
         series = tif.series[0]
-        _check_tiff_complete(tif, series, path)
+        check_tiff_series(tif, series, path)
         if lazy and series.dataoffset is not None:
             dtype = np.dtype(series.dtype).newbyteorder(tif.byteorder)
             data = np.memmap(path, dtype, "r", series.dataoffset, series.shape)
         else:
             data = series.asarray()
         return _to_zyx(data, series.axes, path), _tiff_voxel_size(tif)
-
-
-def _check_tiff_complete(tif: tifffile.TiffFile, series: Any, path: Path) -> None:
-    """Raise if pages or pixels are missing (tifffile may only log that and read what is left)."""
-    if (tif.is_imagej or tif.is_shaped) and series.kind.lower() in ("generic", "uniform"):
-        raise VolumeError(f"{path} is truncated or damaged: its metadata describes images that "
-                          "are missing. Copy or export the file again.")
-    if series.dataoffset is not None:
-        end = series.dataoffset + series.nbytes
-    else:
-        end = max((offset + count for page in series.pages if page is not None
-                   for offset, count in zip(page.dataoffsets, page.databytecounts)), default=0)
-    if end > tif.filehandle.size:
-        raise VolumeError(f"{path} is truncated: its image data needs {end} bytes but the file "
-                          f"has {tif.filehandle.size}. Copy or export the file again.")
 
 
 def _to_zyx(data: np.ndarray, axes: str, path: Path) -> np.ndarray:

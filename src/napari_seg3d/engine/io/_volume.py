@@ -94,6 +94,10 @@ def read_volume(spec: str | os.PathLike, *, lazy: bool = False) -> Volume:
             data, voxel_size = read_tiff(path, lazy)
         else:
             data, voxel_size = np.load(path, mmap_mode="r" if lazy else None), None
+    if not isinstance(data, np.ndarray):  # a .npz archive (or any zip) named .npy
+        data.close()
+        raise VolumeError(f"Cannot read {path}: it is a zip archive, not a .npy array. Save the "
+                          "volume with numpy.save, or choose another file.")
     log.debug("Read %s: shape %s, %s, voxel size %s", path, data.shape, data.dtype, voxel_size)
     return Volume(data, voxel_size, path)
 

@@ -1,5 +1,6 @@
 """Prediction of many files: one file's failure never stops the rest, outputs are written
-atomically inside the output folder, inputs are opened read-only."""
+atomically inside the output folder, inputs are opened read-only and never written over (see
+:mod:`.output_names` for the names of the outputs)."""
 
 from __future__ import annotations
 
@@ -13,9 +14,10 @@ from pathlib import Path
 import numpy as np
 
 from ..errors import Seg3DError, writable_folder
-from ..io import HDF5_SUFFIXES, ChunkedWriter, output_path, read_volume, split_path
+from ..io import ChunkedWriter, read_volume, split_path
 from ..model_file import SegmentationModel
 from .blocks import DEFAULT_BLOCK_SHAPE
+from .output_names import beside, output_files, plan_outputs, record_outputs, written_here
 from .uncertainty import uncertainty_map
 
 log = logging.getLogger(__name__)
@@ -93,10 +95,10 @@ class _Outputs:
 
         if self.want_probs:
             k = region.probabilities.shape[0]
-            self.writers["probabilities"] = writer(_beside(self.out, "probabilities"),
+            self.writers["probabilities"] = writer(beside(self.out, "probabilities"),
                                                    (k, *self.shape), np.float32)
         if self.want_unc:
-            self.writers["uncertainty"] = writer(_beside(self.out, "uncertainty", "/uncertainty"),
+            self.writers["uncertainty"] = writer(beside(self.out, "uncertainty", "/uncertainty"),
                                                  self.shape, np.float32)
         self.writers["labels"] = writer(self.out, self.shape, region.labels.dtype)
 
@@ -115,19 +117,16 @@ class _Outputs:
         self.pending = []
 
 
-def _beside(out: Path, what: str, key: str = "") -> str:
-    """``<stem>_<what>.<ext>`` for the labels output ``<stem>_labels.<ext>``; ``key`` names the
-    dataset of an HDF5 file."""
-    head, _, tail = out.name.rpartition("_labels")
-    path = str(out.with_name(f"{head}_{what}{tail}"))
-    return f"{path}:{key}" if key and out.suffix.lower() in HDF5_SUFFIXES else path
-
-
 def iter_predict_files(model: SegmentationModel, inputs: Sequence[str | Path], out_dir: str | Path,
-                       *, fmt: str = "tif", overwrite: bool = False, **predict_options,
+                       *, fmt: str = "tif", overwrite: bool = False,
+                       model_file: str | Path | None = None, **predict_options,
                        ) -> Generator[FileProgress | FileResult, None, list[FileResult]]:
     """Predict each input into ``out_dir/<stem>_labels.<fmt>``, yielding progress within each file
     and one :class:`FileResult` per file; returns all results.
+
+    Nothing is written over an input: when an output would land on one (or on ``model_file``),
+    the first ``next()`` raises an :class:`.OutputError` before anything is written. An input
+    named twice is predicted once (the second is ``"skipped"``).
 
     Args:
         model: the model to apply.
@@ -136,35 +135,61 @@ def iter_predict_files(model: SegmentationModel, inputs: Sequence[str | Path], o
         fmt: ``"tif"``, ``"h5"``, ``"zarr"`` or ``"npy"``. HDF5, zarr and ``.npy`` outputs are
             written block by block, so neither the input nor the output needs to fit in memory.
         overwrite: replace existing outputs; otherwise they are skipped.
+        model_file: the file ``model`` was loaded from, never to be written over.
         predict_options: passed to :meth:`SegmentationModel.iter_predict` (overlap, tta,
             block_shape, ...);
             ``probabilities=True`` also writes ``<stem>_probabilities.<fmt>``, ``uncertainty=True``
             ``<stem>_uncertainty.<fmt>`` (see :func:`uncertainty_map`; HDF5 key ``/uncertainty``).
     """
-    out_dir = Path(out_dir)
-    out_dir = writable_folder(out_dir)
+    out_dir = writable_folder(Path(out_dir))
+    outs = output_paths(out_dir, inputs, fmt, model_file=model_file, **predict_options)
+    return (yield from record_done(_predict_each(model, inputs, outs, overwrite, predict_options),
+                                   out_dir, inputs, **predict_options))
+
+
+def _predict_each(model, inputs, outs, overwrite, predict_options):
     results: list[FileResult] = []
-    total = len(inputs)
-    for index, (spec, out) in enumerate(zip(inputs, output_paths(out_dir, inputs, fmt))):
-        result = yield from iter_predict_file(model, spec, out, index=index, total=total,
-                                              overwrite=overwrite, **predict_options)
+    total, first = len(inputs), {}
+    for index, (spec, out) in enumerate(zip(inputs, outs)):
+        if out in first:
+            result = FileResult(index, total, str(spec), None, "skipped",
+                                f"named twice: the same file as {inputs[first[out]]}")
+        else:
+            first[out] = index
+            result = yield from iter_predict_file(model, spec, out, index=index, total=total,
+                                                  overwrite=overwrite, **predict_options)
         results.append(result)
         yield result
     return results
 
 
-def output_paths(out_dir: str | Path, inputs: Sequence[str | Path], fmt: str) -> list[Path]:
-    """The output of each input (see :func:`.io.output_path`); when two inputs would share one,
-    the later gets its position in the list: ``<stem>_labels_<index>.<fmt>``."""
-    used: set[Path] = set()
-    outs = []
-    for index, spec in enumerate(inputs):
-        out = output_path(out_dir, spec, fmt)
-        if out in used:  # two inputs with the same stem: keep both outputs
-            out = out.with_name(f"{out.stem}_{index}{out.suffix}")
-        used.add(out)
-        outs.append(out)
-    return outs
+def output_paths(out_dir: str | Path, inputs: Sequence[str | Path], fmt: str, *,
+                 model_file: str | Path | None = None, probabilities: bool = False,
+                 uncertainty: bool = False, **_: object) -> list[Path]:
+    """The output of each input (see :mod:`.output_names`): ``<stem>_labels.<fmt>``, or for
+    inputs of the same name from different folders ``<stem>_labels_<folder>.<fmt>``; an input
+    keeps the name recorded for it in ``out_dir``. Raises an :class:`.OutputError` when an
+    output would be written over an input or ``model_file``."""
+    return plan_outputs(out_dir, inputs, fmt, probabilities=probabilities,
+                        uncertainty=uncertainty, model_file=model_file)
+
+
+def record_done(gen, out_dir: Path, inputs: Sequence[str | Path], *, probabilities: bool = False,
+                uncertainty: bool = False, **_: object):
+    """Pass on what ``gen`` yields and returns, recording in ``out_dir`` (see
+    :func:`.output_names.record_outputs`) the outputs of each file done."""
+    try:
+        while True:
+            try:
+                item = next(gen)
+            except StopIteration as stop:
+                return stop.value
+            if isinstance(item, FileResult) and item.status == "done" and item.output is not None:
+                record_outputs(out_dir, inputs[item.index],
+                               output_files(item.output, probabilities, uncertainty))
+            yield item
+    finally:
+        gen.close()  # a cancel (close) reaches the file being written at once
 
 
 def iter_predict_file(model: SegmentationModel, spec: str | Path, out: Path, *, index: int = 0,
@@ -203,15 +228,18 @@ def predict_files(model: SegmentationModel, inputs, out_dir, **kwargs) -> list[F
 
 
 def expand_inputs(paths: Sequence[str | Path], pattern: str = "*") -> list[str]:
-    """Files named directly, plus the readable files matching ``pattern`` in named folders."""
+    """Files named directly, plus the readable files matching ``pattern`` in named folders,
+    except the outputs this tool wrote there (see :func:`.output_names.written_here`)."""
     from ..io import SUFFIXES, ZARR_SUFFIXES
 
     out: list[str] = []
     for p in paths:
         path = Path(split_path(p)[0])
         if path.is_dir() and path.suffix.lower() not in ZARR_SUFFIXES:
+            ours = written_here(path)
             out += sorted(str(f) for f in path.glob(pattern) if f.suffix.lower() in SUFFIXES
-                          and (f.is_file() or f.suffix.lower() in ZARR_SUFFIXES))
+                          and (f.is_file() or f.suffix.lower() in ZARR_SUFFIXES)
+                          and not (f.parent == path and f.name in ours))
         else:
             out.append(str(p))
     return out

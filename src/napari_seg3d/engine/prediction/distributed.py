@@ -33,6 +33,7 @@ from ... import __version__
 from ..errors import ModelFileError, OutputError, Seg3DError, writable_folder
 from ..io import read_volume, split_path
 from .batch import FileProgress, FileResult, _Outputs, _reason, iter_predict_file, output_paths
+from .batch import record_done as _record_done
 from .blocks import DEFAULT_BLOCK_SHAPE, plan_blocks
 
 log = logging.getLogger(__name__)
@@ -79,7 +80,8 @@ def iter_predict_files_distributed(
     local_model = load_model(model_path)  # a clear error here rather than on every worker
     specs = [str(spec) for spec in inputs]
     out_dir = writable_folder(out_dir)
-    outs = output_paths(out_dir, specs, fmt)
+    outs = output_paths(out_dir, specs, fmt, model_file=model_path, probabilities=probabilities,
+                        uncertainty=uncertainty)
     options = dict(predict_options, block_shape=tuple(int(b) for b in block_shape),
                    probabilities=probabilities, uncertainty=uncertainty)
     client = _connect(client_mod, scheduler)
@@ -88,13 +90,20 @@ def iter_predict_files_distributed(
         if len(specs) == 1:
             blocks = _blocks_of(local_model, specs[0], options)
             if blocks is not None and len(blocks) > 1:
-                result = yield from _predict_large(client, model_path, local_model, specs[0],
-                                                   outs[0], len(blocks), overwrite, options)
-                yield result
-                return [result]
-        return (yield from _predict_many(client, model_path, specs, outs, overwrite, options))
+                return (yield from _record_done(
+                    _predict_one_large(client, model_path, local_model, specs[0], outs[0],
+                                       len(blocks), overwrite, options), out_dir, specs, **options))
+        return (yield from _record_done(_predict_many(client, model_path, specs, outs, overwrite,
+                                                     options), out_dir, specs, **options))
     finally:
         client.close()
+
+
+def _predict_one_large(client, model_path, model, spec, out, n_blocks, overwrite, options):
+    result = yield from _predict_large(client, model_path, model, spec, out, n_blocks, overwrite,
+                                       options)
+    yield result
+    return [result]
 
 
 def predict_files_distributed(model, inputs, out_dir, scheduler, **kwargs) -> list[FileResult]:
@@ -190,8 +199,12 @@ def _predict_many(client, model_path: Path, specs: list[str], outs: list[Path], 
     total = len(specs)
     results: dict[int, FileResult] = {}
     futures = {}
+    first: dict[Path, int] = {}
     for index, (spec, out) in enumerate(zip(specs, outs)):
         skipped = _skipped(index, total, spec, out, overwrite)
+        if first.setdefault(out, index) < index:  # an input named twice is predicted once
+            skipped = FileResult(index, total, spec, None, "skipped",
+                                 f"named twice: the same file as {specs[first[out]]}")
         if skipped is not None:
             results[index] = skipped
             continue
