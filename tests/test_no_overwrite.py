@@ -104,8 +104,8 @@ TRAIN_CASES = {  # the options that differ from --image img.tif --labels lab.tif
                            "would be written over the settings file (--config cfg.yaml)"),
     "--out the ground truth": (["--out", "truth.tif", "--truth", "truth.tif"],
                                "would be written over the ground truth (--truth truth.tif)"),
-    "the last model over --resume": (["--out", "run.pt", "--resume", "run.last.pt"],
-                                     "would be written over the model to resume"),
+    "--out the --resume model": (["--out", "run.last.pt", "--resume", "run.last.pt"],
+                                 "would be written over the model to resume"),
     "--out the --fine-tune model": (["--out", "run.last.pt", "--fine-tune", "run.last.pt"],
                                     "would be written over the model to fine-tune"),
     "--out an HDF5 input": (["--image", "vol.h5:/raw", "--labels", "vol.h5:/labels", "--out",
@@ -141,6 +141,24 @@ def test_train_refuses_to_write_over_an_input_before_training(train_files, capsy
     assert message in err and err.rstrip().endswith("nothing was written."), err
     assert _digests(train_files) == before  # nothing changed, nothing new (no .last, no report)
     assert not (train_files / "img.zarr" / "logs").exists()
+
+
+def test_resuming_a_run_replaces_its_last_state_with_the_continued_one(tmp_path, capsys):
+    """``--resume m.last.pt --out m.pt``, the way to continue a run: the continued end state
+    replaces the one it resumed (the run goes on, nothing else is written over)."""
+    from napari_seg3d.engine import load_model
+
+    write_volume(tmp_path / "img.tif", _image())
+    write_volume(tmp_path / "lab.tif", _labels())
+    common = ["--image", str(tmp_path / "img.tif"), "--labels", str(tmp_path / "lab.tif"),
+              "--out", str(tmp_path / "m.pt"), "--quiet", "--device", "cpu", "--no-report",
+              "--patch-size", "8", "16", "16", "--base-filters", "4", "--levels", "2"]
+    assert _cli(capsys, "train", *common, "--iterations", "2")[0] == 0
+    assert load_model(tmp_path / "m.last.pt").iteration == 2
+    code, _, err = _cli(capsys, "train", *common, "--iterations", "2", "--resume",
+                        str(tmp_path / "m.last.pt"))
+    assert code == 0, err
+    assert load_model(tmp_path / "m.last.pt").iteration == 4
 
 
 def test_tensorboard_may_hold_the_inputs_but_not_be_inside_one(tmp_path):

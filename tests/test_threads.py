@@ -99,7 +99,9 @@ def test_the_meter_sees_other_jobs_and_not_this_process(two_cores):
     t0 = time.monotonic()  # now this process spins on one of the cores too: still not "others"
     while time.monotonic() - t0 < 1.0:
         pass
-    assert meter.others() <= cpus - 0.3  # our spinning took a share of the cores
+    others = meter.others()
+    # the cores cannot be busier than all of them: our share is not counted twice
+    assert meter.own >= 0.2 and others + meter.own <= cpus + 0.15, (others, meter.own)
 
 
 def test_training_drops_to_one_thread_beside_jobs_that_hold_the_cores(two_cores, blobs,

@@ -31,10 +31,19 @@ def check_train_outputs(args: argparse.Namespace) -> None:
     model, report or TensorBoard folder would be written over one of its inputs: the image,
     labels, ground truth, settings file or the model it starts from (hard and symbolic links
     included; ``file.h5:/key`` counts as ``file.h5``)."""
-    read = ReadFiles({f"{words} ({_option(name)} {getattr(args, name)})": getattr(args, name)
-                      for name, words in READ_OPTIONS.items()})
-    written = [(f"the model (--out {args.out})", args.out, True),
-               (f"the last model ({last_path(args.out)}, beside --out)", last_path(args.out), True)]
+    inputs = {f"{words} ({_option(name)} {getattr(args, name)})": getattr(args, name)
+              for name, words in READ_OPTIONS.items()}
+    read = ReadFiles(inputs)
+    written = [(f"the model (--out {args.out})", args.out, True)]
+    last = (f"the last model ({last_path(args.out)}, beside --out)", last_path(args.out), True)
+    if args.resume and ReadFiles({"resumed": args.resume}).hit(last_path(args.out)):
+        # --resume m.last.pt --out m.pt: the run goes on, so its new end state replaces the
+        # one it resumed (read whole before training, replaced atomically at the end)
+        refuse_writing_over(ReadFiles({k: v for k, v in inputs.items()
+                                       if not k.startswith(READ_OPTIONS["resume"])}),
+                            [last], "choose another --out")
+    else:
+        written.append(last)
     if not args.no_report:
         written.append((f"the training report ({report_path(args.out)}, beside --out)",
                         report_path(args.out), True))

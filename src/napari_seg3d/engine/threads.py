@@ -164,6 +164,7 @@ class CpuMeter:
         self._read = (lambda: _cgroup_busy_seconds(folder)) if folder is not None else \
             (lambda: _busy_seconds(self._cpus))
         self._last = self._snapshot()
+        self.own = 0.0  # cores this process used on average over the last interval
 
     def _snapshot(self) -> tuple[float, float | None, float]:
         return time.monotonic(), self._read(), time.process_time()
@@ -175,7 +176,8 @@ class CpuMeter:
         self._last = now
         if busy0 is None or busy1 is None or t1 - t0 < 0.02:
             return None
-        return max(0.0, ((busy1 - busy0) - (own1 - own0)) / (t1 - t0))
+        self.own = (own1 - own0) / (t1 - t0)
+        return max(0.0, (busy1 - busy0) / (t1 - t0) - self.own)
 
 
 def free_cores(cpus: int, others: float | None) -> int:
