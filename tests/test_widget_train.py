@@ -380,8 +380,9 @@ def test_advanced_settings_reach_the_config(viewer):
     widget.self_training_spin.setValue(3)
     assert fresh.amp_check.isChecked() is defaults.amp
     widget.amp_check.setChecked(False)
-    cfg = widget.train_config()
-    assert (cfg.smoothness, cfg.self_training, cfg.iterations, cfg.amp) == (0.0, 3, 6, False)
+    cfg = widget.settings()
+    assert (cfg["smoothness"], cfg["self_training"], cfg["iterations"], cfg["amp"]) == \
+        (0.0, 3, 6, False)
 
 
 def test_training_report_is_shown_and_saved(qtbot, viewer, blobs, shown, tmp_path):

@@ -13,8 +13,9 @@ from typing import Any
 
 from .engine.config import TrainConfig
 from .engine.errors import Seg3DError
+from .engine.plan import NETWORK_SETTINGS
 
-NETWORK_KEYS = ("architecture", "dims", "base_filters", "levels")
+NETWORK_KEYS = tuple(NETWORK_SETTINGS)
 
 
 def setting_names() -> tuple[str, ...]:

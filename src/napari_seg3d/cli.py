@@ -8,7 +8,6 @@ from __future__ import annotations
 
 import argparse
 import contextlib
-import dataclasses
 import json
 import logging
 import sys
@@ -23,22 +22,18 @@ DESCRIPTION = ("Train 3D segmentation networks on sparse annotations, predict vo
 EPILOG = "To try it on the nuclei sample: napari-seg3d demo --write-sample sample"
 
 
+def _channels(image) -> int:
+    return int(image.shape[0]) if image.ndim == 4 else 1
+
+
 def _train(args: argparse.Namespace) -> int:
     from ._cli_outputs import check_train_outputs, last_path, report_path
-    from ._config_file import read_config
-    from .engine import (
-        TrainConfig,
-        Trainer,
-        default_batch_size,
-        default_model_config,
-        load_model,
-        propose_patch_size,
-        save_model,
-    )
+    from ._config_file import read_config, setting_names
+    from .engine import Trainer, load_model, save_model
     from .engine.errors import writable_folder
     from .engine.io import read_volume
+    from .engine.plan import plan_training
     from .engine.training.labels_check import refuse_implausible_labels
-    from .engine.training.losses import is_binary_loss
 
     check_train_outputs(args)  # nothing it writes may land on an input: refused before reading
     file = read_config(args.config) if args.config else {}
@@ -52,45 +47,21 @@ def _train(args: argparse.Namespace) -> int:
     labels = read_volume(args.labels).data
     init = load_model(args.resume or args.fine_tune) if (args.resume or args.fine_tune) else None
     voxel = image.voxel_size
-    dims = int(setting("dims", 3))
-    if init is not None:
-        if setting("dims") is not None and dims != init.dims:
-            raise ValueError(f"The model to start from is a {init.dims}D network; --dims {dims} "
-                             "needs a new model.")
-        dims = init.dims
-        patch = tuple(setting("patch_size") or init.patch_size)
-    else:
-        patch = tuple(setting("patch_size")
-                      or propose_patch_size(image.data.shape[-3:], voxel, dims=dims))
-    start = init.iteration if args.resume else 0
-    # settings given neither on the command line nor in --config come from the model file
-    # (resume, fine-tune), else from the defaults
-    base = init.train_config if init is not None else TrainConfig()
-    names = {f.name for f in dataclasses.fields(TrainConfig)} - {"patch_size", "iterations", "device"}
-    given = {name: setting(name) for name in names}
-    if init is None and given["batch_size"] is None:
-        given["batch_size"] = default_batch_size(dims)
-    cfg = dataclasses.replace(
-        base, patch_size=patch, iterations=start + setting("iterations", TrainConfig().iterations),
-        device=setting("device", "auto"), **{k: v for k, v in given.items() if v is not None})
-    model_config = None
-    if init is None:
-        if not args.allow_many_classes:  # labels like an image or instances: refuse
-            refuse_implausible_labels(labels, "Check --labels, or add --allow-many-classes to "
-                                      "train on them anyway.")
-        channels = image.data.shape[0] if image.data.ndim == 4 else 1
-        k = 1 if is_binary_loss(cfg.loss) else len(np.unique(labels[labels > 0]))
-        model_config = default_model_config(channels, k, patch, voxel,
-                                            base_filters=setting("base_filters", 16),
-                                            levels=setting("levels"),
-                                            architecture=setting("architecture", "unet"),
-                                            dims=dims)
+    if init is None and not args.allow_many_classes:  # labels like an image or instances
+        refuse_implausible_labels(labels, "Check --labels, or add --allow-many-classes to "
+                                  "train on them anyway.")
+    # the command line wins over the file; what neither sets is planned (or, with --resume and
+    # --fine-tune, comes from the model file)
+    settings = {name: setting(name) for name in setting_names()}
+    plan = plan_training(image.data.shape, labels, channels=_channels(image.data),
+                         voxel_size=voxel, settings=settings, init=init, resume=bool(args.resume))
+    cfg, start = plan.train_config, plan.start_iteration
     loggers = []
     if args.tensorboard:
         from .engine.training.tensorboard import TensorBoardLogger
 
         loggers.append(TensorBoardLogger(args.tensorboard))
-    trainer = Trainer(image.data, labels, cfg, model_config=model_config, voxel_size=voxel,
+    trainer = Trainer(image.data, labels, cfg, model_config=plan.model_config, voxel_size=voxel,
                       init=init, resume=bool(args.resume), loggers=loggers)
     result = _run_training(trainer, cfg.iterations, start, quiet=args.quiet)
     out = Path(args.out)

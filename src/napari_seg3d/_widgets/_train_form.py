@@ -6,10 +6,8 @@
 
 from __future__ import annotations
 
-import dataclasses
 from typing import TYPE_CHECKING
 
-import numpy as np
 from qtpy.QtWidgets import (
     QCheckBox,
     QComboBox,
@@ -33,9 +31,9 @@ from ..engine import (
     default_batch_size,
     precision,
     propose_patch_size,
-    resolve_device,
 )
 from ..engine.models import MODELS
+from ..engine.plan import patch_edge
 from . import _layers
 from ._class_table import ClassTable
 from ._plot import TrainingPlot
@@ -227,40 +225,31 @@ class TrainForm(QWidget):
         box.addWidget(inner)
         return box
 
-    def train_config(self) -> TrainConfig:
-        """The settings in the widget as a :class:`TrainConfig`."""
-        iterations = self.iterations_spin.value()
-        return TrainConfig(
+    def settings(self) -> dict:
+        """What the form sets, for :func:`~napari_seg3d.engine.plan.plan_training`."""
+        return dict(
             patch_size=tuple(s.value() for s in self.patch_spins),
-            batch_size=self.batch_spin.value(), iterations=iterations,
+            batch_size=self.batch_spin.value(), iterations=self.iterations_spin.value(),
             learning_rate=self.lr_spin.value(), loss=self.loss_combo.currentText(),
             device=self.device_combo.currentText(), seed=self.seed_spin.value(),
             validation_fraction=self.val_spin.value(), smoothness=self.smoothness_spin.value(),
             self_training=self.self_training_spin.value(), planes=self.planes_combo.currentText(),
-            amp=self.amp_check.isChecked(), validate_every=int(np.clip(iterations // 10, 5, 50)))
+            amp=self.amp_check.isChecked(), dims=self.dims,
+            architecture=self.architecture_combo.currentText(),
+            base_filters=self.filters_spin.value(), levels=self.levels_spin.value() or None)
 
-    def _patch_target(self) -> int:
-        """96 on a GPU; 48 on the CPU, where a 2 x 64^3 step takes seconds (and Stop waits for
-        the step to end)."""
-        try:
-            device = resolve_device(self.device_combo.currentText())
-        except ValueError:
-            device = resolve_device("auto")
-        return 96 if device.type in ("cuda", "mps") else 48
-
-    def _run_config(self, resume: bool, model: SegmentationModel | None,
-                    last_model: SegmentationModel | None
-                    ) -> tuple[TrainConfig, SegmentationModel | None]:
-        """The config and the starting model of a run: continuing ``last_model`` exactly, or new
-        (fine-tuning ``model`` when that box is checked)."""
+    def _run_settings(self, resume: bool, model: SegmentationModel | None,
+                      last_model: SegmentationModel | None
+                      ) -> tuple[dict, SegmentationModel | None]:
+        """The settings and the starting model of a run: continuing ``last_model`` exactly (only
+        the iterations to add and the device are the form's), or new (fine-tuning ``model`` when
+        that box is checked)."""
         if resume:
             if last_model is None:
                 raise AnnotationError("There is no training to continue: train a model first.")
-            iterations = last_model.iteration + self.iterations_spin.value()
-            cfg = dataclasses.replace(last_model.train_config, iterations=iterations,
-                                      device=self.device_combo.currentText())
-            return cfg, last_model
-        return self.train_config(), model if self.fine_tune_check.isChecked() else None
+            return {"iterations": self.iterations_spin.value(),
+                    "device": self.device_combo.currentText()}, last_model
+        return self.settings(), model if self.fine_tune_check.isChecked() else None
 
     # --- the layers chosen ------------------------------------------------------------------------
 
@@ -290,7 +279,8 @@ class TrainForm(QWidget):
         if image is None:
             return
         proposed = propose_patch_size(_layers.spatial_shape(image), _layers.voxel_size(image),
-                                      max_edge=self._patch_target(), dims=self.dims)
+                                      max_edge=patch_edge(self.device_combo.currentText()),
+                                      dims=self.dims)
         for spin, p in zip(self.patch_spins, proposed):
             spin.setValue(p)
         for layer in _layers.annotation_candidates(self.viewer):

@@ -10,14 +10,14 @@ from typing import TYPE_CHECKING
 
 import numpy as np
 
-from ..engine import AnnotationError, Trainer, TrainerUpdate, default_model_config
-from ..engine.training.losses import is_binary_loss
+from ..engine import AnnotationError, Trainer, TrainerUpdate
+from ..engine.plan import plan_training
 from ..engine.training.sampling import class_values_of
 from ..engine.training.tensorboard import TensorBoardLogger
 from . import _layers
 
 if TYPE_CHECKING:
-    from ..engine import SegmentationModel, TrainConfig, TrainProgress
+    from ..engine import SegmentationModel, TrainProgress
     from ._class_table import ClassTable
 
 log = logging.getLogger(__name__)
@@ -188,30 +188,26 @@ def check_layers(image_layer, annotation_layer) -> None:
                               "from this image.")
 
 
-def new_job(image_layer, annotation_layer, cfg: TrainConfig, init: SegmentationModel | None, *,
-            resume: bool, levels: int | None, filters: int, names: ClassTable,
-            architecture: str = "unet", dims: int = 3,
-            tensorboard: str | None = None) -> TrainJob:
-    """A job training on a copy of the annotations (checked by :func:`check_layers`): from
-    ``init`` (fine-tuned, or resumed exactly when ``resume``) or a new U-Net of ``levels``
-    (None: automatic), ``filters`` base filters and ``dims`` (3, or 2 for 2.5D), classes named by
-    ``names``; logged to TensorBoard in the folder ``tensorboard`` when given."""
+def new_job(image_layer, annotation_layer, settings: dict, init: SegmentationModel | None, *,
+            resume: bool, names: ClassTable, tensorboard: str | None = None) -> TrainJob:
+    """A job training on a copy of the annotations (checked by :func:`check_layers`), planned by
+    :func:`~napari_seg3d.engine.plan.plan_training` from the layers and ``settings`` (the
+    form's): from ``init`` (fine-tuned, or resumed exactly when ``resume``) or a new network,
+    classes named by ``names``; logged to TensorBoard in the folder ``tensorboard`` when given."""
     labels = np.array(_layers.layer_array(annotation_layer), copy=True)
     image = _layers.layer_array(image_layer)
     channels = _layers.channels_of(image_layer)
     vs = _layers.voxel_size(image_layer)
+    shape = _layers.spatial_shape(image_layer)
 
     def make_trainer() -> Trainer:
-        painted = class_values_of(labels)
-        out = 1 if is_binary_loss(cfg.loss) else len(painted)
-        mc = None if init is not None else default_model_config(
-            channels, out, cfg.patch_size, vs, base_filters=filters, levels=levels,
-            architecture=architecture, dims=dims)
+        plan = plan_training(shape, labels, channels=channels, voxel_size=vs, settings=settings,
+                             init=init, resume=resume)
         loggers = [TensorBoardLogger(tensorboard)] if tensorboard else []
-        return Trainer(image, labels, cfg, model_config=mc, voxel_size=vs, init=init,
-                       class_names=[names.name(v) for v in painted], resume=resume,
-                       loggers=loggers)
+        return Trainer(image, labels, plan.train_config, model_config=plan.model_config,
+                       voxel_size=vs, init=init, resume=resume, loggers=loggers,
+                       class_names=[names.name(v) for v in class_values_of(labels)])
 
     start = init.iteration if resume else 0
     return TrainJob(make_trainer, annotation_layer, image_layer.name, labels, start,
-                    cfg.iterations, new_model=init is None)
+                    start + int(settings["iterations"]), new_model=init is None)

@@ -19,6 +19,7 @@ from qtpy.QtCore import QTimer
 from qtpy.QtWidgets import QFileDialog, QWidget
 
 from ..engine import ModelFileError, Preview, Seg3DError, Trainer, load_model, save_model
+from ..engine.plan import window_for
 from ..engine.threads import set_default_threads
 from . import _layer_files, _layers
 from ._labels_warning import labels_confirmed
@@ -167,15 +168,14 @@ class TrainWidget(TrainForm):
         image_layer, ann = self.image_layer(), self.annotation_layer()
         check_layers(image_layer, ann)
         set_default_threads(self.threads_spin.value() or None)
-        cfg, init = self._run_config(resume, self.model, self.last_model)
-        job = new_job(image_layer, ann, cfg, init, resume=resume,
-                      levels=self.levels_spin.value() or None,
-                      filters=self.filters_spin.value(), names=self.class_table,
-                      architecture=self.architecture_combo.currentText(), dims=self.dims,
+        settings, init = self._run_settings(resume, self.model, self.last_model)
+        job = new_job(image_layer, ann, settings, init, resume=resume, names=self.class_table,
                       tensorboard=self.tensorboard_edit.text().strip() or None)
         job.quick_preview = self.quick_check.isChecked() and not resume
-        job.quick_region = _layers.view_region(image_layer, self.viewer, cfg.patch_size[0],
-                                               PREVIEW_YX)
+        depth = window_for(settings.get("patch_size") or init.patch_size,
+                           init.dims if init is not None else settings["dims"],
+                           _layers.spatial_shape(image_layer))[0]
+        job.quick_region = _layers.view_region(image_layer, self.viewer, depth, PREVIEW_YX)
         return job
 
     def _launch(self, job: TrainJob) -> None:
@@ -300,8 +300,9 @@ class TrainWidget(TrainForm):
             return
         image = _layers.find_layer(self.viewer, self._job.image_name)
         if image is not None:
-            patch = self._job.trainer.config.patch_size if self._job.trainer else (32, 64, 64)
-            self._send(preview=_layers.view_region(image, self.viewer, patch[0], PREVIEW_YX))
+            trainer = self._job.trainer
+            depth = trainer.model.window(trainer.sampler.shape)[0] if trainer else 32
+            self._send(preview=_layers.view_region(image, self.viewer, depth, PREVIEW_YX))
 
     def _show_preview(self, preview) -> None:
         image = _layers.find_layer(self.viewer, self._job.image_name) if self._job else None

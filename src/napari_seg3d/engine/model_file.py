@@ -90,12 +90,10 @@ class SegmentationModel:
         return 2 if isinstance(self.network, SliceNetwork) else 3
 
     def window(self, shape) -> tuple[int, int, int]:
-        """The sliding window for an image of spatial ``shape``: the training patch; for a 2D
-        network no larger than the image (its slices need no padding, and an image one slice
-        thick stays a 2D image)."""
-        if self.dims == 3:
-            return self.patch_size
-        return tuple(min(int(p), int(s)) for p, s in zip(self.patch_size, shape))
+        """The sliding window for an image of spatial ``shape`` (see :func:`.plan.window_for`)."""
+        from .plan import window_for
+
+        return window_for(self.patch_size, self.dims, shape)
 
     def set_planes(self, planes: str | None) -> None:
         """How a 2D network predicts (see ``config.PLANES``); None: as it was trained."""

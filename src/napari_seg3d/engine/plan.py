@@ -1,13 +1,150 @@
-"""The plan of a training run: the network, the patch and the batch for an image, its voxel size
-and the device. The command line and the Train widget both ask these functions, so the same
-inputs give the same run."""
+"""The plan of a training run: the network, the patch, the batch and the schedule for an image,
+its voxel size, the strokes, the user's settings and the device.
+
+The command line and the Train widget only collect what the user set and call
+:func:`plan_training`, so the same inputs give the same run::
+
+    plan = plan_training(image.shape, labels, voxel_size=(2.0, 0.5, 0.5),
+                         settings={"iterations": 300})
+    trainer = Trainer(image, labels, plan.train_config, model_config=plan.model_config)
+"""
 
 from __future__ import annotations
 
+import dataclasses
+from collections.abc import Mapping
+from dataclasses import dataclass
+from typing import TYPE_CHECKING, Any
+
 import numpy as np
 
-from .config import ModelConfig
+from .config import ModelConfig, TrainConfig
+from .devices import resolve_device
 from .models import MODELS, anisotropic_pooling
+
+if TYPE_CHECKING:
+    from .model_file import SegmentationModel
+
+#: network settings a plan takes besides the fields of :class:`TrainConfig`
+NETWORK_SETTINGS = {"dims": 3, "architecture": "unet", "base_filters": 16, "levels": None}
+PATCH_EDGE = {"cpu": 48, "gpu": 96}  # largest y/x patch edge: a 2 x 64^3 CPU step takes seconds
+
+
+@dataclass(frozen=True)
+class TrainingPlan:
+    """What :func:`plan_training` decided.
+
+    Attributes:
+        train_config: every training setting of the run.
+        model_config: the network to build; None when the run starts from a model.
+        start_iteration: where the run starts (the resumed model's iteration, else 0).
+    """
+
+    train_config: TrainConfig
+    model_config: ModelConfig | None
+    start_iteration: int = 0
+
+
+def plan_training(image_shape, labels=None, *, channels: int = 1, voxel_size=None,
+                  settings: Mapping[str, Any] | None = None,
+                  init: SegmentationModel | None = None, resume: bool = False) -> TrainingPlan:
+    """Plan a training run.
+
+    Args:
+        image_shape: ``(Z, Y, X)`` (or ``(C, Z, Y, X)``: the last three axes count).
+        labels: the strokes ``(Z, Y, X)`` (0 = not painted), or the number of painted classes;
+            needed for a new model (its output channels).
+        channels: image channels.
+        voxel_size: ``(z, y, x)``, or None for isotropic voxels.
+        settings: what the user set: any :class:`TrainConfig` field and the network settings
+            of :data:`NETWORK_SETTINGS`; everything else is planned. With ``init``, settings not
+            given come from the model's own training settings.
+        init: a model to fine-tune, or with ``resume`` to continue exactly (``iterations`` then
+            counts the steps added).
+        resume: continue ``init`` exactly.
+
+    Returns:
+        The :class:`TrainingPlan`.
+
+    Raises:
+        ValueError: an unknown setting, or one that contradicts ``init``, in a sentence.
+    """
+    settings = {k: v for k, v in (settings or {}).items() if v is not None}
+    names = {f.name for f in dataclasses.fields(TrainConfig)} | set(NETWORK_SETTINGS)
+    unknown = sorted(set(settings) - names)
+    if unknown:
+        raise ValueError(f"Unknown training settings: {', '.join(unknown)}; known: "
+                         f"{', '.join(sorted(names))}.")
+    shape = tuple(int(n) for n in image_shape)[-3:]
+    device = settings.get("device", "auto")
+    base = init.train_config if init is not None else TrainConfig()
+    if init is not None:
+        dims = init.dims
+        if settings.get("dims", dims) != dims:
+            other = settings["dims"]
+            raise ValueError(f"The model to start from is a {dims}D network; a {other}D network "
+                             f"(--dims {other}, or the Network box of the Train widget) needs a "
+                             "new model.")
+        patch = tuple(settings.get("patch_size", init.patch_size))
+    else:
+        dims = int(settings.get("dims", NETWORK_SETTINGS["dims"]))
+        patch = tuple(settings.get("patch_size") or propose_patch_size(
+            shape, voxel_size, dims=dims, max_edge=patch_edge(device)))
+    start = init.iteration if (init is not None and resume) else 0
+    run = int(settings.get("iterations", TrainConfig().iterations))
+    given = {k: v for k, v in settings.items()
+             if k in base.to_dict() and k not in ("patch_size", "iterations", "device")}
+    if init is None:
+        given.setdefault("batch_size", default_batch_size(dims))
+    given.setdefault("validate_every", default_validate_every(run))
+    cfg = dataclasses.replace(base, patch_size=patch, iterations=start + run, device=device,
+                              **given)
+    model_config = None
+    if init is None:
+        model_config = default_model_config(
+            channels, output_channels(labels, cfg.loss), patch, voxel_size,
+            base_filters=int(settings.get("base_filters", NETWORK_SETTINGS["base_filters"])),
+            levels=settings.get("levels"), dims=dims,
+            architecture=str(settings.get("architecture", NETWORK_SETTINGS["architecture"])))
+    return TrainingPlan(cfg, model_config, start)
+
+
+def output_channels(labels, loss: str) -> int:
+    """The network's outputs: one (a sigmoid) for the binary losses, else one per class painted
+    in ``labels`` (an array of strokes, or the number of classes)."""
+    from .training.losses import is_binary_loss
+
+    if is_binary_loss(loss):
+        return 1
+    if labels is None:
+        raise ValueError("A new model needs the strokes (or the number of classes) to plan.")
+    if np.isscalar(labels):
+        return int(labels)
+    labels = np.asarray(labels)
+    return len(np.unique(labels[labels > 0]))
+
+
+def patch_edge(device: str = "auto") -> int:
+    """The largest y/x edge of a proposed training patch on ``device``."""
+    try:
+        kind = resolve_device(device).type
+    except ValueError:  # an unavailable device: the trainer says so; plan as on a CPU
+        kind = "cpu"
+    return PATCH_EDGE["gpu" if kind in ("cuda", "mps") else "cpu"]
+
+
+def default_validate_every(iterations: int) -> int:
+    """A tenth of the run, between 5 and 50 steps."""
+    return int(np.clip(iterations // 10, 5, 50))
+
+
+def window_for(patch_size, dims: int, shape) -> tuple[int, int, int]:
+    """The sliding window of a model for an image of spatial ``shape``: the training patch; for
+    a 2D network (``dims=2``) no larger than the image (its slices need no padding, and an
+    image one slice thick stays a 2D image). Its depth is also the depth of a preview."""
+    if dims == 3:
+        return tuple(int(p) for p in patch_size)
+    return tuple(min(int(p), int(s)) for p, s in zip(patch_size, shape))
 
 
 def default_model_config(in_channels: int, out_channels: int, patch_size, voxel_size=None,

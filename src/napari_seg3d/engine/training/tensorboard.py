@@ -245,7 +245,8 @@ class TensorBoardLogger:
         index = trainer.sampler.annotations.index
         if self._region is None:  # chosen once, so the images of every step compare
             self._z = choose_slice(index)
-            self._region = slice_region(index, self._z, trainer.config.patch_size[0])
+            self._region = slice_region(index, self._z,
+                                        trainer.model.window(trainer.sampler.shape)[0])
         z, (zs, ys, xs) = self._z, self._region
         src = trainer.sampler.image
         plane = src[0, z, ys, xs] if trainer.sampler.has_channels else src[z, ys, xs]
