@@ -208,6 +208,13 @@ def iter_forest_predict(forest: Forest, image, block=_BLOCK) -> Iterator[ForestR
         yield ForestRegion(region, forest.probabilities(feats), i + 1, len(regions))
 
 
+def predict_region(forest: Forest, image, region: tuple[slice, slice, slice]) -> np.ndarray:
+    """``(K, z, y, x)`` float32 probabilities of ``region`` of a ``(C, Z, Y, X)`` source, its
+    features computed with the context they need read from around the region."""
+    feats, _ = _region_features(image, region, forest.spacing, forest.normalization)
+    return forest.probabilities(feats)
+
+
 def forest_predict(forest: Forest, image) -> np.ndarray:
     """``(K, Z, Y, X)`` float32 probabilities of a whole ``(C, Z, Y, X)`` source."""
     out = np.empty((forest.n_classes,) + tuple(image.shape[-3:]), np.float32)

@@ -15,27 +15,59 @@ import torch
 
 from ..errors import AnnotationError
 from ..normalization import Normalization
+from .pseudo import PseudoLabels
 
 _VAL_BLOCK = 8  # edge of the spatial blocks that go wholly to training or to validation
-_MAX_PSEUDO_CENTRES = 50_000  # per class: patch centres drawn from pseudo-labelled voxels
+
+
+MAX_CLASSES = 64  # more painted values are an image or instances, not a few classes
+_SLAB = 1 << 24  # voxels read at a time when scanning large label volumes
 
 
 def class_values_of(labels: np.ndarray) -> tuple[int, ...]:
-    """The painted label values (all but 0), sorted; raises a user-facing error when fewer than two."""
-    if not np.issubdtype(np.asarray(labels).dtype, np.integer) and labels.dtype != bool:
+    """The painted label values (all but 0), sorted; raises a user-facing error when fewer than
+    two or more than :data:`MAX_CLASSES`. Large volumes are scanned slab by slab."""
+    labels = np.asarray(labels)
+    if not np.issubdtype(labels.dtype, np.integer) and labels.dtype != bool:
         raise AnnotationError(f"Annotations must be integer labels, got dtype {labels.dtype}.")
-    values = np.unique(labels)
-    if values.size and values[0] < 0:
+    values = painted_values(labels)
+    if values and values[0] < 0:
         raise AnnotationError("Annotations hold negative values; use 0 for not annotated and "
                               "positive values for classes.")
-    values = tuple(int(v) for v in values if v != 0)
     if not values:
         raise AnnotationError("There are no annotations: paint a few strokes of each class "
                               "(label 0 means not annotated).")
     if len(values) == 1:
         raise AnnotationError(f"Only one class (value {values[0]}) is painted: paint at least "
                               "two classes, for example background and the object.")
+    if len(values) > MAX_CLASSES:
+        raise AnnotationError(f"The annotations hold {len(values)} different values; at most "
+                              f"{MAX_CLASSES} classes can be trained. They look like an instance "
+                              "segmentation (one value per object) or an image: paint a few "
+                              "classes (0 = not annotated), or choose the annotation layer.")
     return values
+
+
+def painted_values(labels: np.ndarray) -> tuple[int, ...]:
+    """The distinct values other than 0 of integer ``labels``, sorted (a table of seen values
+    for 8- and 16-bit unsigned labels, else ``np.unique`` slab by slab)."""
+    if labels.dtype == bool:
+        labels = labels.view(np.uint8)
+    if labels.size == 0:
+        return ()
+    small = labels.dtype.kind == "u" and labels.dtype.itemsize <= 2
+    seen = np.zeros(1 << (8 * labels.dtype.itemsize), bool) if small else None
+    found: set[int] = set()
+    flat = labels.reshape(-1)
+    for start in range(0, flat.size, _SLAB):
+        part = flat[start:start + _SLAB]
+        if seen is not None:
+            seen[part] = True
+        else:
+            found.update(int(v) for v in np.unique(part))
+    if seen is not None:
+        found = {int(v) for v in np.flatnonzero(seen)}
+    return tuple(sorted(v for v in found if v != 0))
 
 
 @dataclass(frozen=True)
@@ -47,7 +79,7 @@ class AnnotationSet:
     """
 
     class_values: tuple[int, ...]
-    index: np.ndarray  # (Z, Y, X) int16: class index + 1, 0 = not annotated; -(k+1) = held out
+    index: np.ndarray  # (Z, Y, X) int8: class index + 1, 0 = not annotated; -(k+1) = held out
     train_coords: tuple[np.ndarray, ...]
     val_coords: tuple[np.ndarray, ...]
 
@@ -62,34 +94,35 @@ def make_annotations(labels: np.ndarray, class_values: tuple[int, ...],
 
     Validation takes blocks of :data:`_VAL_BLOCK`^3 voxels so held-out voxels are not next to
     training voxels of the same stroke. Each class keeps most of its voxels for training; when a
-    class has too few blocks, no validation set is made.
+    class has too few blocks, no validation set is made. Works from the painted voxels only:
+    besides the ``int8`` index, nothing the size of the volume is made.
     """
     labels = np.asarray(labels)
+    flat = labels.reshape(-1)
+    painted = np.concatenate([start + np.flatnonzero(flat[start:start + _SLAB])
+                              for start in range(0, flat.size, _SLAB)] or [np.zeros(0, np.int64)])
+    values = flat[painted]
     lut_keys = np.asarray(class_values)
-    unknown = np.setdiff1d(np.unique(labels), np.concatenate([[0], lut_keys]))
+    unknown = np.setdiff1d(np.unique(values), lut_keys)
     if unknown.size:
         raise AnnotationError(f"Annotations hold values {unknown.tolist()} that the model does not "
                               f"know (its classes are {list(class_values)}).")
-    index = np.zeros(labels.shape, np.int16)
-    for k, v in enumerate(class_values):
-        index[labels == v] = k + 1
-    rng = np.random.default_rng(seed)
-    held = np.zeros(labels.shape, bool)
+    klass = np.searchsorted(lut_keys, values)  # class index of each painted voxel
+    coords = np.stack(np.unravel_index(painted, labels.shape), 1).astype(np.int32)
+    held = np.zeros(len(painted), bool)
     if validation_fraction > 0:
+        rng = np.random.default_rng(seed)
         blocks = tuple(-(-s // _VAL_BLOCK) for s in labels.shape)
         chosen = rng.random(blocks) < validation_fraction
-        full = np.repeat(np.repeat(np.repeat(chosen, _VAL_BLOCK, 0), _VAL_BLOCK, 1), _VAL_BLOCK, 2)
-        held = full[: labels.shape[0], : labels.shape[1], : labels.shape[2]]
-    train, val = [], []
-    for k in range(len(class_values)):
-        coords = np.argwhere(index == k + 1).astype(np.int32)
-        is_val = held[tuple(coords.T)] if len(coords) else np.zeros(0, bool)
-        train.append(coords[~is_val])
-        val.append(coords[is_val])
+        held = chosen[tuple((coords // _VAL_BLOCK).T)] if len(coords) else held
+    train = [coords[(klass == k) & ~held] for k in range(len(class_values))]
+    val = [coords[(klass == k) & held] for k in range(len(class_values))]
     if any(len(t) < max(1, len(v)) for t, v in zip(train, val)) or not all(len(v) for v in val):
         train = [np.concatenate([t, v]) for t, v in zip(train, val)]
         val = [np.zeros((0, 3), np.int32) for _ in val]
+    index = np.zeros(labels.shape, np.int8)  # class index + 1; -(k + 1) held out
     for k, (t, v) in enumerate(zip(train, val)):
+        index[tuple(t.T)] = k + 1
         if len(v):
             index[tuple(v.T)] = -(k + 1)
     return AnnotationSet(tuple(class_values), index, tuple(train), tuple(val))
@@ -155,23 +188,16 @@ class PatchSampler:
         self.random_fraction = random_fraction
         self.shape = tuple(image.shape[-3:])
         self._annotations = annotations
-        self._pseudo: tuple[np.ndarray, tuple[np.ndarray, ...]] | None = None
+        self._pseudo: PseudoLabels | None = None
 
-    def set_pseudo_labels(self, pseudo: np.ndarray | None, seed: int = 0) -> None:
-        """Targets for voxels without strokes (self-training): ``(Z, Y, X)`` class index + 1 where
-        the network was sure, 0 elsewhere; None removes them. Strokes and held-out voxels always
-        win over pseudo-labels. Half the patches are then centred on pseudo-labelled voxels."""
-        if pseudo is None:
-            self._pseudo = None
-            return
-        rng = np.random.default_rng([seed, 7])
-        coords = []
-        for k in range(len(self._annotations.class_values)):
-            flat = np.flatnonzero(pseudo.ravel() == k + 1)
-            if len(flat) > _MAX_PSEUDO_CENTRES:
-                flat = rng.choice(flat, _MAX_PSEUDO_CENTRES, replace=False)
-            coords.append(np.stack(np.unravel_index(flat, pseudo.shape), 1).astype(np.int32))
-        self._pseudo = (pseudo, tuple(coords))  # one assignment: safe across threads
+    def set_pseudo_labels(self, pseudo: PseudoLabels | np.ndarray | None, seed: int = 0) -> None:
+        """Targets for voxels without strokes (self-training): :class:`PseudoLabels` of some
+        regions (or one ``(Z, Y, X)`` array: class index + 1 where the network was sure, 0
+        elsewhere); None removes them. Strokes and held-out voxels always win over
+        pseudo-labels. Half the patches are then centred on pseudo-labelled voxels."""
+        if isinstance(pseudo, np.ndarray):
+            pseudo = PseudoLabels.from_volume(pseudo, len(self._annotations.class_values), seed)
+        self._pseudo = pseudo  # one assignment: safe across threads
 
     def set_annotations(self, annotations: AnnotationSet) -> None:
         """Swap in a new snapshot (one reference assignment, safe across threads)."""
@@ -198,7 +224,7 @@ class PatchSampler:
         mask = idx > 0
         target = np.where(mask, idx - 1, 0).astype(np.int64)
         if pseudo is not None:
-            p = read_patch(pseudo[0], start, size, False)
+            p = pseudo.read(start, size)
             fill = (idx == 0) & (p > 0)
             target[fill] = p[fill] - 1
             mask |= fill
@@ -211,7 +237,7 @@ class PatchSampler:
         if not classes or rng.random() < self.random_fraction:
             return np.array([rng.integers(0, d) for d in self.shape])
         if pseudo is not None and rng.random() < 0.5:
-            sure = [c for c in pseudo[1] if len(c)]
+            sure = [c for c in pseudo.centres if len(c)]
             if sure:
                 coords = sure[int(rng.integers(len(sure)))]
                 return coords[int(rng.integers(len(coords)))]

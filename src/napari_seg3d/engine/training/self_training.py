@@ -9,10 +9,12 @@ from typing import TYPE_CHECKING
 
 import numpy as np
 
-from ..prediction.sliding_window import predict_volume
+from ..prediction.blocks import plan_blocks
+from ..prediction.sliding_window import iter_predict_volume
 from ..threads import compute_threads
-from .forest import fit_forest, forest_predict
+from .forest import fit_forest, forest_predict, predict_region
 from .progress import Preview
+from .pseudo import PseudoLabels
 from .views import ChannelView, RegionView
 
 if TYPE_CHECKING:
@@ -21,7 +23,9 @@ if TYPE_CHECKING:
 log = logging.getLogger(__name__)
 
 QUICK_PREVIEW_VOXELS = 8_000_000  # larger volumes get the quick preview of a region only
-SELF_TRAINING_VOXELS = 16_000_000  # larger volumes train on strokes only (no whole-volume pass)
+ROUND_VOXELS = 4_000_000  # voxels a self-training round predicts: larger volumes, sampled blocks
+ROUND_BLOCK = (64, 128, 128)  # block cores of a round (the forest's blocks, too)
+ROUND_OVERLAP = 0.25  # window overlap of a round's predictions
 
 
 def quick_preview(trainer: Trainer, region: tuple[slice, slice, slice] | None = None) -> Preview:
@@ -44,38 +48,99 @@ def quick_preview(trainer: Trainer, region: tuple[slice, slice, slice] | None = 
 
 
 def self_training_round(trainer: Trainer, iteration: int) -> Preview | None:
-    """One self-training round: predict the whole volume with the current network; voxels it
-    gives a probability of at least ``pseudo_threshold`` become targets where there is no
-    stroke, until the next round. Returns the prediction as a :class:`Preview` (None when the
-    volume is above :data:`SELF_TRAINING_VOXELS`, where rounds are skipped)."""
+    """One self-training round: the current network (and, with ``self_training_forest``, a
+    random forest fit on the current strokes) segments blocks of the volume; voxels given a
+    probability of at least ``pseudo_threshold`` become targets where there is no stroke, until
+    the next round.
+
+    The blocks are those of the sliding window's block plan, so each is predicted exactly as in
+    a prediction of the whole volume. Volumes of at most :data:`ROUND_VOXELS` voxels are
+    predicted whole; larger ones on blocks drawn at random (a new draw each round) up to that
+    many voxels, so memory and time per round follow the budget, not the volume.
+
+    Returns:
+        The prediction as a :class:`Preview` when the round covered the whole volume, else None.
+    """
     cfg, model, sampler = trainer.config, trainer.model, trainer.sampler
-    shape = sampler.shape
-    if np.prod(shape) > SELF_TRAINING_VOXELS:
-        log.info("Self-training skipped: the volume has more than %d voxels.",
-                 SELF_TRAINING_VOXELS)
+    chosen, plan = round_blocks(sampler.shape, model.window(sampler.shape),
+                                seed=cfg.seed + iteration)
+    probs = _network_blocks(trainer, plan, chosen)
+    forest = _fit_forest(trainer, _train_index(trainer)) if cfg.self_training_forest else None
+    whole = len(chosen) == len(plan)
+    regions, labels, shown, sure_voxels = [], [], [], 0
+    for block in (plan[i] for i in chosen):
+        p = probs.pop(block.index)
+        if p.shape[0] == 1:  # one sigmoid channel: the probability of the second class
+            p = np.concatenate([1 - p, p])
+        if forest is not None and forest[0].n_classes == p.shape[0]:  # every class has strokes
+            p = (p + predict_region(forest[0], forest[1], block.core)) / 2
+        classes, sure = p.argmax(0), p.max(0) >= cfg.pseudo_threshold
+        regions.append(block.core)
+        labels.append(np.where(sure, classes + 1, 0).astype(np.int8))
+        sure_voxels += int(sure.sum())
+        if whole:
+            shown.append(classes.astype(np.int16))
+    pseudo = PseudoLabels.build(regions, labels, len(model.class_values), seed=cfg.seed + iteration)
+    sampler.set_pseudo_labels(pseudo)
+    model.history.setdefault("self_training", []).append(iteration)
+    log.info("Self-training at iteration %d: %d of %d blocks, %.0f%% of their voxels "
+             "pseudo-labelled.", iteration, len(chosen), len(plan),
+             100 * sure_voxels / max(pseudo.voxels, 1))
+    if not whole:
         return None
-    net = model.network
+    classes = np.zeros(sampler.shape, np.int16)
+    for region, c in zip(regions, shown):
+        classes[region] = c
+    return Preview(tuple(slice(0, n) for n in sampler.shape), model.label_lut()[classes],
+                   iteration)
+
+
+def round_blocks(shape, window, *, seed: int,
+                 budget: int | None = None) -> tuple[list[int], list]:
+    """The blocks a round predicts: ``(indices, plan)`` of the sliding window's block plan of
+    ``shape`` (blocks of :data:`ROUND_BLOCK`); all of them when the volume has at most
+    ``budget`` (:data:`ROUND_VOXELS`) voxels, else a random draw (by ``seed``) up to it."""
+    budget = ROUND_VOXELS if budget is None else budget
+    plan = plan_blocks(shape, window, ROUND_OVERLAP, ROUND_BLOCK)
+    if np.prod(shape) <= budget:
+        return [b.index for b in plan], plan
+    order = np.random.default_rng([seed, 11]).permutation(len(plan))
+    chosen, voxels = [], 0
+    for i in order:
+        size = int(np.prod([s.stop - s.start for s in plan[i].core]))
+        if chosen and voxels + size > budget:
+            continue
+        chosen.append(int(i))
+        voxels += size
+    return sorted(chosen), plan
+
+
+def _network_blocks(trainer: Trainer, plan, chosen: list[int]) -> dict[int, np.ndarray]:
+    """``{block index: (K, z, y, x) probabilities of its core}`` from the current network."""
+    model, net, sampler = trainer.model, trainer.model.network, trainer.sampler
+    out: dict[int, np.ndarray] = {}
     net.eval()
     try:
-        probs = predict_volume(net, model.prepare(np.asarray(sampler.image)),
-                               patch_size=model.window(shape), overlap=0.25, batch_size=2,
-                               device=trainer.device, probabilities=True, amp=cfg.amp)
+        for r in iter_predict_volume(
+                net, sampler.image, patch_size=model.window(sampler.shape),
+                overlap=ROUND_OVERLAP, batch_size=2, device=trainer.device, probabilities=True,
+                amp=trainer.config.amp, block_shape=ROUND_BLOCK, blocks=chosen,
+                normalize=model.normalization.apply):
+            core = plan[r.block].core
+            if r.block not in out:
+                out[r.block] = np.zeros((r.probabilities.shape[0],)
+                                        + tuple(c.stop - c.start for c in core), np.float32)
+            local = tuple(slice(s.start - c.start, s.stop - c.start) for s, c in zip(r.slices, core))
+            out[r.block][(slice(None),) + local] = r.probabilities
     finally:
         net.train()
-    if probs.shape[0] == 1:  # one sigmoid channel: the probability of the second class
-        probs = np.concatenate([1 - probs, probs])
-    if cfg.self_training_forest and np.prod(shape) <= QUICK_PREVIEW_VOXELS:
-        forest = _forest_probabilities(trainer)
-        if forest.shape == probs.shape:  # every class has training strokes
-            probs = (probs + forest) / 2
-    classes = probs.argmax(0)
-    sure = probs.max(0) >= cfg.pseudo_threshold
-    pseudo = np.where(sure, classes + 1, 0).astype(np.int16)
-    sampler.set_pseudo_labels(pseudo, seed=cfg.seed + iteration)
-    model.history.setdefault("self_training", []).append(iteration)
-    log.info("Self-training at iteration %d: %.0f%% of the voxels pseudo-labelled.",
-             iteration, 100 * sure.mean())
-    return Preview(tuple(slice(0, n) for n in shape), model.label_lut()[classes], iteration)
+    return out
+
+
+def _train_index(trainer: Trainer) -> np.ndarray:
+    """The training strokes as class index + 1 (held-out voxels left out)."""
+    index = trainer.sampler.annotations.index
+    return np.where(index > 0, index, 0)
 
 
 def _forest_probabilities(trainer: Trainer) -> np.ndarray:
