@@ -300,3 +300,22 @@ def test_augment_changes_intensities_a_little():
     torch.testing.assert_close(out, out_ref)  # a pure function of the generator
     assert not torch.equal(out.round(), out)
     assert float((out - out.round()).abs().max()) < 0.35
+
+
+@pytest.mark.parametrize("dtype", [np.uint8, np.uint16, np.int32, np.int64])
+def test_painted_values_and_the_class_limit(dtype):
+    from napari_seg3d.engine.errors import AnnotationError
+    from napari_seg3d.engine.training.sampling import MAX_CLASSES, class_values_of
+
+    labels = np.zeros((4, 30, 30), dtype)
+    labels[1, :2, :2], labels[2, 5, 5], labels[3, 9, 9] = 3, 200, 7
+    assert class_values_of(labels) == (3, 7, 200)
+    many = (np.arange(4 * 30 * 30) % (3000 if np.iinfo(dtype).max > 3000 else 250)).astype(dtype)
+    with pytest.raises(AnnotationError, match=r"hold (2999|249) different values; at most 64 "
+                                              r"classes.*instance segmentation"):
+        class_values_of(many.reshape(labels.shape))
+    limit = np.zeros((MAX_CLASSES + 1, 3, 3), dtype)
+    limit[:, 0, 0] = np.arange(1, MAX_CLASSES + 2)
+    with pytest.raises(AnnotationError, match=f"{MAX_CLASSES + 1} different values"):
+        class_values_of(limit)
+    assert len(class_values_of(limit[:-1])) == MAX_CLASSES
