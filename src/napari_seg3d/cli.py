@@ -155,25 +155,25 @@ def _run_training(trainer, total: int, start: int, *, quiet: bool):
         trainer.request_stop()
         signal.signal(signal.SIGINT, previous)
 
+    from .engine import run_to_end
+
     previous = signal.signal(signal.SIGINT, stop)
     previous_term = signal.signal(signal.SIGTERM, stop)
-    gen = trainer.run()
     try:
         with tqdm(total=total, initial=start, unit="it", desc="train", disable=quiet) as bar:
-            while True:
-                try:
-                    p = next(gen)
-                except StopIteration as done:
-                    return done.value
-                bar.update(1)
-                post = {"loss": f"{p.loss:.3f}", "vox/s": f"{p.voxels_per_s:.3g}",
-                        "threads": p.threads}
-                if p.val_dice is not None:
-                    post["val_dice"] = " ".join(f"{d:.3f}" for d in p.val_dice)
-                bar.set_postfix(post, refresh=False)
+            return run_to_end(trainer.run(), lambda p: _show_progress(bar, p))
     finally:
         signal.signal(signal.SIGINT, previous)
         signal.signal(signal.SIGTERM, previous_term)
+
+
+def _show_progress(bar, p) -> None:
+    """One training iteration on the tqdm bar: loss, speed, threads, validation Dice."""
+    bar.update(1)
+    post = {"loss": f"{p.loss:.3f}", "vox/s": f"{p.voxels_per_s:.3g}", "threads": p.threads}
+    if p.val_dice is not None:
+        post["val_dice"] = " ".join(f"{d:.3f}" for d in p.val_dice)
+    bar.set_postfix(post, refresh=False)
 
 
 def _print_truth_dice(model, image, truth_spec, args) -> None:
@@ -190,7 +190,7 @@ def _print_truth_dice(model, image, truth_spec, args) -> None:
 def _predict(args: argparse.Namespace) -> int:
     from tqdm import tqdm
 
-    from .engine import load_model
+    from .engine import PredictConfig, load_model
     from .engine.prediction.batch import (
         FileProgress,
         FileResult,
@@ -199,24 +199,25 @@ def _predict(args: argparse.Namespace) -> int:
         output_paths,
     )
 
+    config = PredictConfig(overlap=args.overlap, tta=args.tta, batch_size=args.batch_size,
+                           device=args.device, amp=args.amp, planes=args.planes,
+                           probabilities=args.probabilities, uncertainty=args.uncertainty,
+                           block_shape=tuple(args.block_size))
     model = load_model(args.model)
-    model.set_planes(args.planes)  # refuses planes for a 3D model before any file
+    model.check_config(config)  # refuses planes for a 3D model before any file
     inputs = expand_inputs(args.inputs, args.pattern)
     if not inputs:
         raise ValueError("No input volumes found; name TIFF, HDF5, zarr or .npy files or a folder.")
     output_paths(args.out, inputs, args.format, model_file=args.model,  # refused before any file
                  probabilities=args.probabilities, uncertainty=args.uncertainty)
-    options = dict(fmt=args.format, overwrite=args.overwrite, overlap=args.overlap, tta=args.tta,
-                   probabilities=args.probabilities, uncertainty=args.uncertainty,
-                   batch_size=args.batch_size, device=args.device,
-                   block_shape=tuple(args.block_size), planes=args.planes, amp=args.amp)
     if args.scheduler:
         from .engine.prediction.distributed import iter_predict_files_distributed
 
-        gen = iter_predict_files_distributed(args.model, inputs, args.out, args.scheduler,
-                                             **options)
+        gen = iter_predict_files_distributed(args.model, inputs, args.out, args.scheduler, config,
+                                             fmt=args.format, overwrite=args.overwrite)
     else:
-        gen = iter_predict_files(model, inputs, args.out, model_file=args.model, **options)
+        gen = iter_predict_files(model, inputs, args.out, config, fmt=args.format,
+                                 overwrite=args.overwrite, model_file=args.model)
     failed = done = 0
     with tqdm(total=len(inputs), unit="file", desc="predict", disable=args.quiet) as bar:
         for item in gen:  # the bar counts files, and the windows (or blocks) of the current one
@@ -268,7 +269,7 @@ def _command(sub, name: str, summary: str) -> argparse.ArgumentParser:
 
 
 def build_parser() -> argparse.ArgumentParser:
-    from .engine.config import LOSSES, PLANES, TrainConfig
+    from .engine.config import DEVICES, LOSSES, PLANES, TrainConfig
     from .engine.models import MODELS
     from .engine.prediction.blocks import DEFAULT_BLOCK_SHAPE
 
@@ -307,7 +308,7 @@ def build_parser() -> argparse.ArgumentParser:
                    help="rounds in the second half of the run in which the network also learns "
                         "from the voxels it is sure of (0 = off; default "
                         f"{TrainConfig().self_training})")
-    t.add_argument("--device", choices=["auto", "cpu", "cuda", "mps"])
+    t.add_argument("--device", choices=DEVICES)
     t.add_argument("--seed", type=int, help="default 0")
     t.add_argument("--no-amp", dest="amp", action="store_false", default=None,
                    help="compute in float32 (default: mixed precision, float16 on a GPU and "
@@ -354,7 +355,7 @@ def build_parser() -> argparse.ArgumentParser:
     r.add_argument("--no-amp", dest="amp", action="store_false", default=None,
                    help="predict in float32 (default: as the model was trained, mixed precision "
                         "unless trained with --no-amp)")
-    r.add_argument("--device", default="auto", choices=["auto", "cpu", "cuda", "mps"])
+    r.add_argument("--device", default="auto", choices=DEVICES)
     r.add_argument("--overwrite", action="store_true", help="replace existing outputs")
     r.set_defaults(func=_predict)
 
@@ -368,7 +369,7 @@ def build_parser() -> argparse.ArgumentParser:
     d.add_argument("--out", default="demo-output", help="folder for the screenshot, model, prediction")
     d.add_argument("--iterations", type=int, default=TrainConfig().iterations)
     d.add_argument("--headless", action="store_true", help="scripted run, even with a display")
-    d.add_argument("--device", default="auto", choices=["auto", "cpu", "cuda", "mps"])
+    d.add_argument("--device", default="auto", choices=DEVICES)
     d.add_argument("--write-sample", metavar="DIR",
                    help="only write the sample as files for the command-line examples: "
                         "DIR/image.tif, DIR/scribbles.tif (the strokes of the napari sample), "
