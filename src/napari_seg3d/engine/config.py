@@ -112,6 +112,15 @@ class PredictConfig:
         uncertainty: Also write an uncertainty map (computed from the probabilities).
         block_shape: Largest block core ``(z, y, x)`` predicted at once, so that memory depends
             on the block and not on the volume; None: the volume as one block.
+
+    Example:
+        >>> config = PredictConfig(overlap=0.25, tta=True, device="cpu")
+        >>> config.batch_size, config.amp
+        (4, None)
+        >>> PredictConfig(overlap=1.5)
+        Traceback (most recent call last):
+        ...
+        ValueError: overlap must be a number in [0, 1), got 1.5.
     """
 
     overlap: float = 0.5

@@ -240,7 +240,13 @@ def save_model(model: SegmentationModel, path: str | os.PathLike, *,
                include_optimizer: bool = True) -> Path:
     """Write ``model`` to ``path`` atomically: a temporary file in the same folder, then a rename,
     so a crash never leaves a partial file under the final name. Raises an :class:`OutputError`
-    (an ``OSError``) with a sentence when the file cannot be written."""
+    (an ``OSError``) with a sentence when the file cannot be written.
+
+    Example:
+        >>> save_model(result.best, "model.pt")  # doctest: +SKIP
+        PosixPath('model.pt')
+        >>> save_model(result.best, "share.pt", include_optimizer=False)  # doctest: +SKIP
+    """
     path = Path(path)
     try:
         return _write_model(model, path, include_optimizer)
@@ -316,7 +322,14 @@ def model_from_dict(data: dict) -> SegmentationModel:
 
 def load_model(path: str | os.PathLike) -> SegmentationModel:
     """Load a model file safely (no code runs); raises :class:`ModelFileError` with a clear
-    sentence for a missing, truncated, foreign or unsafe file."""
+    sentence for a missing, truncated, foreign or unsafe file.
+
+    Example:
+        >>> model = load_model("model.pt")  # doctest: +SKIP
+        >>> model.class_values, model.patch_size  # doctest: +SKIP
+        ((1, 2), (16, 32, 32))
+        >>> labels = model.predict(image, device="cpu")  # doctest: +SKIP
+    """
     path = Path(path)
     data = _read_file(path)
     try:
