@@ -19,10 +19,10 @@ import numpy as np
 import torch
 from torch import nn
 
-from .. import precision
 from ..config import PredictConfig, predict_config
 from ..devices import resolve_device
 from ..models.slices import with_planes
+from ..precision import autocast
 from ..threads import ThreadPolicy, compute_threads
 from ._buffers import Accumulator, Rows, after_out_of_memory, depth_of, shift_window
 from .blocks import Block, Normalize, plan_blocks, read_region
@@ -320,7 +320,7 @@ def _forward(model: nn.Module, inputs: torch.Tensor, tta: bool, amp: bool = True
     total = None
     for dims in flips:
         x = inputs.flip(dims) if dims else inputs
-        with precision.autocast(inputs.device, amp):
+        with autocast(inputs.device, amp):
             logits = model(x)
         _check_logits(logits, inputs)
         probs = _activate(logits.float())
