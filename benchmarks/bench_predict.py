@@ -39,7 +39,8 @@ from torch import nn
 
 from napari_seg3d.engine import predict_volume
 from napari_seg3d.engine.models import UNet
-from napari_seg3d.engine.prediction.windows import pad_for_window, window_positions
+from napari_seg3d.engine.prediction.blocks import plan_blocks
+from napari_seg3d.engine.prediction.windows import pad_for_window
 
 OVERLAP = 0.5
 SIGMA_SCALE = 0.125  # MONAI's default and napari-seg3d's `gaussian_weights` default
@@ -104,11 +105,16 @@ def make_volume(shape: tuple[int, int, int], seed: int) -> np.ndarray:
     return synthetic_volume(shape, seed)[0]
 
 
+def all_windows(shape, patch) -> list:
+    """The windows of the whole volume, z-major: those of its one block."""
+    return plan_blocks(shape, patch, OVERLAP, None)[0].windows
+
+
 def window_batches(volume: np.ndarray, patch, batch_size: int, device: torch.device) -> list:
     """The windows of ``volume`` as ``(B, 1, z, y, x)`` tensors already on ``device``."""
-    padded, _ = pad_for_window(volume, patch, mode="reflect")
+    padded, _ = pad_for_window(volume, patch)
     source = torch.from_numpy(np.ascontiguousarray(padded))
-    crops = [source[w] for w in window_positions(volume.shape, patch, OVERLAP)]
+    crops = [source[w] for w in all_windows(volume.shape, patch)]
     return [torch.stack(crops[i:i + batch_size])[:, None].to(device)
             for i in range(0, len(crops), batch_size)]
 
@@ -174,7 +180,7 @@ def main(argv: list[str] | None = None) -> int:
     net = net.to(device).eval()
     n_params = sum(p.numel() for p in net.parameters())
     volume = make_volume(args.size, args.seed)
-    n_windows = len(window_positions(volume.shape, args.patch, OVERLAP))
+    n_windows = len(all_windows(volume.shape, args.patch))
 
     for fn in methods(net, warm_up_volume(args, args.seed + 1), args, device).values():
         fn()

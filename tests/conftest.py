@@ -16,8 +16,6 @@ os.environ.setdefault("NAPARI_CONFIG", str(_tmp / "napari-settings.yaml"))
 # is (napari-seg3d otherwise measures the free cores; tests/test_threads.py tests that).
 os.environ.setdefault("NAPARI_SEG3D_THREADS", "1")
 
-SHARED = Path(__file__).resolve().parents[2] / "shared" / "data" / "nuclei3d"
-
 
 @pytest.fixture
 def blobs():
@@ -59,12 +57,11 @@ def ball_volume(shape=(13, 24, 26)) -> tuple[np.ndarray, np.ndarray]:
 def drain(gen) -> tuple[list, object]:
     """Drive a generator (a training run, a batch) to its end: what it yielded, and its return
     value."""
-    items = []
-    while True:
-        try:
-            items.append(next(gen))
-        except StopIteration as done:
-            return items, done.value
+    from napari_seg3d.engine import run_to_end as engine_run_to_end
+
+    items: list = []
+    value = engine_run_to_end(gen, items.append)
+    return items, value
 
 
 def run_to_end(gen):

@@ -12,7 +12,13 @@ import torch
 from conftest import drain
 
 from napari_seg3d.cli import main
-from napari_seg3d.engine import SegmentationModel, TrainConfig, default_model_config, save_model
+from napari_seg3d.engine import (
+    PredictConfig,
+    SegmentationModel,
+    TrainConfig,
+    default_model_config,
+    save_model,
+)
 from napari_seg3d.engine.errors import Seg3DError
 from napari_seg3d.engine.io import read_volume, write_volume
 from napari_seg3d.engine.models import build_model
@@ -197,14 +203,15 @@ def test_a_worker_without_the_shared_files_says_so(model_file, tmp_path):
     spec = str(write_volume(tmp_path / "a.tif", _image(0)))
     with pytest.raises(Seg3DError, match="cannot find the model file"):
         dist._predict_file_task(str(tmp_path / "elsewhere.pt"), spec,
-                                str(tmp_path / "a_labels.tif"), 0, 1, False, {})
+                                str(tmp_path / "a_labels.tif"), 0, 1, False, PredictConfig())
     with pytest.raises(Seg3DError, match="cannot find the output folder"):
         dist._predict_file_task(str(path), spec, str(tmp_path / "nowhere" / "a_labels.tif"), 0, 1,
-                                False, {})
+                                False, PredictConfig())
     result = dist._predict_file_task(str(path), spec, str(tmp_path / "a_labels.tif"), 0, 1, False,
-                                     OPTS)
+                                     PredictConfig(**OPTS))
     assert result.status == "done" and dist._loads()[str(path)] == 1
-    dist._predict_file_task(str(path), spec, str(tmp_path / "a_labels.tif"), 0, 1, True, OPTS)
+    dist._predict_file_task(str(path), spec, str(tmp_path / "a_labels.tif"), 0, 1, True,
+                            PredictConfig(**OPTS))
     assert dist._loads()[str(path)] == 1  # cached
 
 

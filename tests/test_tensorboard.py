@@ -197,7 +197,14 @@ def test_missing_tensorboard_is_a_clear_error(monkeypatch, tmp_path):
 def test_close_without_logging_and_twice_is_harmless(tmp_path):
     logger = TensorBoardLogger(tmp_path)
     logger.close()
-    logger.close()
+    files = sorted(tmp_path.glob("events.out.tfevents.*"))
+    sizes = [f.stat().st_size for f in files]
+    logger.close()  # nothing more: no error, no new event file, nothing appended
+    assert logger._closed and len(files) == 1
+    assert sorted(tmp_path.glob("events.out.tfevents.*")) == files
+    assert [f.stat().st_size for f in files] == sizes
+    tags = _events(tmp_path).Tags()
+    assert not tags["scalars"] and not tags["images"] and not tags["tensors"]
 
 
 def test_the_slice_region_is_a_slab_at_most_256_wide_around_the_annotations():

@@ -14,7 +14,6 @@ import zarr
 from napari.utils._proxies import PublicOnlyProxy
 
 from napari_seg3d import _reader
-from napari_seg3d._widgets import _large_prediction as large
 from napari_seg3d._widgets import predict as predict_module
 from napari_seg3d._widgets.predict import PredictWidget
 from napari_seg3d.engine import (
@@ -26,6 +25,7 @@ from napari_seg3d.engine import (
     uncertainty_map,
 )
 from napari_seg3d.engine.io import write_volume
+from napari_seg3d.engine.prediction import disk_stores as large
 
 WAIT_MS = 30_000
 SCALE = (2.0, 1.0, 1.0)

@@ -1,4 +1,4 @@
-"""Window geometry: starts, positions, padding round trips and blending weights."""
+"""Window geometry: starts, the windows of a volume, padding and blending weights."""
 
 from __future__ import annotations
 
@@ -6,15 +6,20 @@ import numpy as np
 import pytest
 import torch
 
+from napari_seg3d.engine.prediction.blocks import plan_blocks
 from napari_seg3d.engine.prediction.windows import (
     constant_weights,
-    crop_padding,
     gaussian_weights,
     pad_for_window,
     padded_shape,
-    window_positions,
     window_starts,
 )
+
+
+def window_positions(shape, patch, overlap):
+    """All windows of a volume: those of its one block (no block shape)."""
+    (block,) = plan_blocks(shape, patch, overlap, None)
+    return block.windows
 
 
 @pytest.mark.parametrize(
@@ -85,52 +90,26 @@ def test_padded_shape_rejects_bad_patch():
         padded_shape((4, 4, 4), (4, 4))
 
 
-def _volume(shape, kind):
-    data = np.arange(np.prod(shape), dtype=np.float32).reshape(shape)
-    return torch.from_numpy(data) if kind == "torch" else data
-
-
-@pytest.mark.parametrize("kind", ["numpy", "torch"])
-@pytest.mark.parametrize("mode", ["reflect", "constant"])
 @pytest.mark.parametrize(
     "shape", [(3, 5, 6), (2, 3, 5, 6), (1, 1, 1), (1, 8, 9, 10), (2, 1, 7, 2)]
 )
-def test_pad_then_crop_round_trip(kind, mode, shape):
-    volume = _volume(shape, kind)
+def test_padding_keeps_the_volume_at_the_start(shape):
+    volume = np.arange(np.prod(shape), dtype=np.float32).reshape(shape)
     patch = (4, 8, 4)
-    padded, pad_width = pad_for_window(volume, patch, mode=mode)
-    assert type(padded) is type(volume)
+    padded, pad_width = pad_for_window(volume, patch)
     assert len(pad_width) == len(shape)
     assert all(before == 0 for before, _ in pad_width)
     assert tuple(padded.shape[:-3]) == shape[:-3]
     assert tuple(padded.shape[-3:]) == padded_shape(shape[-3:], patch)
-    cropped = crop_padding(padded, pad_width)
-    np.testing.assert_array_equal(np.asarray(cropped), np.asarray(volume))
+    np.testing.assert_array_equal(padded[(Ellipsis, *(slice(0, n) for n in shape[-3:]))], volume)
 
 
-@pytest.mark.parametrize("mode", ["reflect", "constant"])
-@pytest.mark.parametrize("shape", [(3, 5, 6), (2, 3, 5, 6), (2, 1, 2, 7), (1, 2, 3)])
-def test_torch_padding_matches_numpy(mode, shape):
-    array = _volume(shape, "numpy")
-    patch = (6, 6, 6)  # pads longer than some axes: reflect must fold back repeatedly
-    expected, _ = pad_for_window(array, patch, mode=mode)
-    got, _ = pad_for_window(torch.from_numpy(array), patch, mode=mode)
-    np.testing.assert_array_equal(got.numpy(), expected)
-
-
-def test_torch_reflect_of_integer_tensor_matches_numpy():
-    array = np.arange(2 * 3 * 4).reshape(2, 3, 4)
-    expected, _ = pad_for_window(array, (3, 4, 4))
-    got, _ = pad_for_window(torch.from_numpy(array), (3, 4, 4))
-    np.testing.assert_array_equal(got.numpy(), expected)
-
-
-def test_constant_padding_is_zero_and_reflect_mirrors():
+def test_padding_mirrors_without_repeating_the_edge():
     array = np.array([[[1.0, 2.0, 3.0]]])
-    constant, _ = pad_for_window(array, (1, 1, 5), mode="constant")
-    reflect, _ = pad_for_window(array, (1, 1, 5), mode="reflect")
-    np.testing.assert_array_equal(constant[0, 0], [1, 2, 3, 0, 0])
+    reflect, _ = pad_for_window(array, (1, 1, 5))
     np.testing.assert_array_equal(reflect[0, 0], [1, 2, 3, 2, 1])
+    folded, _ = pad_for_window(np.arange(3.0).reshape(1, 1, 3), (1, 1, 9))  # longer than the axis
+    np.testing.assert_array_equal(folded[0, 0], [0, 1, 2, 1, 0, 1, 2, 1, 0])
 
 
 def test_no_padding_returns_the_volume_itself():
@@ -140,15 +119,7 @@ def test_no_padding_returns_the_volume_itself():
     assert pad_width == ((0, 0), (0, 0), (0, 0))
 
 
-def test_crop_padding_applies_to_trailing_axes():
-    probs = np.zeros((2, 5, 6, 7))
-    cropped = crop_padding(probs, ((0, 1), (0, 2), (0, 3)))
-    assert cropped.shape == (2, 4, 4, 4)
-
-
-def test_pad_rejects_unknown_mode_and_flat_arrays():
-    with pytest.raises(ValueError, match="padding mode"):
-        pad_for_window(np.zeros((2, 2, 2)), (4, 4, 4), mode="edge")
+def test_pad_rejects_flat_arrays():
     with pytest.raises(ValueError, match=r"\(\.\.\., Z, Y, X\)"):
         pad_for_window(np.zeros((2, 2)), (4, 4, 4))
 

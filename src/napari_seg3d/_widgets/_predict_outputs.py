@@ -4,47 +4,23 @@ each is created at the first region that carries it, written region by region, a
 
 from __future__ import annotations
 
-from dataclasses import dataclass, fields
 from typing import TYPE_CHECKING
 
 import numpy as np
 from napari.layers import Labels
 
-from ..engine import RegionDone, uncertainty_map
-from . import _large_prediction as _large
+from ..engine import RegionDone
 from . import _layers
 
 if TYPE_CHECKING:
     import napari
 
 REFRESH_S = 1.0  # an Image layer has no partial refresh: redraw it less often
+DISK_REFRESH_S = 1.0  # a layer on disk is redrawn (read again) at most once a second
 PARTIAL = " (partial)"
 ROLES = ("probabilities", "uncertainty")
 _STYLE = {"contrast_limits": (0.0, 1.0), "colormap": "magma", "blending": "additive",
           "opacity": 0.7}
-
-
-@dataclass(frozen=True)
-class PredictedRegion(RegionDone):
-    """A :class:`RegionDone` with what the widget shows of it.
-
-    Attributes:
-        uncertainty: ``(z, Y, X)`` float32 in [0, 1] (1 = least sure), or None when not asked for.
-    """
-
-    uncertainty: np.ndarray | None = None
-
-
-def with_outputs(region: RegionDone, *, probabilities: bool, uncertainty: bool) -> PredictedRegion:
-    """``region`` with its uncertainty map computed (in the worker thread, off the event loop)
-    and its probabilities kept only when they are shown."""
-    values = {f.name: getattr(region, f.name) for f in fields(region)}
-    probs = values["probabilities"]
-    if uncertainty and probs is not None:
-        values["uncertainty"] = uncertainty_map(probs)
-    if not probabilities:
-        values["probabilities"] = None
-    return PredictedRegion(**values)
 
 
 class OutputLayers:
@@ -79,7 +55,7 @@ class OutputLayers:
             data = arrays.get(role)
             if data is None:
                 continue
-            writer = self._writer(role, lambda image, d=data: d, interval=_large.REFRESH_S)
+            writer = self._writer(role, lambda image, d=data: d, interval=DISK_REFRESH_S)
             if writer is not None:
                 lead = (slice(None),) * (len(data.shape) - 3)
                 writer.mark(lead + tuple(region.slices))
@@ -123,6 +99,13 @@ class OutputLayers:
             layer.metadata["partial"] = not complete
             if not complete and not layer.name.endswith(PARTIAL):
                 layer.name += PARTIAL
+
+
+def source_path(layer) -> str | None:
+    """The file a layer was read from (napari's ``layer.source.path``, or the ``path`` our HDF5
+    reader keeps in the metadata), or None."""
+    path = getattr(getattr(layer, "source", None), "path", None)
+    return str(path) if path else layer.metadata.get("path")
 
 
 def disk_labels_layer(viewer: napari.viewer.Viewer, name: str, like, data, *,

@@ -7,6 +7,7 @@ failure or a cancel never leaves a partial output under its final name.
 
 from __future__ import annotations
 
+from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
@@ -28,12 +29,17 @@ from qtpy.QtWidgets import (
     QWidget,
 )
 
-from ..engine import PLANES, ModelFileError
-from ..engine.errors import Seg3DError
-from ..engine.io import SUFFIXES, read_volume
-from ..engine.prediction.batch import FileProgress, FileResult, expand_inputs, output_paths
+from ..engine import PLANES, ModelFileError, PredictConfig, Seg3DError, errors, read_volume
+from ..engine.io import SUFFIXES
+from ..engine.prediction.batch import (
+    FILE_DEFAULTS,
+    FileProgress,
+    FileResult,
+    expand_inputs,
+    output_paths,
+)
+from ..engine.prediction.jobs import BatchJob, run_batch_job
 from . import _layers
-from ._batch_job import BatchJob, run_batch_job, writable_folder
 from ._batch_progress import BatchProgress, file_progress_text, summary_text
 from ._session import SESSION
 
@@ -198,7 +204,7 @@ class BatchPredictWidget(QWidget):
         self._overlap = QDoubleSpinBox()
         self._overlap.setRange(0.0, 0.9)
         self._overlap.setSingleStep(0.05)
-        self._overlap.setValue(0.5)
+        self._overlap.setValue(PredictConfig().overlap)
         self._tta = QCheckBox("Test-time augmentation (mirrored passes, 4x slower)")
         self._planes = _layers.planes_combo()
 
@@ -256,10 +262,10 @@ class BatchPredictWidget(QWidget):
         if out_dir:  # an output that would land on an input refuses the run before it starts
             output_paths(Path(out_dir).expanduser(), inputs, self._format.currentText(),
                          model_file=model_path)
+        config = replace(FILE_DEFAULTS, overlap=float(self._overlap.value()),
+                         tta=self._tta.isChecked(), planes=_layers.planes_choice(self._planes))
         return BatchJob(inputs, model, model_path, writable_folder(out_dir),
-                        self._format.currentText(), self._overwrite.isChecked(),
-                        float(self._overlap.value()), self._tta.isChecked(),
-                        _layers.planes_choice(self._planes))
+                        self._format.currentText(), self._overwrite.isChecked(), config)
 
     def _set_busy(self, busy: bool) -> None:
         for widget in self._form_widgets:
@@ -337,6 +343,13 @@ class BatchPredictWidget(QWidget):
         folder = QFileDialog.getExistingDirectory(self, "Output folder")
         if folder:
             self.set_output_dir(folder)
+
+
+def writable_folder(text: str) -> Path:
+    """The output folder, created if needed; raises a sentence if it cannot be written to."""
+    if not text.strip():
+        raise ValueError("No output folder: choose the folder the predictions go to.")
+    return errors.writable_folder(text.strip())
 
 
 def _row(*widgets: QWidget) -> QWidget:

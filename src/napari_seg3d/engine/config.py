@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import dataclasses
+import operator
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -84,6 +85,148 @@ class TrainConfig:
         if "patch_size" in d:
             d["patch_size"] = tuple(d["patch_size"])
         return cls(**d)
+
+
+BLENDINGS = ("gaussian", "constant")
+
+
+@dataclass(frozen=True)
+class PredictConfig:
+    """Every prediction setting, built once by the widget, the command line or a script and
+    passed unchanged down to the sliding window. Plain values only, so it pickles to the workers
+    of a cluster.
+
+    Attributes:
+        overlap: Fraction of overlap between neighbouring windows, in ``[0, 1)``.
+        blending: How overlapping windows are blended: ``"gaussian"`` or ``"constant"``.
+        tta: Test-time augmentation: also predict each window mirrored along z, y and x and
+            average the probabilities (4x the compute).
+        batch_size: Windows per forward pass.
+        device: ``"auto"``, ``"cpu"``, ``"cuda"`` (or ``"cuda:N"``) or ``"mps"``; None: for a
+            model, ``"auto"``; for a bare network, where its parameters are.
+        amp: Mixed precision where the device runs it natively (see :mod:`.precision`); None:
+            as the model was trained (a bare network: on); False: float32.
+        planes: How a 2D (2.5D) network predicts (see :data:`PLANES`); None: as trained.
+            3D networks refuse it.
+        probabilities: Also return (or write) the class probabilities.
+        uncertainty: Also write an uncertainty map (computed from the probabilities).
+        block_shape: Largest block core ``(z, y, x)`` predicted at once, so that memory depends
+            on the block and not on the volume; None: the volume as one block.
+
+    Example:
+        >>> config = PredictConfig(overlap=0.25, tta=True, device="cpu")
+        >>> config.batch_size, config.amp
+        (4, None)
+        >>> PredictConfig(overlap=1.5)
+        Traceback (most recent call last):
+        ...
+        ValueError: overlap must be a number in [0, 1), got 1.5.
+    """
+
+    overlap: float = 0.5
+    blending: str = "gaussian"
+    tta: bool = False
+    batch_size: int = 4
+    device: str | None = None
+    amp: bool | None = None
+    planes: str | None = None
+    probabilities: bool = False
+    uncertainty: bool = False
+    block_shape: tuple[int, int, int] | None = None
+
+    def __post_init__(self) -> None:
+        problems = list(_predict_problems(self))
+        if problems:
+            raise ValueError(" ".join(problems))
+        fixed = {"overlap": float(self.overlap), "batch_size": int(self.batch_size),
+                 "device": None if self.device is None else str(self.device),
+                 "block_shape": None if self.block_shape is None
+                 else tuple(int(b) for b in self.block_shape)}
+        for name in ("tta", "probabilities", "uncertainty"):
+            fixed[name] = bool(getattr(self, name))
+        if self.amp is not None:
+            fixed["amp"] = bool(self.amp)
+        for name, value in fixed.items():
+            object.__setattr__(self, name, value)
+
+    @property
+    def needs_probabilities(self) -> bool:
+        """Whether the sliding window must keep the probabilities (for either output)."""
+        return self.probabilities or self.uncertainty
+
+
+def predict_config(config: PredictConfig | None = None, **overrides: Any) -> PredictConfig:
+    """``config`` (default: ``PredictConfig()``) with some of its fields replaced.
+
+    Args:
+        config: The settings to start from; returned as is when there is no override.
+        **overrides: Fields of :class:`PredictConfig`, e.g. ``overlap=0.25``.
+
+    Raises:
+        TypeError: A name is not a field of :class:`PredictConfig`.
+        ValueError: A value is out of range (one sentence per setting).
+    """
+    names = [f.name for f in dataclasses.fields(PredictConfig)]
+    unknown = sorted(set(overrides) - set(names))
+    if unknown:
+        raise TypeError(f"Unknown prediction setting(s) {', '.join(unknown)}; PredictConfig has "
+                        f"{', '.join(names)}.")
+    base = PredictConfig() if config is None else config
+    return dataclasses.replace(base, **overrides) if overrides else base
+
+
+def _predict_problems(c: PredictConfig):
+    """A sentence for each bad setting of ``c``, in field order."""
+    if not _is_number(c.overlap) or not 0.0 <= float(c.overlap) < 1.0:
+        yield f"overlap must be a number in [0, 1), got {c.overlap!r}."
+    if c.blending not in BLENDINGS:
+        yield f"Unknown blending {c.blending!r}; choose one of {', '.join(BLENDINGS)}."
+    if not _is_int(c.batch_size) or int(c.batch_size) < 1:
+        yield f"batch_size must be a positive integer, got {c.batch_size!r}."
+    if c.device is not None and not _is_device(c.device):
+        yield (f"Unknown device {str(c.device)!r}; choose one of {', '.join(DEVICES)} "
+               "(or cuda:N for one GPU).")
+    if c.planes is not None and c.planes not in PLANES:
+        yield f"Unknown planes {c.planes!r}; choose one of {', '.join(PLANES)}."
+    for name in ("tta", "probabilities", "uncertainty") + (("amp",) if c.amp is not None else ()):
+        if getattr(c, name) not in (True, False):
+            yield f"{name} must be True or False, got {getattr(c, name)!r}."
+    if c.block_shape is not None and not _is_shape(c.block_shape):
+        yield f"block_shape must be three positive integers (z, y, x) or None, got {c.block_shape!r}."
+
+
+def _is_shape(value: Any) -> bool:
+    """Three positive integers."""
+    if isinstance(value, (str, bytes)) or not hasattr(value, "__len__") or len(value) != 3:
+        return False
+    return all(_is_int(v) and int(v) >= 1 for v in value)
+
+
+def _is_int(value: Any) -> bool:
+    """An int (numpy integers included), not a bool."""
+    if isinstance(value, bool):
+        return False
+    try:
+        operator.index(value)
+    except TypeError:
+        return False
+    return True
+
+
+def _is_number(value: Any) -> bool:
+    """An int or a float (numpy scalars included), not a bool."""
+    if isinstance(value, bool):
+        return False
+    if isinstance(value, (int, float)):
+        return True
+    kind = getattr(getattr(value, "dtype", None), "kind", None)
+    return getattr(value, "ndim", None) == 0 and kind in ("i", "u", "f")
+
+
+def _is_device(device: Any) -> bool:
+    """A name of :data:`DEVICES`, ``cuda:N`` / ``mps:N``, or a ``torch.device``."""
+    kind, _, index = str(device).partition(":")
+    return kind in DEVICES and (not index or (kind != "auto" and index.isdigit()))
 
 
 def _plain(value: Any) -> Any:

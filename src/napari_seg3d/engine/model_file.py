@@ -11,6 +11,7 @@ import logging
 import os
 import warnings
 from collections.abc import Iterator
+from copy import deepcopy
 from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
@@ -19,11 +20,12 @@ import numpy as np
 import torch
 
 from .. import __version__
-from .config import ModelConfig, TrainConfig
+from .config import ModelConfig, PredictConfig, TrainConfig, predict_config
 from .devices import resolve_device
 from .errors import ModelFileError, OutputError
 from .io._temps import remove_stale_temps, temp_path
 from .models import SliceNetwork, build_model
+from .models.slices import with_planes
 from .normalization import Normalization, has_finite_value
 
 log = logging.getLogger(__name__)
@@ -51,6 +53,9 @@ class SegmentationModel:
     iteration: int = 0
     history: dict[str, list] = field(default_factory=dict)
     optimizer_state: dict | None = None
+    #: the network's copies on other devices, by device: (weights stamp, network)
+    _copies: dict[str, tuple] = field(default_factory=dict, init=False, repr=False,
+                                      compare=False)
 
     def __post_init__(self) -> None:
         if not self.class_names:
@@ -95,62 +100,99 @@ class SegmentationModel:
 
         return window_for(self.patch_size, self.dims, shape)
 
-    def set_planes(self, planes: str | None) -> None:
-        """How a 2D network predicts (see ``config.PLANES``); None: as it was trained."""
+    def check_config(self, config: PredictConfig) -> None:
+        """Raise a ValueError with a sentence when ``config`` does not apply to this model:
+        planes for a 3D network."""
         if self.dims == 3:
-            if planes is not None:
-                raise ValueError("Planes (fast, three, best) apply to 2D (2.5D) models only; "
-                                 "this model is a 3D network.")
-            return
-        self.network.planes = planes or self.train_config.planes
+            with_planes(self.network, config.planes)
 
-    def iter_predict(self, image, *, overlap: float = 0.5, tta: bool = False, batch_size: int = 4,
-                     device: str | torch.device | None = None, probabilities: bool = False,
-                     block_shape: tuple[int, int, int] | None = None,
-                     blocks: list[int] | None = None, planes: str | None = None,
-                     amp: bool | None = None) -> Iterator[Any]:
-        """Sliding-window prediction region by region (see ``iter_predict_volume``); each yielded
-        region's ``labels`` hold the painted label values. ``image`` may be any array-like
-        (numpy, memmap, h5py, zarr): it is read piece by piece, and with ``block_shape`` block by
+    def network_for(self, config: PredictConfig) -> torch.nn.Module:
+        """The network that predicts with ``config``, never changing :attr:`network` (which the
+        widgets of a session share): on ``config.device`` (a copy, made once per device, when
+        the network is elsewhere) and, for a 2D network, along ``config.planes`` (None: as
+        trained) through a view sharing the weights."""
+        self.check_config(config)
+        network = self._on_device(resolve_device(config.device or "auto"))
+        if self.dims == 2:
+            network = with_planes(network, config.planes or self.train_config.planes)
+        return network
+
+    def _on_device(self, device: torch.device) -> torch.nn.Module:
+        """:attr:`network` when its parameters are on ``device``, else its copy there (made
+        again when the network's weights changed since)."""
+        if _same_device(_device_of(self.network), device):
+            return self.network
+        stamp = _weights_stamp(self.network)
+        cached = self._copies.get(str(device))
+        if stamp is not None and cached is not None and cached[0] == stamp:
+            return cached[1]
+        copy = deepcopy(self.network).to(device)
+        if stamp is not None:
+            self._copies[str(device)] = (stamp, copy)
+        return copy
+
+    def iter_predict(self, image, config: PredictConfig | None = None, *,
+                     blocks: list[int] | None = None, **overrides: Any) -> Iterator[Any]:
+        """Sliding-window prediction region by region (see :func:`.iter_predict_volume`).
+
+        Each yielded :class:`.RegionDone`'s ``labels`` hold the **painted label values**
+        (:attr:`class_values`), not class indices. ``image`` may be any array-like (numpy,
+        memmap, h5py, zarr): it is read piece by piece, and with ``config.block_shape`` block by
         block, so it never needs to fit in memory; ``blocks`` picks some blocks of the plan.
-        ``planes`` (2D models only): ``"fast"``, ``"three"`` or ``"best"``; None: as trained.
-        ``amp``: mixed precision where the device runs it natively (see :mod:`.precision`);
-        None: as the model was trained (``train_config.amp``)."""
+        The model is not changed (see :meth:`network_for`), so predictions of one model with
+        different settings may run at the same time.
+
+        Args:
+            image: ``(Z, Y, X)`` or ``(C, Z, Y, X)`` array-like.
+            config: The prediction settings (default ``PredictConfig()``): ``device`` None means
+                ``"auto"``; ``amp`` None as the model was trained; ``planes`` (2D models only)
+                None as trained.
+            blocks: Predict only these blocks of the plan (indices).
+            **overrides: Fields of :class:`.PredictConfig` replacing those of ``config``.
+        """
         from .prediction.sliding_window import iter_predict_volume
 
-        self.set_planes(planes)
+        config = predict_config(config, **overrides)
         self.check_image(image)
         if not hasattr(image, "shape"):
             image = np.asarray(image)
         if not has_finite_value(image):  # else the prediction of nothing would look real
             raise ValueError("The image holds no finite value (all NaN or Inf).")
         lut = self.label_lut()
-        self.network.to(resolve_device(device or "auto"))
-        for region in iter_predict_volume(self.network, image,
+        for region in iter_predict_volume(self.network_for(config), image,
                                           patch_size=self.window(image.shape[-3:]),
-                                          overlap=overlap, batch_size=batch_size,
-                                          probabilities=probabilities, tta=tta,
-                                          block_shape=block_shape, blocks=blocks,
+                                          config=config, blocks=blocks,
                                           normalize=self.normalization.apply,
-                                          amp=self.train_config.amp if amp is None else amp):
+                                          trained_amp=self.train_config.amp):
             yield replace(region, labels=lut[region.labels])
 
-    def predict(self, image, **kwargs) -> np.ndarray:
-        """Labels ``(Z, Y, X)`` with the painted values; with ``probabilities=True`` a
-        ``(K, Z, Y, X)`` float32 array instead."""
-        want_probs = kwargs.get("probabilities", False)
+    def predict(self, image, config: PredictConfig | None = None, **overrides: Any) -> np.ndarray:
+        """Segment a whole image (see :meth:`iter_predict` for the settings).
+
+        Returns the **painted label values** (:attr:`class_values`), where
+        :func:`.predict_volume` of a bare network returns class indices.
+
+        Example:
+            >>> labels = model.predict(image, device="cpu")  # doctest: +SKIP
+            >>> probs = model.predict(image, PredictConfig(probabilities=True))  # doctest: +SKIP
+
+        Returns:
+            Labels ``(Z, Y, X)`` with the painted values; with ``probabilities=True`` the class
+            probabilities ``(K, Z, Y, X)`` float32 instead.
+        """
+        config = predict_config(config, **overrides)
         if not hasattr(image, "shape"):
             image = np.asarray(image)
         shape = tuple(image.shape[-3:])
         labels = np.zeros(shape, self.label_lut().dtype)
         probs = None
-        for r in self.iter_predict(image, **kwargs):
+        for r in self.iter_predict(image, config):
             labels[r.slices] = r.labels
-            if want_probs:
+            if config.probabilities:
                 if probs is None:
                     probs = np.zeros((r.probabilities.shape[0],) + shape, np.float32)
                 probs[(slice(None),) + r.slices] = r.probabilities
-        return probs if want_probs else labels
+        return probs if config.probabilities else labels
 
     def to_dict(self, *, include_optimizer: bool = True) -> dict[str, Any]:
         state = {k: v.detach().cpu() for k, v in self.network.state_dict().items()}
@@ -172,11 +214,37 @@ class SegmentationModel:
         }
 
 
+def _device_of(network: torch.nn.Module) -> torch.device:
+    param = next(network.parameters(), None)
+    return param.device if param is not None else torch.device("cpu")
+
+
+def _same_device(a: torch.device, b: torch.device) -> bool:
+    """``cuda`` and ``cuda:0`` are the same device (index None is the first)."""
+    return (a.type, a.index or 0) == (b.type, b.index or 0)
+
+
+def _weights_stamp(network: torch.nn.Module) -> tuple | None:
+    """Changes whenever a weight or buffer of ``network`` is written (an optimizer step, a
+    ``load_state_dict``) or replaced; None when it cannot be told (inference tensors)."""
+    try:
+        return (id(network),) + tuple((t.data_ptr(), t._version) for t in network.state_dict(
+            keep_vars=True).values())
+    except RuntimeError:
+        return None
+
+
 def save_model(model: SegmentationModel, path: str | os.PathLike, *,
                include_optimizer: bool = True) -> Path:
     """Write ``model`` to ``path`` atomically: a temporary file in the same folder, then a rename,
     so a crash never leaves a partial file under the final name. Raises an :class:`OutputError`
-    (an ``OSError``) with a sentence when the file cannot be written."""
+    (an ``OSError``) with a sentence when the file cannot be written.
+
+    Example:
+        >>> save_model(result.best, "model.pt")  # doctest: +SKIP
+        PosixPath('model.pt')
+        >>> save_model(result.best, "share.pt", include_optimizer=False)  # doctest: +SKIP
+    """
     path = Path(path)
     try:
         return _write_model(model, path, include_optimizer)
@@ -231,11 +299,14 @@ def model_from_dict(data: dict) -> SegmentationModel:
     model_config = ModelConfig.from_dict(data["model_config"])
     network = build_model(model_config.architecture, **model_config.kwargs)
     network.load_state_dict(data["state_dict"])
+    train_config = TrainConfig.from_dict(data["train_config"])
+    if isinstance(network, SliceNetwork):  # predicts as trained when called as it is
+        network.planes = train_config.planes
     vs = data.get("voxel_size")
     return SegmentationModel(
         network=network,
         model_config=model_config,
-        train_config=TrainConfig.from_dict(data["train_config"]),
+        train_config=train_config,
         class_values=tuple(int(v) for v in data["class_values"]),
         class_names=tuple(str(n) for n in data.get("class_names", ())),
         normalization=Normalization.from_dict(data["normalization"]),
@@ -249,7 +320,14 @@ def model_from_dict(data: dict) -> SegmentationModel:
 
 def load_model(path: str | os.PathLike) -> SegmentationModel:
     """Load a model file safely (no code runs); raises :class:`ModelFileError` with a clear
-    sentence for a missing, truncated, foreign or unsafe file."""
+    sentence for a missing, truncated, foreign or unsafe file.
+
+    Example:
+        >>> model = load_model("model.pt")  # doctest: +SKIP
+        >>> model.class_values, model.patch_size  # doctest: +SKIP
+        ((1, 2), (16, 32, 32))
+        >>> labels = model.predict(image, device="cpu")  # doctest: +SKIP
+    """
     path = Path(path)
     data = _read_file(path)
     try:

@@ -80,6 +80,13 @@ def read_volume(spec: str | os.PathLike, *, lazy: bool = False) -> Volume:
 
     Raises:
         VolumeError: The file is missing, damaged, of an unknown format, or ambiguous.
+
+    Example:
+        >>> volume = read_volume("image.tif")  # doctest: +SKIP
+        >>> volume.data.shape, volume.voxel_size  # doctest: +SKIP
+        ((31, 61, 57), (2.0, 1.0, 1.0))
+        >>> with read_volume("big.h5:/raw", lazy=True) as big:  # doctest: +SKIP
+        ...     first_slab = big.data[:16]
     """
     path, key = split_path(spec)
     suffix = format_of(path)
@@ -130,6 +137,12 @@ def write_volume(spec: str | os.PathLike, data: Any, *, voxel_size: Sequence[flo
 
     Returns:
         The path written.
+
+    Example:
+        >>> write_volume("labels.tif", labels, voxel_size=(2.0, 1.0, 1.0))  # doctest: +SKIP
+        PosixPath('labels.tif')
+        >>> write_volume("results.h5:/labels", labels)  # doctest: +SKIP
+        PosixPath('results.h5')
     """
     path, key = split_path(spec)
     suffix = format_of(path)

@@ -39,7 +39,9 @@ class SliceNetwork(nn.Module):
 
     Args:
         net: a 2D network mapping ``(N, C, H, W)`` to logits ``(N, K, H, W)``.
-        planes: see :data:`PLANES`; may be changed at any time (it is not saved in the weights).
+        planes: see :data:`PLANES`: how it predicts when called as it is (it is not saved in
+            the weights). To predict along other planes, use :meth:`with_planes`, which leaves
+            this network unchanged.
     """
 
     def __init__(self, net: nn.Module, planes: str = "three") -> None:
@@ -60,6 +62,16 @@ class SliceNetwork(nn.Module):
     def planes(self, value: str) -> None:
         passes(value)
         self._planes = value
+
+    def with_planes(self, planes: str) -> SliceNetwork:
+        """This network predicting along ``planes``: itself when they are its own, else a light
+        view that shares its 2D network (the same weights, device and mode) and leaves this one
+        unchanged, so two predictions of one model along different planes never interfere."""
+        if planes == self.planes:
+            return self
+        view = SliceNetwork(self.net, planes)
+        view.training = self.training  # the wrapper's own flag; the 2D network is shared
+        return view
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         """Logits ``(B, K, Z, Y, X)`` of windows ``(B, C, Z, Y, X)``."""
@@ -84,6 +96,21 @@ class SliceNetwork(nn.Module):
 
     def _activate(self, logits: torch.Tensor) -> torch.Tensor:
         return torch.sigmoid(logits) if self.out_channels == 1 else torch.softmax(logits, 1)
+
+
+def with_planes(network: nn.Module, planes: str | None) -> nn.Module:
+    """``network`` predicting along ``planes`` (see :meth:`SliceNetwork.with_planes`); None:
+    the network as it is.
+
+    Raises:
+        ValueError: ``planes`` for a network that is not a :class:`SliceNetwork` (a 3D one).
+    """
+    if planes is None:
+        return network
+    if not isinstance(network, SliceNetwork):
+        raise ValueError("Planes (fast, three, best) apply to 2D (2.5D) models only; this model "
+                         "is a 3D network.")
+    return network.with_planes(planes)
 
 
 def along_axis(net: nn.Module, x: torch.Tensor, axis: int, rotation: int = 0) -> torch.Tensor:

@@ -10,10 +10,13 @@ import time
 from collections.abc import Generator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 
+from ..config import PredictConfig, predict_config
 from ..errors import Seg3DError, writable_folder
+from ..generators import run_to_end, tapped
 from ..io import ChunkedWriter, read_volume, split_path
 from ..model_file import SegmentationModel
 from .blocks import DEFAULT_BLOCK_SHAPE
@@ -21,6 +24,10 @@ from .output_names import beside, output_files, plan_outputs, record_outputs, wr
 from .uncertainty import uncertainty_map
 
 log = logging.getLogger(__name__)
+
+#: What files are predicted with by default: blocks of :data:`.DEFAULT_BLOCK_SHAPE`, so a volume
+#: larger than memory can be predicted.
+FILE_DEFAULTS = PredictConfig(block_shape=DEFAULT_BLOCK_SHAPE)
 
 
 @dataclass(frozen=True)
@@ -47,22 +54,21 @@ class FileResult:
     seconds: float = 0.0
 
 
-def _predict_one(model, spec, out, *, voxel_size_default, index, total, probabilities=False,
-                 uncertainty=False, block_shape=DEFAULT_BLOCK_SHAPE, **opts):
+def _predict_one(model: SegmentationModel, spec, out: Path, config: PredictConfig, *,
+                 index: int, total: int) -> Generator[FileProgress, None, None]:
     """Predict one file block by block, writing each block as it is done (never the volume in
     memory unless the output is TIFF, which cannot be written in parts)."""
     with read_volume(spec, lazy=True) as vol, contextlib.ExitStack() as stack:
         shape = tuple(vol.data.shape[-3:])
-        outputs = _Outputs(out, shape, vol.voxel_size or voxel_size_default, probabilities,
-                           uncertainty, stack)
-        for r in model.iter_predict(vol.data, probabilities=probabilities or uncertainty,
-                                    block_shape=block_shape, **opts):
+        outputs = FileOutputs(out, shape, vol.voxel_size or model.voxel_size, config.probabilities,
+                              config.uncertainty, stack)
+        for r in model.iter_predict(vol.data, config):
             outputs.add(r)
             yield FileProgress(index, total, str(spec), r.windows_done, r.windows_total)
         outputs.commit()
 
 
-class _Outputs:
+class FileOutputs:
     """The labels (and optional probabilities and uncertainty) of one input, written block by
     block: a block's z-slabs are gathered and written in one piece when the block is done."""
 
@@ -118,8 +124,9 @@ class _Outputs:
 
 
 def iter_predict_files(model: SegmentationModel, inputs: Sequence[str | Path], out_dir: str | Path,
-                       *, fmt: str = "tif", overwrite: bool = False,
-                       model_file: str | Path | None = None, **predict_options,
+                       config: PredictConfig | None = None, *, fmt: str = "tif",
+                       overwrite: bool = False, model_file: str | Path | None = None,
+                       **overrides: Any,
                        ) -> Generator[FileProgress | FileResult, None, list[FileResult]]:
     """Predict each input into ``out_dir/<stem>_labels.<fmt>``, yielding progress within each file
     and one :class:`FileResult` per file; returns all results.
@@ -132,22 +139,27 @@ def iter_predict_files(model: SegmentationModel, inputs: Sequence[str | Path], o
         model: the model to apply.
         inputs: TIFF, HDF5 (``file.h5`` or ``file.h5:/key``) or ``.npy`` volumes.
         out_dir: output folder (created if missing); nothing is written outside it.
+        config: how to predict (default :data:`FILE_DEFAULTS`: blocks of
+            :data:`.DEFAULT_BLOCK_SHAPE`); ``probabilities=True`` also writes
+            ``<stem>_probabilities.<fmt>``, ``uncertainty=True`` ``<stem>_uncertainty.<fmt>``
+            (see :func:`uncertainty_map`; HDF5 key ``/uncertainty``).
         fmt: ``"tif"``, ``"h5"``, ``"zarr"`` or ``"npy"``. HDF5, zarr and ``.npy`` outputs are
             written block by block, so neither the input nor the output needs to fit in memory.
         overwrite: replace existing outputs; otherwise they are skipped.
         model_file: the file ``model`` was loaded from, never to be written over.
-        predict_options: passed to :meth:`SegmentationModel.iter_predict` (overlap, tta,
-            block_shape, ...);
-            ``probabilities=True`` also writes ``<stem>_probabilities.<fmt>``, ``uncertainty=True``
-            ``<stem>_uncertainty.<fmt>`` (see :func:`uncertainty_map`; HDF5 key ``/uncertainty``).
+        **overrides: fields of :class:`.PredictConfig` replacing those of ``config``.
     """
+    config = predict_config(FILE_DEFAULTS if config is None else config, **overrides)
+    model.check_config(config)
     out_dir = writable_folder(Path(out_dir))
-    outs = output_paths(out_dir, inputs, fmt, model_file=model_file, **predict_options)
-    return (yield from record_done(_predict_each(model, inputs, outs, overwrite, predict_options),
-                                   out_dir, inputs, **predict_options))
+    outs = output_paths(out_dir, inputs, fmt, model_file=model_file,
+                        probabilities=config.probabilities, uncertainty=config.uncertainty)
+    return (yield from record_done(_predict_each(model, inputs, outs, overwrite, config),
+                                   out_dir, inputs, probabilities=config.probabilities,
+                                   uncertainty=config.uncertainty))
 
 
-def _predict_each(model, inputs, outs, overwrite, predict_options):
+def _predict_each(model, inputs, outs, overwrite, config):
     results: list[FileResult] = []
     total, first = len(inputs), {}
     for index, (spec, out) in enumerate(zip(inputs, outs)):
@@ -156,8 +168,8 @@ def _predict_each(model, inputs, outs, overwrite, predict_options):
                                 f"named twice: the same file as {inputs[first[out]]}")
         else:
             first[out] = index
-            result = yield from iter_predict_file(model, spec, out, index=index, total=total,
-                                                  overwrite=overwrite, **predict_options)
+            result = yield from iter_predict_file(model, spec, out, config, index=index,
+                                                  total=total, overwrite=overwrite)
         results.append(result)
         yield result
     return results
@@ -165,7 +177,7 @@ def _predict_each(model, inputs, outs, overwrite, predict_options):
 
 def output_paths(out_dir: str | Path, inputs: Sequence[str | Path], fmt: str, *,
                  model_file: str | Path | None = None, probabilities: bool = False,
-                 uncertainty: bool = False, **_: object) -> list[Path]:
+                 uncertainty: bool = False) -> list[Path]:
     """The output of each input (see :mod:`.output_names`): ``<stem>_labels.<fmt>``, or for
     inputs of the same name from different folders ``<stem>_labels_<folder>.<fmt>``; an input
     keeps the name recorded for it in ``out_dir``. Raises an :class:`.OutputError` when an
@@ -175,25 +187,22 @@ def output_paths(out_dir: str | Path, inputs: Sequence[str | Path], fmt: str, *,
 
 
 def record_done(gen, out_dir: Path, inputs: Sequence[str | Path], *, probabilities: bool = False,
-                uncertainty: bool = False, **_: object):
+                uncertainty: bool = False):
     """Pass on what ``gen`` yields and returns, recording in ``out_dir`` (see
     :func:`.output_names.record_outputs`) the outputs of each file done."""
+    def record(item) -> None:
+        if isinstance(item, FileResult) and item.status == "done" and item.output is not None:
+            record_outputs(out_dir, inputs[item.index],
+                           output_files(item.output, probabilities, uncertainty))
+
     try:
-        while True:
-            try:
-                item = next(gen)
-            except StopIteration as stop:
-                return stop.value
-            if isinstance(item, FileResult) and item.status == "done" and item.output is not None:
-                record_outputs(out_dir, inputs[item.index],
-                               output_files(item.output, probabilities, uncertainty))
-            yield item
+        return (yield from tapped(gen, record))
     finally:
         gen.close()  # a cancel (close) reaches the file being written at once
 
 
-def iter_predict_file(model: SegmentationModel, spec: str | Path, out: Path, *, index: int = 0,
-                      total: int = 1, overwrite: bool = False, **predict_options,
+def iter_predict_file(model: SegmentationModel, spec: str | Path, out: Path, config: PredictConfig,
+                      *, index: int = 0, total: int = 1, overwrite: bool = False,
                       ) -> Generator[FileProgress, None, FileResult]:
     """Predict one input into ``out`` (see :func:`iter_predict_files`), yielding progress;
     returns its :class:`FileResult`. A failure of the file is the result, not an exception."""
@@ -201,30 +210,33 @@ def iter_predict_file(model: SegmentationModel, spec: str | Path, out: Path, *, 
     if out.exists() and not overwrite:
         return FileResult(index, total, str(spec), out, "skipped", "output exists")
     try:
-        yield from _predict_one(model, spec, out, voxel_size_default=model.voxel_size,
-                                index=index, total=total, **predict_options)
+        yield from _predict_one(model, spec, out, config, index=index, total=total)
         return FileResult(index, total, str(spec), out, "done", seconds=time.perf_counter() - t0)
     except (Seg3DError, ValueError, OSError) as e:
         log.warning("%s failed: %s", spec, e)
-        return FileResult(index, total, str(spec), None, "failed", _reason(e))
+        return FileResult(index, total, str(spec), None, "failed", failure_reason(e))
     except MemoryError:
         return FileResult(index, total, str(spec), None, "failed",
                           "not enough memory for this volume")
 
 
-def _reason(e: BaseException) -> str:
+def failure_reason(e: BaseException) -> str:
+    """The first line of an error's message (its type when it has none)."""
     text = str(e).strip() or type(e).__name__
     return text.splitlines()[0]
 
 
-def predict_files(model: SegmentationModel, inputs, out_dir, **kwargs) -> list[FileResult]:
-    """:func:`iter_predict_files` run to the end; returns one :class:`FileResult` per input."""
-    gen = iter_predict_files(model, inputs, out_dir, **kwargs)
-    while True:
-        try:
-            next(gen)
-        except StopIteration as stop:
-            return stop.value
+def predict_files(model: SegmentationModel, inputs: Sequence[str | Path], out_dir: str | Path,
+                  config: PredictConfig | None = None, **kwargs: Any) -> list[FileResult]:
+    """:func:`iter_predict_files` run to the end; returns one :class:`FileResult` per input.
+
+    Example:
+        >>> results = predict_files(model, ["a.tif", "b.h5:/raw"], "out",  # doctest: +SKIP
+        ...                         PredictConfig(device="cpu"), fmt="h5")
+        >>> [r.status for r in results]  # doctest: +SKIP
+        ['done', 'done']
+    """
+    return run_to_end(iter_predict_files(model, inputs, out_dir, config, **kwargs))
 
 
 def expand_inputs(paths: Sequence[str | Path], pattern: str = "*") -> list[str]:

@@ -100,5 +100,5 @@ def read_region(source: Any, region: Window, shape: Sequence[int], patch_size: S
     data = normalize(data) if normalize is not None else data.astype(np.float32, copy=False)
     short = tuple(r.stop - r.start if s < p else 1 for r, s, p in zip(region, shape, patch_size))
     if any(s < p for s, p in zip(shape, patch_size)):
-        data, _ = pad_for_window(data, short, mode="reflect")
+        data, _ = pad_for_window(data, short)
     return data

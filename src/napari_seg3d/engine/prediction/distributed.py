@@ -30,11 +30,21 @@ from typing import Any
 import numpy as np
 
 from ... import __version__
+from ..config import PredictConfig, predict_config
 from ..errors import ModelFileError, OutputError, Seg3DError, writable_folder
+from ..generators import run_to_end
 from ..io import read_volume, split_path
-from .batch import FileProgress, FileResult, _Outputs, _reason, iter_predict_file, output_paths
-from .batch import record_done as _record_done
-from .blocks import DEFAULT_BLOCK_SHAPE, plan_blocks
+from .batch import (
+    FILE_DEFAULTS,
+    FileOutputs,
+    FileProgress,
+    FileResult,
+    failure_reason,
+    iter_predict_file,
+    output_paths,
+    record_done,
+)
+from .blocks import plan_blocks
 
 log = logging.getLogger(__name__)
 
@@ -46,9 +56,8 @@ __all__ = ["CONNECT_TIMEOUT_S", "iter_predict_files_distributed", "predict_files
 
 def iter_predict_files_distributed(
     model: str | os.PathLike, inputs: Sequence[str | os.PathLike], out_dir: str | os.PathLike,
-    scheduler: str, *, fmt: str = "tif", overwrite: bool = False,
-    block_shape: Sequence[int] = DEFAULT_BLOCK_SHAPE, probabilities: bool = False,
-    uncertainty: bool = False, **predict_options: Any,
+    scheduler: str, config: PredictConfig | None = None, *, fmt: str = "tif",
+    overwrite: bool = False, **overrides: Any,
 ) -> Generator[FileProgress | FileResult, None, list[FileResult]]:
     """:func:`.batch.iter_predict_files` on the workers of the Dask scheduler at ``scheduler``.
 
@@ -60,13 +69,13 @@ def iter_predict_files_distributed(
 
     Args:
         model: The model file, readable by every worker under this (absolute) path.
-        inputs, out_dir, fmt, overwrite, probabilities, uncertainty: as for
-            :func:`.batch.iter_predict_files`; inputs and the output folder on a shared file
-            system.
+        inputs, out_dir, fmt, overwrite: as for :func:`.batch.iter_predict_files`; inputs and
+            the output folder on a shared file system.
         scheduler: The scheduler's address, e.g. ``tcp://host:8786``.
-        block_shape: Largest block ``(z, y, x)``; with a single input, also the unit of work.
-        predict_options: ``overlap``, ``tta``, ``batch_size``, ``device`` (each worker
-            resolves ``"auto"`` for itself).
+        config: How to predict (default :data:`.batch.FILE_DEFAULTS`), sent as it is to the
+            workers (each resolves ``device="auto"`` for itself); with a single input, its
+            ``block_shape`` is also the unit of work.
+        **overrides: Fields of :class:`.PredictConfig` replacing those of ``config``.
 
     Raises:
         Seg3DError: ``distributed`` is not installed, the scheduler cannot be reached, or the
@@ -75,45 +84,42 @@ def iter_predict_files_distributed(
     """
     from ..model_file import load_model
 
+    config = predict_config(FILE_DEFAULTS if config is None else config, **overrides)
     client_mod = _distributed()
     model_path = Path(model).expanduser().resolve()
     local_model = load_model(model_path)  # a clear error here rather than on every worker
+    local_model.check_config(config)
     specs = [str(spec) for spec in inputs]
     out_dir = writable_folder(out_dir)
-    outs = output_paths(out_dir, specs, fmt, model_file=model_path, probabilities=probabilities,
-                        uncertainty=uncertainty)
-    options = dict(predict_options, block_shape=tuple(int(b) for b in block_shape),
-                   probabilities=probabilities, uncertainty=uncertainty)
+    outputs = {"probabilities": config.probabilities, "uncertainty": config.uncertainty}
+    outs = output_paths(out_dir, specs, fmt, model_file=model_path, **outputs)
     client = _connect(client_mod, scheduler)
     try:
         _check_workers(client)
         if len(specs) == 1:
-            blocks = _blocks_of(local_model, specs[0], options)
+            blocks = _blocks_of(local_model, specs[0], config)
             if blocks is not None and len(blocks) > 1:
-                return (yield from _record_done(
+                return (yield from record_done(
                     _predict_one_large(client, model_path, local_model, specs[0], outs[0],
-                                       len(blocks), overwrite, options), out_dir, specs, **options))
-        return (yield from _record_done(_predict_many(client, model_path, specs, outs, overwrite,
-                                                     options), out_dir, specs, **options))
+                                       len(blocks), overwrite, config), out_dir, specs, **outputs))
+        return (yield from record_done(_predict_many(client, model_path, specs, outs, overwrite,
+                                                    config), out_dir, specs, **outputs))
     finally:
         client.close()
 
 
-def _predict_one_large(client, model_path, model, spec, out, n_blocks, overwrite, options):
+def _predict_one_large(client, model_path, model, spec, out, n_blocks, overwrite, config):
     result = yield from _predict_large(client, model_path, model, spec, out, n_blocks, overwrite,
-                                       options)
+                                       config)
     yield result
     return [result]
 
 
-def predict_files_distributed(model, inputs, out_dir, scheduler, **kwargs) -> list[FileResult]:
+def predict_files_distributed(model, inputs, out_dir, scheduler, config=None,
+                              **kwargs) -> list[FileResult]:
     """:func:`iter_predict_files_distributed` run to the end; returns one result per input."""
-    gen = iter_predict_files_distributed(model, inputs, out_dir, scheduler, **kwargs)
-    while True:
-        try:
-            next(gen)
-        except StopIteration as stop:
-            return stop.value
+    return run_to_end(iter_predict_files_distributed(model, inputs, out_dir, scheduler, config,
+                                                     **kwargs))
 
 
 # -- the client side ----------------------------------------------------------------------------
@@ -156,7 +162,7 @@ def _check_workers(client) -> None:
     try:
         versions = client.run(_worker_version)
     except Exception as e:  # e.g. ModuleNotFoundError while unpickling on a worker
-        raise Seg3DError(f"The Dask workers cannot run napari-seg3d ({_reason(e)}). Install "
+        raise Seg3DError(f"The Dask workers cannot run napari-seg3d ({failure_reason(e)}). Install "
                          f"napari-seg3d {__version__} on every worker.") from e
     other = {addr: v for addr, v in versions.items() if v != __version__}
     if other:
@@ -181,7 +187,7 @@ def _skipped(index: int, total: int, spec: str, out: Path, overwrite: bool) -> F
 
 
 def _failed(index: int, total: int, spec: str, e: BaseException) -> FileResult:
-    text = _reason(e)
+    text = failure_reason(e)
     if type(e).__name__ == "KilledWorker":
         text = "the worker predicting it died (out of memory?); see the worker logs"
     elif isinstance(e, CancelledError):  # e.g. "... cancelled for reason: scheduler-connection-lost."
@@ -192,7 +198,7 @@ def _failed(index: int, total: int, spec: str, e: BaseException) -> FileResult:
 
 
 def _predict_many(client, model_path: Path, specs: list[str], outs: list[Path], overwrite: bool,
-                  options: dict) -> Generator[FileResult, None, list[FileResult]]:
+                  config: PredictConfig) -> Generator[FileResult, None, list[FileResult]]:
     """One task per file; results as they come."""
     from distributed import as_completed
 
@@ -209,7 +215,7 @@ def _predict_many(client, model_path: Path, specs: list[str], outs: list[Path], 
             results[index] = skipped
             continue
         future = client.submit(_predict_file_task, str(model_path), _shared(spec),
-                               str(out.expanduser().resolve()), index, total, overwrite, options,
+                               str(out.expanduser().resolve()), index, total, overwrite, config,
                                key=f"napari-seg3d-file-{index}-{os.urandom(4).hex()}",
                                pure=False)
         futures[future] = index
@@ -236,7 +242,7 @@ class _BlockFailed(Exception):
 
 
 def _predict_large(client, model_path: Path, model, spec: str, out: Path, n_blocks: int,
-                   overwrite: bool, options: dict,
+                   overwrite: bool, config: PredictConfig,
                    ) -> Generator[FileProgress, None, FileResult]:
     """One task per block; the blocks are written here as they come, published at the end.
     Only a few blocks per worker thread are in flight, so finished blocks never pile up in the
@@ -249,14 +255,12 @@ def _predict_large(client, model_path: Path, model, spec: str, out: Path, n_bloc
     skipped = _skipped(0, 1, spec, out, overwrite)
     if skipped is not None:
         return skipped
-    want_probs = options["probabilities"] or options["uncertainty"]
-    predict = {k: v for k, v in options.items() if k not in ("probabilities", "uncertainty")}
     shared, todo, futures = _shared(spec), iter(range(n_blocks)), []
 
     def submit(n: int) -> None:
         for i in itertools.islice(todo, n):
             futures.append(client.submit(
-                _predict_block_task, str(model_path), shared, i, want_probs, predict,
+                _predict_block_task, str(model_path), shared, i, config,
                 key=f"napari-seg3d-block-{i}-{os.urandom(4).hex()}", pure=False))
             running.add(futures[-1])
 
@@ -266,8 +270,8 @@ def _predict_large(client, model_path: Path, model, spec: str, out: Path, n_bloc
             shape, voxel = tuple(vol.data.shape[-3:]), vol.voxel_size or model.voxel_size
         submit(_blocks_in_flight(client))
         with contextlib.ExitStack() as stack:
-            outputs = _Outputs(out, shape, voxel, options["probabilities"],
-                               options["uncertainty"], stack)
+            outputs = FileOutputs(out, shape, voxel, config.probabilities, config.uncertainty,
+                                  stack)
             for done, future in enumerate(running, 1):
                 try:
                     index, core, labels, probs = future.result()
@@ -293,15 +297,14 @@ def _blocks_in_flight(client) -> int:
     return max(4, 2 * sum(client.nthreads().values()))
 
 
-def _blocks_of(model, spec: str, options: dict) -> list | None:
+def _blocks_of(model, spec: str, config: PredictConfig) -> list | None:
     """The block plan of a single input, or None when it cannot be read here or is not an input
     of this model (its task then reports why, as the local run does)."""
     try:
         with read_volume(spec, lazy=True) as vol:
             model.check_image(vol.data)
             shape = tuple(vol.data.shape[-3:])
-        return plan_blocks(shape, model.window(shape), options.get("overlap", 0.5),
-                           options["block_shape"])
+        return plan_blocks(shape, model.window(shape), config.overlap, config.block_shape)
     except (Seg3DError, ValueError, OSError, MemoryError):
         return None
 
@@ -361,30 +364,25 @@ def _worker_version() -> str:
 
 
 def _predict_file_task(model_path: str, spec: str, out: str, index: int, total: int,
-                       overwrite: bool, options: dict) -> FileResult:
+                       overwrite: bool, config: PredictConfig) -> FileResult:
     """Predict one file on a worker, writing its outputs; returns its result."""
     out_path = Path(out)
     if not out_path.parent.is_dir():  # never write a worker's own disk by mistake
         raise OutputError(f"A worker cannot find the output folder {out_path.parent}: it must be "
                           "on a file system every worker sees.")
     model = _worker_model(model_path)
-    gen = iter_predict_file(model, spec, out_path, index=index, total=total, overwrite=overwrite,
-                            **options)
-    while True:
-        try:
-            next(gen)
-        except StopIteration as stop:
-            return stop.value
+    return run_to_end(iter_predict_file(model, spec, out_path, config, index=index, total=total,
+                                        overwrite=overwrite))
 
 
-def _predict_block_task(model_path: str, spec: str, index: int, probabilities: bool,
-                        options: dict) -> tuple[int, tuple[slice, ...], np.ndarray, Any]:
+def _predict_block_task(model_path: str, spec: str, index: int, config: PredictConfig,
+                        ) -> tuple[int, tuple[slice, ...], np.ndarray, Any]:
     """Predict block ``index`` of ``spec`` on a worker: ``(index, core, labels, probabilities)``
-    (probabilities None unless asked for)."""
+    (probabilities None unless ``config`` asks for probabilities or uncertainty)."""
     model = _worker_model(model_path)
+    probabilities = config.needs_probabilities
     with read_volume(spec, lazy=True) as vol:
-        regions = list(model.iter_predict(vol.data, blocks=[index], probabilities=probabilities,
-                                          **options))
+        regions = list(model.iter_predict(vol.data, config, blocks=[index]))
     first, last = regions[0].slices, regions[-1].slices
     core = (slice(first[0].start, last[0].stop), *first[1:])
     labels = np.concatenate([r.labels for r in regions])

@@ -19,7 +19,10 @@ import numpy as np
 import torch
 from torch import nn
 
-from .. import precision
+from ..config import PredictConfig, predict_config
+from ..devices import resolve_device
+from ..models.slices import with_planes
+from ..precision import autocast
 from ..threads import ThreadPolicy, compute_threads
 from ._buffers import Accumulator, Rows, after_out_of_memory, depth_of, shift_window
 from .blocks import Block, Normalize, plan_blocks, read_region
@@ -27,7 +30,6 @@ from .windows import Window, constant_weights, gaussian_weights
 
 logger = logging.getLogger(__name__)
 
-BLENDINGS = ("gaussian", "constant")
 TTA_FLIPS: tuple[tuple[int, ...], ...] = ((), (2,), (3,), (4,))  # identity, flip z, flip y, flip x
 
 
@@ -58,62 +60,64 @@ def iter_predict_volume(
     volume: Any,
     *,
     patch_size: Sequence[int],
-    overlap: float = 0.5,
-    blending: str = "gaussian",
-    batch_size: int = 4,
-    device: torch.device | str | None = None,
-    probabilities: bool = False,
-    tta: bool = False,
-    memory_limit_bytes: int | None = None,
-    block_shape: Sequence[int] | None = None,
+    config: PredictConfig | None = None,
     normalize: Normalize | None = None,
     blocks: Sequence[int] | None = None,
-    amp: bool = True,
+    memory_limit_bytes: int | None = None,
+    trained_amp: bool = True,
+    **overrides: Any,
 ) -> Generator[RegionDone, None, None]:
     """Predict a volume window by window, yielding each finished region as soon as it is done.
 
     The volume is read piece by piece (``normalize``, or a cast to float32, applied to each
     piece), so an h5py, zarr or memory-mapped volume is never loaded whole. Axes shorter than the
     patch are padded by reflection and cropped back. Overlapping windows are blended with
-    ``blending`` weights; probabilities are the softmax of the logits (the sigmoid when the model
-    has one output channel, whose label is then ``p > 0.5``). With ``tta``, each window is also
-    predicted mirrored along z, along y and along x (4 passes) and the probabilities are averaged.
-    Closing the generator stops the work at once.
+    ``config.blending`` weights; probabilities are the softmax of the logits (the sigmoid when
+    the model has one output channel, whose label is then ``p > 0.5``). With ``config.tta``,
+    each window is also predicted mirrored along z, along y and along x (4 passes) and the
+    probabilities are averaged. Closing the generator stops the work at once.
 
-    With ``block_shape``, the volume is predicted block by block (see :mod:`.blocks`): memory
-    then depends on the block, not on the volume, and the result is the same.
+    With ``config.block_shape``, the volume is predicted block by block (see :mod:`.blocks`):
+    memory then depends on the block, not on the volume, and the result is the same.
 
     Args:
-        model: Maps ``(B, C, z, y, x)`` to logits ``(B, K, z, y, x)``.
+        model: Maps ``(B, C, z, y, x)`` to logits ``(B, K, z, y, x)``. It is never changed: a 2D
+            :class:`.SliceNetwork` predicts along ``config.planes`` through a view that shares
+            its weights, and it must already be on ``config.device``.
         volume: ``(Z, Y, X)`` (one channel) or ``(C, Z, Y, X)`` array-like.
         patch_size: Window size ``(z, y, x)``.
-        overlap: Fraction of overlap between neighbouring windows, in ``[0, 1)``.
-        blending: ``"gaussian"`` or ``"constant"``.
-        batch_size: Windows per forward pass.
-        device: Where the model runs; None means the device of the model's parameters.
-        probabilities: Also yield the probabilities of each region.
-        tta: Average over mirrored passes (4x the compute).
-        memory_limit_bytes: Largest accumulator size kept on ``device``; larger ones live in CPU
-            memory. None means: what fits in free GPU memory (always ``device`` off CUDA).
-        block_shape: Largest block core ``(z, y, x)``; None predicts the volume as one block.
+        config: The prediction settings (see :class:`.PredictConfig`); default
+            ``PredictConfig()``. ``device=None`` means the device of the model's parameters.
         normalize: Maps each ``(C, z, y, x)`` piece read to the float32 network input.
         blocks: Predict only these blocks of the plan (indices), e.g. one machine's share.
-        amp: Mixed precision where the device runs it natively (see :mod:`.precision`):
-            float16 on CUDA, bfloat16 on CPUs with AVX512-BF16 or AMX; False: float32.
+        memory_limit_bytes: Largest accumulator size kept on the device; larger ones live in CPU
+            memory. None means: what fits in free GPU memory (always the device off CUDA).
+        trained_amp: What ``config.amp=None`` means: the precision the network was trained in
+            (a bare network: mixed precision on).
+        **overrides: Fields of :class:`.PredictConfig` replacing those of ``config``, e.g.
+            ``overlap=0.25, batch_size=2``.
 
     Yields:
         `RegionDone` records whose slices tile the volume exactly once: z-slabs of each block,
-        block after block (z-slabs of the whole volume, in increasing z, without blocks).
+        block after block (z-slabs of the whole volume, in increasing z, without blocks). Their
+        ``labels`` are class indices ``0 .. K-1`` (see :meth:`.SegmentationModel.iter_predict`
+        for the painted values).
+
+    Raises:
+        TypeError: An override is not a field of :class:`.PredictConfig`.
+        ValueError: A bad setting, volume or patch size; planes for a 3D network.
     """
+    config = predict_config(config, **overrides)
     source = channels_first(volume)
-    _check_options(patch_size, overlap, blending, batch_size)
+    _check_patch_size(patch_size)
     patch = tuple(int(p) for p in patch_size)
-    plan = plan_blocks(source.shape[1:], patch, overlap, block_shape)
+    network = with_planes(model, config.planes)
+    plan = plan_blocks(source.shape[1:], patch, config.overlap, config.block_shape)
     if blocks is not None:
         plan = [plan[i] for i in blocks]
-    run = _Run(model, source, patch, blending, batch_size, _resolve_device(model, device),
-               probabilities, tta, memory_limit_bytes, normalize,
-               sum(b.n_windows for b in plan), amp=amp)
+    run = _Run(network, source, patch, config, _resolve_device(model, config.device),
+               memory_limit_bytes, normalize, sum(b.n_windows for b in plan),
+               amp=trained_amp if config.amp is None else config.amp)
     return _stream(run, plan)
 
 
@@ -124,16 +128,13 @@ class _Run:
     model: nn.Module
     source: Any
     patch: tuple[int, int, int]
-    blending: str
-    batch_size: int
+    config: PredictConfig
     device: torch.device
-    probabilities: bool
-    tta: bool
     memory_limit_bytes: int | None
     normalize: Normalize | None
     windows_total: int
+    amp: bool
     windows_done: int = 0
-    amp: bool = True
     threads: ThreadPolicy | None = None  # set while the prediction runs
 
     @property
@@ -143,7 +144,7 @@ class _Run:
 
 def _stream(run: _Run, blocks: Sequence[Block]) -> Generator[RegionDone, None, None]:
     """The body of `iter_predict_volume`: the blocks one after the other."""
-    weights = _blending_weights(run.blending, run.patch, run.device)
+    weights = _blending_weights(run.config.blending, run.patch, run.device)
     was_training = run.model.training
     run.model.eval()
     try:
@@ -164,10 +165,10 @@ def predict_block(run: _Run, block: Block, weights: torch.Tensor,
     """
     windows = block.windows
     origin = tuple(r.start for r in block.read)
-    depth = depth_of(windows, run.batch_size, run.patch[0])
+    depth = depth_of(windows, run.config.batch_size, run.patch[0])
     rows = Rows(partial(_read_rows, run, block), block, depth)
     acc: Accumulator | None = None
-    n_done, size = 0, run.batch_size
+    n_done, size = 0, run.config.batch_size
     z_done = block.core[0].start
     while n_done < len(windows):
         if run.threads is not None:
@@ -179,13 +180,13 @@ def predict_block(run: _Run, block: Block, weights: torch.Tensor,
             local = [shift_window(w, (z_first, origin[1], origin[2])) for w in batch]
             try:
                 inputs = _gather(rows.get(z_first, z_last), local, run.device)
-                probs = _forward(run.model, _to_device(inputs, run.device), run.tta, run.amp)
+                probs = _forward(run.model, _to_device(inputs, run.device), run.config.tta, run.amp)
             except torch.cuda.OutOfMemoryError:
                 size, acc = after_out_of_memory(size, acc)
                 continue
             if acc is None:
                 acc = Accumulator(probs.shape[1], block, depth, run.device,
-                                  run.memory_limit_bytes, run.probabilities)
+                                  run.memory_limit_bytes, run.config.needs_probabilities)
             acc.add(probs, weights, batch)
             n_done += len(batch)
             run.windows_done += len(batch)
@@ -207,34 +208,38 @@ def _read_rows(run: _Run, block: Block, z0: int, z1: int) -> np.ndarray:
 
 def predict_volume(
     model: nn.Module,
-    volume: np.ndarray,
+    volume: Any,
     *,
     patch_size: Sequence[int],
-    overlap: float = 0.5,
-    blending: str = "gaussian",
-    batch_size: int = 4,
-    device: torch.device | str | None = None,
-    probabilities: bool = False,
-    tta: bool = False,
-    memory_limit_bytes: int | None = None,
-    block_shape: Sequence[int] | None = None,
+    config: PredictConfig | None = None,
     normalize: Normalize | None = None,
-    amp: bool = True,
+    memory_limit_bytes: int | None = None,
+    trained_amp: bool = True,
+    **overrides: Any,
 ) -> np.ndarray:
-    """Predict a whole volume with a sliding window (see `iter_predict_volume` for the options).
+    """Predict a whole volume with a bare network (see `iter_predict_volume` for the options).
+
+    Returns **class indices** ``0 .. K-1``, not the painted label values; a trained
+    :class:`.SegmentationModel` maps them to the painted values in :meth:`~.SegmentationModel.predict`.
+
+    Example:
+        >>> import numpy as np
+        >>> from napari_seg3d.engine import UNet, predict_volume
+        >>> net = UNet(in_channels=1, out_channels=2, base_filters=4, levels=2)
+        >>> volume = np.random.default_rng(0).random((9, 20, 20), dtype=np.float32)
+        >>> predict_volume(net, volume, patch_size=(8, 16, 16), overlap=0.25).shape
+        (9, 20, 20)
 
     Returns:
-        Labels ``(Z, Y, X)`` uint8 (int16 with more than 255 classes), or, with
+        Class indices ``(Z, Y, X)`` uint8 (int16 with more than 255 classes), or, with
         ``probabilities=True``, probabilities ``(K, Z, Y, X)`` float32.
     """
+    config = predict_config(config, **overrides)
     out: np.ndarray | None = None
-    for region in iter_predict_volume(
-        model, volume, patch_size=patch_size, overlap=overlap, blending=blending,
-        batch_size=batch_size, device=device, probabilities=probabilities, tta=tta,
-        memory_limit_bytes=memory_limit_bytes, block_shape=block_shape, normalize=normalize,
-        amp=amp,
-    ):
-        part = region.probabilities if probabilities else region.labels
+    for region in iter_predict_volume(model, volume, patch_size=patch_size, config=config,
+                                      normalize=normalize, memory_limit_bytes=memory_limit_bytes,
+                                      trained_amp=trained_amp):
+        part = region.probabilities if config.probabilities else region.labels
         if out is None:
             spatial = tuple(np.shape(volume)[-3:])
             out = np.empty(part.shape[:-3] + spatial, dtype=part.dtype)
@@ -272,21 +277,16 @@ class _OneChannel:
         return np.asarray(self.data[key[1:]])[None]
 
 
-def _check_options(patch_size: Sequence[int], overlap: float, blending: str, batch: int) -> None:
+def _check_patch_size(patch_size: Sequence[int]) -> None:
     if len(patch_size) != 3 or min(int(p) for p in patch_size) < 1:
         raise ValueError(f"patch_size must be three positive integers (z, y, x), got {patch_size}.")
-    if not 0.0 <= overlap < 1.0:
-        raise ValueError(f"overlap must be in [0, 1), got {overlap}.")
-    if blending not in BLENDINGS:
-        raise ValueError(f"Unknown blending {blending!r}; choose one of {', '.join(BLENDINGS)}.")
-    if batch < 1:
-        raise ValueError(f"batch_size must be at least 1, got {batch}.")
 
 
-def _resolve_device(model: nn.Module, device: torch.device | str | None) -> torch.device:
-    """The requested device, else the device of the model's first parameter, else the CPU."""
+def _resolve_device(model: nn.Module, device: str | None) -> torch.device:
+    """The requested device (``"auto"`` resolved), else the device of the model's first
+    parameter, else the CPU."""
     if device is not None:
-        return torch.device(device)
+        return resolve_device(device)
     param = next(model.parameters(), None)
     return param.device if param is not None else torch.device("cpu")
 
@@ -320,7 +320,7 @@ def _forward(model: nn.Module, inputs: torch.Tensor, tta: bool, amp: bool = True
     total = None
     for dims in flips:
         x = inputs.flip(dims) if dims else inputs
-        with precision.autocast(inputs.device, amp):
+        with autocast(inputs.device, amp):
             logits = model(x)
         _check_logits(logits, inputs)
         probs = _activate(logits.float())

@@ -3,12 +3,15 @@ nor its gradient. Masking happens after the activation (softmax / sigmoid), as i
 
 from __future__ import annotations
 
-from typing import Callable
+import functools
+import operator
+from collections.abc import Callable
 
 import torch
 import torch.nn.functional as F
 
 from ..config import LOSSES
+from ..metrics import dice_from_counts
 
 LossFn = Callable[[torch.Tensor, torch.Tensor, torch.Tensor], torch.Tensor]
 
@@ -61,12 +64,7 @@ def masked_soft_dice(logits: torch.Tensor, target: torch.Tensor, mask: torch.Ten
     probs = torch.softmax(logits.float(), dim=1)
     m = mask.unsqueeze(1).to(probs.dtype)
     onehot = F.one_hot(target.long() * mask, k).movedim(-1, 1).to(probs.dtype)
-    dims = (0,) + tuple(range(2, logits.ndim))
-    probs = probs * m
-    onehot = onehot * m
-    inter = (probs * onehot).sum(dims)
-    denom = probs.sum(dims) + onehot.sum(dims)
-    return 1.0 - ((2.0 * inter + _SMOOTH) / (denom + _SMOOTH)).mean()
+    return _soft_dice_loss(probs * m, onehot * m, (0,) + tuple(range(2, logits.ndim)))
 
 
 def masked_bce(logits: torch.Tensor, target: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
@@ -85,37 +83,47 @@ def masked_binary_dice(logits: torch.Tensor, target: torch.Tensor, mask: torch.T
     if mask.sum() == 0:
         return _zero(logits)
     m = mask.float()
-    p = torch.sigmoid(logits[:, 0].float()) * m
-    g = target.float() * m
-    return 1.0 - (2.0 * (p * g).sum() + _SMOOTH) / (p.sum() + g.sum() + _SMOOTH)
+    return _soft_dice_loss(torch.sigmoid(logits[:, 0].float()) * m, target.float() * m)
 
 
-def _ce_dice(logits, target, mask):
-    return masked_cross_entropy(logits, target, mask) + masked_soft_dice(logits, target, mask)
+def _soft_dice_loss(p: torch.Tensor, g: torch.Tensor, dims: tuple[int, ...] | None = None,
+                    ) -> torch.Tensor:
+    """One minus the soft Dice ``(2 sum(p g) + 1) / (sum(p) + sum(g) + 1)`` of probabilities
+    ``p`` and targets ``g`` (masked already), summed over ``dims`` (None: all) and averaged over
+    what is left (the classes)."""
+    def total(t: torch.Tensor) -> torch.Tensor:
+        return t.sum() if dims is None else t.sum(dims)
+
+    dice = (2.0 * total(p * g) + _SMOOTH) / (total(p) + total(g) + _SMOOTH)
+    return 1.0 - dice.mean()
 
 
-def _focal_dice(logits, target, mask):
-    return masked_focal(logits, target, mask) + masked_soft_dice(logits, target, mask)
+#: The terms a loss name is made of (``"ce_dice"``: cross-entropy + soft Dice); in a binary
+#: (``bce``) loss, ``dice`` is the Dice of the one sigmoid channel.
+_TERMS: dict[str, LossFn] = {"ce": masked_cross_entropy, "focal": masked_focal,
+                             "dice": masked_soft_dice, "bce": masked_bce}
 
 
-def _bce_dice(logits, target, mask):
-    return masked_bce(logits, target, mask) + masked_binary_dice(logits, target, mask)
+def _compose(name: str) -> LossFn:
+    """The loss ``name`` of :data:`LOSSES`: the sum of its ``_``-separated terms."""
+    binary = is_binary_loss(name)
+    terms = [masked_binary_dice if binary and t == "dice" else _TERMS[t] for t in name.split("_")]
+    if len(terms) == 1:
+        return terms[0]
 
+    def loss(logits: torch.Tensor, target: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
+        return functools.reduce(operator.add, (term(logits, target, mask) for term in terms))
 
-_LOSS_FNS: dict[str, LossFn] = {
-    "ce_dice": _ce_dice,
-    "ce": masked_cross_entropy,
-    "dice": masked_soft_dice,
-    "focal": masked_focal,
-    "focal_dice": _focal_dice,
-    "bce": masked_bce,
-    "bce_dice": _bce_dice,
-}
+    loss.__name__ = loss.__qualname__ = f"masked_{name}"
+    return loss
 
 
 def is_binary_loss(name: str) -> bool:
     """True for losses on one sigmoid output channel (BCE family)."""
     return name.startswith("bce")
+
+
+_LOSS_FNS: dict[str, LossFn] = {name: _compose(name) for name in LOSSES}
 
 
 def make_loss(name: str) -> LossFn:
@@ -139,6 +147,5 @@ def dice_per_class(pred: torch.Tensor, target: torch.Tensor, mask: torch.Tensor,
     out = []
     for c in range(k):
         p, g = pred == c, target == c
-        denom = int(p.sum() + g.sum())
-        out.append(float("nan") if denom == 0 else 2.0 * float((p & g).sum()) / denom)
+        out.append(dice_from_counts(int((p & g).sum()), int(p.sum()), int(g.sum())))
     return out

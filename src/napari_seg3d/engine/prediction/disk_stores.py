@@ -1,7 +1,7 @@
-"""Predictions too large for memory, for the Predict widget: when to predict on disk, where to,
-and the zarr stores the prediction is written into block by block while its layers show them.
+"""Predictions too large for memory (the Predict widget's): when to predict on disk, where to,
+and the zarr stores the prediction is written into block by block while a viewer shows them.
 
-No Qt here. The stores are written by the worker thread (:meth:`DiskStores.write`) and read by
+The stores are written by the worker thread (:meth:`DiskStores.write`) and read by
 the layers in the GUI thread through their own read-only views (zarr writes each chunk file
 atomically, so a layer never reads a half-written chunk). Each store lives under a hidden
 temporary name (``.<name>.<token>.part``, see :class:`ChunkedWriter`) until the GUI thread,
@@ -22,16 +22,15 @@ from typing import Any
 import numpy as np
 import zarr
 
-from ..engine.io import ChunkedWriter, _zarr
-from ..engine.io.no_overwrite import ReadFiles
-from ..engine.prediction.blocks import DEFAULT_BLOCK_SHAPE
+from ..io import ChunkedWriter, _zarr
+from ..io.no_overwrite import ReadFiles
+from .blocks import DEFAULT_BLOCK_SHAPE
 
 log = logging.getLogger(__name__)
 
 MEMORY_FRACTION = 0.25  # outputs larger than this share of the physical memory go to disk
 BLOCK_SHAPE = DEFAULT_BLOCK_SHAPE  # the blocks a prediction on disk is computed in
 CHUNKS = (8, 256, 256)  # thin in z: a 2D view reads 8 planes of the chunks it shows
-REFRESH_S = 1.0  # a layer on disk is redrawn (read again) at most once a second
 PARTIAL = "_partial"
 ROLES = ("labels", "probabilities", "uncertainty")
 
@@ -109,13 +108,6 @@ def choose_folder(text: str, source: str | os.PathLike | None) -> Path:
     """The folder typed in the widget (``text``), or the default for the image."""
     text = text.strip()
     return Path(text).expanduser() if text else default_folder(source)
-
-
-def source_path(layer) -> str | None:
-    """The file a layer was read from (napari's ``layer.source.path``, or the ``path`` our HDF5
-    reader keeps in the metadata), or None."""
-    path = getattr(getattr(layer, "source", None), "path", None)
-    return str(path) if path else layer.metadata.get("path")
 
 
 def safe_name(text: str) -> str:
@@ -228,9 +220,3 @@ class DiskStores:
             self._views[role] = zarr.open_array(str(self.where[role]), mode="r+")
         self._writers.clear()
         return problems
-
-    def discard(self) -> None:
-        """Delete the stores (before the prediction started)."""
-        for writer in self._writers.values():
-            writer.abort()
-        self._writers.clear()
