@@ -101,7 +101,7 @@ def test_the_meter_sees_other_jobs_and_not_this_process(two_cores):
         pass
     others = meter.others()
     # the cores cannot be busier than all of them: our share is not counted twice
-    assert meter.own >= 0.2 and others + meter.own <= cpus + 0.15, (others, meter.own)
+    assert meter.own > 0.01 and others + meter.own <= cpus + 0.15, (others, meter.own)
 
 
 def test_training_drops_to_one_thread_beside_jobs_that_hold_the_cores(two_cores, blobs,
