@@ -24,6 +24,7 @@ from qtpy.QtWidgets import (
 from superqt import QCollapsible
 
 from ..engine import (
+    DEVICES,
     LOSSES,
     PLANES,
     AnnotationError,
@@ -179,7 +180,7 @@ class TrainForm(QWidget):
         self.loss_combo = QComboBox()
         self.loss_combo.addItems(LOSSES)
         self.device_combo = QComboBox()
-        self.device_combo.addItems(["auto", "cpu", "cuda"])
+        self.device_combo.addItems(list(DEVICES))
         self.seed_spin = QSpinBox(minimum=0, maximum=2**31 - 1, value=0)
         self.val_spin = QDoubleSpinBox(minimum=0.0, maximum=0.5, decimals=2, value=0.15,
                                        singleStep=0.05)

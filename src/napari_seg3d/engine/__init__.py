@@ -10,7 +10,7 @@ Everything a script needs is importable from here (see ``docs/python.md``)::
 
     image = read_volume("image.tif").data
     scribbles = read_volume("scribbles.tif").data
-    result = train(image, scribbles, TrainConfig(iterations=200))
+    result = train(image, scribbles, settings={"iterations": 200})  # planned as the CLI does
     save_model(result.best, "model.pt")
     model = load_model("model.pt")
     write_volume("labels.tif", model.predict(image, PredictConfig(overlap=0.5)))
@@ -28,7 +28,13 @@ from .io import Volume, read_volume, write_volume
 from .model_file import SegmentationModel, describe, load_model, save_model
 from .models import MODELS, SliceNetwork, UNet, build_model
 from .normalization import Normalization, compute_normalization
-from .plan import default_batch_size, default_model_config, propose_patch_size
+from .plan import (
+                   TrainingPlan,
+                   default_batch_size,
+                   default_model_config,
+                   plan_training,
+                   propose_patch_size,
+)
 from .prediction.batch import FileProgress, FileResult, iter_predict_files, predict_files
 from .prediction.sliding_window import RegionDone, iter_predict_volume, predict_volume
 from .prediction.uncertainty import uncertainty_map
@@ -40,9 +46,11 @@ __all__ = [
     "DEVICES", "LOSSES", "MODELS", "PLANES", "AnnotationError", "FileProgress", "FileResult",
     "ModelConfig", "ModelFileError", "Normalization", "OutputError", "PredictConfig", "Preview",
     "RegionDone", "Seg3DError", "SegmentationModel", "SliceNetwork", "TensorBoardLogger",
-    "TrainConfig", "TrainProgress", "TrainResult", "Trainer", "TrainerUpdate", "UNet", "Volume",
+    "TrainConfig", "TrainProgress", "TrainResult", "Trainer", "TrainerUpdate", "TrainingPlan",
+    "UNet", "Volume",
     "VolumeError", "build_model", "compute_normalization", "default_batch_size",
     "default_model_config", "describe", "iter_predict_files", "iter_predict_volume", "load_model",
-    "predict_files", "predict_volume", "propose_patch_size", "read_volume", "resolve_device",
+    "plan_training", "predict_files", "predict_volume", "propose_patch_size", "read_volume",
+    "resolve_device",
     "run_to_end", "save_model", "train", "uncertainty_map", "write_volume",
 ]
