@@ -1,4 +1,4 @@
-"""The ``napari-seg3d`` command: ``train``, ``predict``, ``info`` and ``demo``.
+"""The ``napari-seg3d`` command: ``train``, ``predict``, ``info``, ``demo`` and ``export``.
 
 Errors a user can cause end with one line on stderr and exit code 2 (1 for anything unexpected);
 ``--debug`` shows the traceback. Progress goes through tqdm on stderr.
@@ -18,7 +18,7 @@ import numpy as np
 log = logging.getLogger("napari_seg3d")
 # --help is plain text: argparse shows it as written (the module docstring is for Sphinx)
 DESCRIPTION = ("Train 3D segmentation networks on sparse annotations, predict volumes, inspect "
-               "model files, run the demo.")
+               "model files, export them to the BioImage Model Zoo, run the demo.")
 EPILOG = "To try it on the nuclei sample: napari-seg3d demo --write-sample sample"
 
 
@@ -345,6 +345,8 @@ def build_parser() -> argparse.ArgumentParser:
                         "DIR/image.tif, DIR/scribbles.tif (the strokes of the napari sample), "
                         "DIR/truth.tif, with its licence notice")
     d.set_defaults(func=_demo)
+    from ._cli_export import add_export_command  # napari-seg3d export (BioImage Model Zoo)
+    add_export_command(sub)
     for sp in (t, r):
         sp.add_argument("--quiet", action="store_true", help="no progress bar")
     for sp in (t, r, d):
