@@ -35,6 +35,7 @@ from qtpy.QtWidgets import (
 from ..engine import ModelFileError, Seg3DError, load_model, resolve_device
 from . import _large_prediction as _large
 from . import _layer_files, _layers, _predict_outputs
+from ._export import add_export_button
 from ._session import SESSION
 
 if TYPE_CHECKING:
@@ -153,6 +154,8 @@ class PredictWidget(QWidget):
         row.addWidget(self.predict_button)
         row.addWidget(self.cancel_button)
         layout.addLayout(row)
+        self.export_button = add_export_button(self, self.current_model, self.image_layer,
+                                               self.cancel_button, follow=False)
         self.status = QLabel("Train a model in the Train widget, or load one from a file.")
         self.status.setWordWrap(True)
         layout.addWidget(self.status)
@@ -217,7 +220,7 @@ class PredictWidget(QWidget):
             self._update_buttons()
             return
         path, _ = QFileDialog.getOpenFileName(self, "Load model", "",
-                                              "napari-seg3d model (*.pt);;All files (*)")
+                                              "Models (*.pt *.zip *.yaml);;All files (*)")
         if not path or self.load_model_from(path) is None:
             self.model_combo.setCurrentText(self._model_name)
 
