@@ -15,8 +15,11 @@ napari-seg3d works without them (the extra ``napari-seg3d[bioimageio]`` installs
 
 from __future__ import annotations
 
+import contextlib
+import gc
 import logging
 import os
+import warnings
 import zipfile
 from pathlib import Path
 
@@ -72,5 +75,18 @@ def quiet_bioimageio() -> None:
         logger.disable("bioimageio")
 
 
-__all__ = ["INSTALL", "RDF_NAMES", "is_package", "quiet_bioimageio", "require_bioimageio",
+@contextlib.contextmanager
+def collecting_open_files():
+    """Run a block of bioimage.io calls without the ResourceWarnings of the files they leave
+    open (bioimageio.spec 0.5.12 reads package files without closing them), and collect those
+    left in reference cycles here rather than at a later garbage collection elsewhere."""
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", ResourceWarning)
+        try:
+            yield
+        finally:
+            gc.collect()
+
+
+__all__ = ["INSTALL", "RDF_NAMES", "collecting_open_files", "is_package", "quiet_bioimageio", "require_bioimageio",
            "trust_code"]

@@ -26,7 +26,7 @@ import torch
 
 from ..errors import ModelFileError, OutputError, writable_folder
 from ..io._temps import remove_stale_temps, temp_path
-from . import quiet_bioimageio, require_bioimageio
+from . import collecting_open_files, quiet_bioimageio, require_bioimageio
 from ._cover import write_cover
 from ._sample import from_sample, sample_license
 from ._tensors import crop_input, expected_output, synthetic_input
@@ -80,7 +80,7 @@ def export_package(model, out: str | os.PathLike, *, image=None,
         origin = (f"`test_input.npy` is the centre crop {raw.shape[2:]} of {where}"
                   + (", napari-seg3d's nuclei sample (StarDist)." if on_sample else "."))
     quiet_bioimageio()
-    with tempfile.TemporaryDirectory(prefix="seg3d-export-") as tmp:
+    with collecting_open_files(), tempfile.TemporaryDirectory(prefix="seg3d-export-") as tmp:
         folder = Path(tmp)
         files = _write_files(folder, model, raw, on_sample)
         descr = _describe(model, folder, files, details, origin, on_sample)
@@ -104,10 +104,13 @@ def _write_files(folder: Path, model, raw: np.ndarray, on_sample: bool) -> dict[
              "test_input": folder / "test_input.npy", "test_output": folder / "test_output.npy"}
     torch.save(network.state_dict(), files["weights"])
     example = torch.from_numpy(model.normalization.apply(raw[0])[None])
-    with warnings.catch_warnings():  # the trace is valid at every size the package declares
+    with warnings.catch_warnings():
+        # the trace holds at every size the package declares (no padding, no thin axis); and
+        # TorchScript, deprecated in PyTorch, is the format deepImageJ and bioimage.io read
         warnings.simplefilter("ignore", torch.jit.TracerWarning)
+        warnings.filterwarnings("ignore", r"`torch\.jit\.\w+` is deprecated", DeprecationWarning)
         traced = torch.jit.trace(network, example, check_trace=False)
-    traced.save(str(files["torchscript"]))
+        traced.save(str(files["torchscript"]))
     np.save(files["test_input"], raw)
     np.save(files["test_output"], expected)
     files["sample_input"], files["sample_output"] = folder / "sample_input.tif", \

@@ -23,7 +23,7 @@ import numpy as np
 
 from ..config import ModelConfig, TrainConfig
 from ..errors import ModelFileError
-from . import quiet_bioimageio, require_bioimageio, trust_code
+from . import collecting_open_files, quiet_bioimageio, require_bioimageio, trust_code
 
 log = logging.getLogger(__name__)
 
@@ -41,15 +41,16 @@ def load_package(path) -> object:
     path = Path(path)
     require_bioimageio(f"{path.name} is a bioimage.io package; loading it")
     quiet_bioimageio()
-    descr = read_description(path)
     from ._describe import ARCHITECTURE_CALLABLE, ARCHITECTURE_MODULE, CONFIG_KEY
 
-    ours = (descr.config.model_extra or {}).get(CONFIG_KEY)
-    arch = getattr(descr.weights.pytorch_state_dict, "architecture", None)
-    if ours and getattr(arch, "import_from", None) == ARCHITECTURE_MODULE \
-            and str(arch.callable) == ARCHITECTURE_CALLABLE:
-        return _our_model(descr, ours, path)
-    return _foreign_model(descr, path)
+    with collecting_open_files():
+        descr = read_description(path)
+        ours = (descr.config.model_extra or {}).get(CONFIG_KEY)
+        arch = getattr(descr.weights.pytorch_state_dict, "architecture", None)
+        if ours and getattr(arch, "import_from", None) == ARCHITECTURE_MODULE \
+                and str(arch.callable) == ARCHITECTURE_CALLABLE:
+            return _our_model(descr, ours, path)
+        return _foreign_model(descr, path)
 
 
 def read_description(path: Path):
@@ -169,10 +170,15 @@ def _load_state_dict(weights, name: str):
 
 
 def _load_torchscript(weights, name: str):
+    import warnings
+
     import torch
 
     try:
         data = weights.get_reader().read()
-        return torch.jit.load(io.BytesIO(data), map_location="cpu").eval()
+        with warnings.catch_warnings():  # TorchScript is deprecated in PyTorch, still read here
+            warnings.filterwarnings("ignore", r"`torch\.jit\.\w+` is deprecated",
+                                    DeprecationWarning)
+            return torch.jit.load(io.BytesIO(data), map_location="cpu").eval()
     except Exception as e:
         raise ModelFileError(f"Cannot load the TorchScript weights of {name}: {e}") from e
