@@ -1,5 +1,6 @@
-"""Other tools' bioimage.io packages for the import tests, built with bioimageio.spec from a tiny
-torch network that is not one of ours: fitting ones and ones that do not fit."""
+"""For the bioimage.io tests: a tiny model of ours trained on the nuclei sample, and other tools'
+packages built with bioimageio.spec from a tiny torch network that is not one of ours, fitting
+ones and ones that do not fit."""
 
 from __future__ import annotations
 
@@ -8,9 +9,26 @@ from pathlib import Path
 
 import numpy as np
 import torch
+from conftest import run_to_end
 from torch import nn
 
+from napari_seg3d._sample_data import load_nuclei
+from napari_seg3d.engine import TrainConfig, Trainer, default_model_config, save_model
+
 TEST_SHAPE = (1, 1, 12, 20, 24)
+
+
+def train_on_sample(folder: Path, *, dims: int = 3, loss: str = "ce_dice") -> Path:
+    """A tiny model trained 3 iterations on the nuclei sample, saved in ``folder``."""
+    image, _, scribbles = load_nuclei()
+    patch = (16, 32, 32)
+    cfg = TrainConfig(patch_size=patch, batch_size=2, iterations=3, validate_every=1,
+                      device="cpu", amp=False, self_training=0, loss=loss)
+    out = 1 if loss == "bce_dice" else 2
+    mc = default_model_config(1, out, patch, base_filters=4, levels=2, dims=dims)
+    trainer = Trainer(image, scribbles, cfg, model_config=mc,
+                      class_names=["background", "nucleus"])
+    return save_model(run_to_end(trainer.run()).best, folder / "model.pt")
 
 
 class TinyNet(nn.Module):

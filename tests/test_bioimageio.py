@@ -15,19 +15,11 @@ from pathlib import Path
 import numpy as np
 import pytest
 import yaml
-from _zoo_packages import build_package
-from conftest import run_to_end
+from _zoo_packages import build_package, train_on_sample
 
 from napari_seg3d._sample_data import load_nuclei, write_sample
 from napari_seg3d.cli import main
-from napari_seg3d.engine import (
-    ModelFileError,
-    TrainConfig,
-    Trainer,
-    default_model_config,
-    load_model,
-    save_model,
-)
+from napari_seg3d.engine import ModelFileError, TrainConfig, Trainer, load_model, save_model
 from napari_seg3d.engine.errors import AnnotationError
 from napari_seg3d.engine.io import read_volume, write_volume
 
@@ -69,19 +61,6 @@ def _collect_open_files():
 
     with collecting_open_files():
         yield
-
-
-def train_on_sample(folder: Path, *, dims: int = 3, loss: str = "ce_dice") -> Path:
-    """A tiny model trained 3 iterations on the nuclei sample, saved in ``folder``."""
-    image, _, scribbles = load_nuclei()
-    patch = (16, 32, 32)
-    cfg = TrainConfig(patch_size=patch, batch_size=2, iterations=3, validate_every=1,
-                      device="cpu", amp=False, self_training=0, loss=loss)
-    out = 1 if loss == "bce_dice" else 2
-    mc = default_model_config(1, out, patch, base_filters=4, levels=2, dims=dims)
-    trainer = Trainer(image, scribbles, cfg, model_config=mc,
-                      class_names=["background", "nucleus"])
-    return save_model(run_to_end(trainer.run()).best, folder / "model.pt")
 
 
 @pytest.fixture(scope="module")
