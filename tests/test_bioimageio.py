@@ -20,7 +20,7 @@ from _zoo_packages import build_package, train_on_sample
 from napari_seg3d._sample_data import load_nuclei, write_sample
 from napari_seg3d.cli import main
 from napari_seg3d.engine import ModelFileError, TrainConfig, Trainer, load_model, save_model
-from napari_seg3d.engine.errors import AnnotationError
+from napari_seg3d.engine.errors import AnnotationError, OutputError
 from napari_seg3d.engine.io import read_volume, write_volume
 
 # bioimageio.core loads TorchScript weights with torch.jit.load, deprecated in PyTorch 2.13
@@ -242,8 +242,9 @@ def test_another_tools_model_is_neither_exported_nor_trained(tmp_path, capsys):
         Trainer(image, scribbles, TrainConfig(device="cpu"), init=model)
     assert main(["export", str(package), "--out", str(tmp_path / "again.zip")]) == 2
     assert "share that package itself" in capsys.readouterr().err
-    with pytest.raises(ModelFileError, match="use the package itself"):
+    with pytest.raises(OutputError, match="use the package itself"):
         save_model(model, tmp_path / "model.pt")
+    assert not (tmp_path / "model.pt").exists() and not list(tmp_path.glob(".*.part"))
 
 
 def test_export_refuses_to_write_over_its_inputs(exported, capsys):

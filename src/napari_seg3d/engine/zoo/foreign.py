@@ -12,7 +12,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from ..config import ModelConfig, TrainConfig
-from ..errors import ModelFileError
+from ..errors import OutputError
 from ..model_file import SegmentationModel
 from ._fit import Fit, Layout
 from ._preprocess import ChannelAffine, ImageStatistics
@@ -98,7 +98,9 @@ class PackageModel(SegmentationModel):
         return SegmentationModel.iter_predict(self.for_image(image), image, **kwargs)
 
     def to_dict(self, *, include_optimizer: bool = True):
-        raise ModelFileError(f"{self.package_source} is another tool's bioimage.io package: "
+        """Refused (an ``OutputError``, as a file that cannot be written): the network is not
+        one napari-seg3d can rebuild from a model file."""
+        raise OutputError(f"{self.package_source} is another tool's bioimage.io package: "
                              "napari-seg3d cannot save it as a model file; use the package itself.")
 
 

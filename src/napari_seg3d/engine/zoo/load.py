@@ -15,15 +15,17 @@ TorchScript, which is a program by design) is loaded only when the user trusts t
 
 from __future__ import annotations
 
+import contextlib
 import io
 import logging
+import zipfile
 from pathlib import Path
 
 import numpy as np
 
 from ..config import ModelConfig, TrainConfig
 from ..errors import ModelFileError
-from . import collecting_open_files, quiet_bioimageio, require_bioimageio, trust_code
+from . import RDF_NAMES, collecting_open_files, quiet_bioimageio, require_bioimageio, trust_code
 
 log = logging.getLogger(__name__)
 
@@ -43,8 +45,8 @@ def load_package(path) -> object:
     quiet_bioimageio()
     from ._describe import ARCHITECTURE_CALLABLE, ARCHITECTURE_MODULE, CONFIG_KEY
 
-    with collecting_open_files():
-        descr = read_description(path)
+    with collecting_open_files(), _opened(path) as source:
+        descr = read_description(source, path.name)
         ours = (descr.config.model_extra or {}).get(CONFIG_KEY)
         arch = getattr(descr.weights.pytorch_state_dict, "architecture", None)
         if ours and getattr(arch, "import_from", None) == ARCHITECTURE_MODULE \
@@ -53,21 +55,34 @@ def load_package(path) -> object:
         return _foreign_model(descr, path)
 
 
-def read_description(path: Path):
-    """The model description (converted to spec 0.5), or a sentence."""
+@contextlib.contextmanager
+def _opened(path: Path):
+    """A zip package as a ``ZipFile`` we close (the description keeps a reference to its
+    source, which would otherwise stay open), else the ``rdf.yaml`` to read."""
+    if path.is_dir():
+        yield next(p for p in (path / n for n in RDF_NAMES) if p.is_file())
+    elif zipfile.is_zipfile(path):
+        with zipfile.ZipFile(path) as z:
+            yield z
+    else:
+        yield path
+
+
+def read_description(source, name: str):
+    """The model description (converted to spec 0.5) of ``source`` (a ``ZipFile`` or a YAML
+    path), or a sentence naming the package ``name``."""
     from bioimageio.spec import InvalidDescr, load_description
     from bioimageio.spec.model import v0_5
 
-    target = path / "rdf.yaml" if path.is_dir() and (path / "rdf.yaml").is_file() else path
     try:
-        descr = load_description(target, format_version="latest", perform_io_checks=False)
+        descr = load_description(source, format_version="latest", perform_io_checks=False)
     except Exception as e:  # unreadable zip or YAML
-        raise ModelFileError(f"Cannot read the bioimage.io package {path.name}: {e}") from e
+        raise ModelFileError(f"Cannot read the bioimage.io package {name}: {e}") from e
     if isinstance(descr, InvalidDescr):
         reason = (descr.get_reason() or "invalid description").splitlines()[0]
-        raise ModelFileError(f"{path.name} is not a valid bioimage.io package ({reason}).")
+        raise ModelFileError(f"{name} is not a valid bioimage.io package ({reason}).")
     if not isinstance(descr, v0_5.ModelDescr):
-        raise ModelFileError(f"{path.name} is a bioimage.io {descr.type}, not a model.")
+        raise ModelFileError(f"{name} is a bioimage.io {descr.type}, not a model.")
     return descr
 
 
