@@ -147,7 +147,7 @@ def test_the_package_loads_back_as_the_same_model(exported, tmp_path):
     for name in ("model_config", "train_config", "class_values", "class_names",
                  "normalization", "in_channels", "voxel_size", "iteration"):
         assert getattr(after, name) == getattr(before, name), name
-    options = dict(device="cpu", amp=False)
+    options = {"device": "cpu", "amp": False}
     np.testing.assert_array_equal(after.predict(image, probabilities=True, **options),
                                   before.predict(image, probabilities=True, **options))
     for model, name in ((exported["model"], "pt"), (exported["package"], "zip")):
@@ -214,10 +214,10 @@ def test_code_inside_a_package_runs_only_when_trusted(tmp_path, monkeypatch, wei
 
 
 UNFIT = {
-    "2D": (dict(axes="bcyx"), "is a 2D model"),
-    "TensorFlow": (dict(weights="tensorflow"), "only tensorflow_saved_model_bundle weights"),
-    "clip": (dict(preprocessing="clip"), "pre-processing 'clip' is not one napari-seg3d applies"),
-    "smaller output": (dict(output_size="smaller"), "not the size of its input"),
+    "2D": ({"axes": "bcyx"}, "is a 2D model"),
+    "TensorFlow": ({"weights": "tensorflow"}, "only tensorflow_saved_model_bundle weights"),
+    "clip": ({"preprocessing": "clip"}, "pre-processing 'clip' is not one napari-seg3d applies"),
+    "smaller output": ({"output_size": "smaller"}, "not the size of its input"),
 }
 
 

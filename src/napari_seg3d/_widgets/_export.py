@@ -59,7 +59,7 @@ class _EnabledFollower(QObject):
         super().__init__(source)
         self._target = target
 
-    def eventFilter(self, obj, event) -> bool:  # noqa: N802 (Qt's name)
+    def eventFilter(self, obj, event) -> bool:  # Qt's name
         if event.type() == QEvent.Type.EnabledChange:
             self._target.setEnabled(obj.isEnabled())
         return False

@@ -51,7 +51,7 @@ def require_bioimageio(what: str) -> None:
     """Raise a :class:`ModelFileError` with the install command unless bioimageio.core and
     bioimageio.spec import."""
     try:
-        import bioimageio.core  # noqa: F401
+        import bioimageio.core
         import bioimageio.spec  # noqa: F401
     except ImportError as e:
         raise ModelFileError(f"{what} needs the bioimage.io packages, which are not installed "

@@ -20,15 +20,16 @@ ARCHITECTURE_MODULE = "napari_seg3d.engine.zoo.network"
 ARCHITECTURE_CALLABLE = "ZooNetwork"
 CONFIG_KEY = "napari_seg3d"  # our section of the description's `config`
 
-NAPARI = ("napari-seg3d {version}: 3D U-Nets trained on sparse brush strokes in napari. It is "
-          "built on napari (napari contributors, 2019, napari: a multi-dimensional image viewer "
-          "for Python), whose DOI this is.", "10.5281/zenodo.3555620")
-UNET_3D = ("Cicek, Abdulkadir, Lienkamp, Brox, Ronneberger (2016). 3D U-Net: learning dense "
-           "volumetric segmentation from sparse annotation. MICCAI 2016.",
+NAPARI = (("napari-seg3d {version}: 3D U-Nets trained on sparse brush strokes in napari. It is "
+           "built on napari (napari contributors, 2019, napari: a multi-dimensional image viewer "
+           "for Python), whose DOI this is."), "10.5281/zenodo.3555620")
+UNET_3D = (("Cicek, Abdulkadir, Lienkamp, Brox, Ronneberger (2016). 3D U-Net: learning dense "
+            "volumetric segmentation from sparse annotation. MICCAI 2016."),
            "10.1007/978-3-319-46723-8_49")
-STARDIST = ("Weigert, Schmidt, Haase, Sugawara, Myers (2020). Star-convex polyhedra for 3D object "
-            "detection and segmentation in microscopy. WACV 2020. The model was trained on "
-            "StarDist's 3D nuclei test image (BSD 3-Clause).", "10.1109/WACV45572.2020.9093435")
+STARDIST = (("Weigert, Schmidt, Haase, Sugawara, Myers (2020). Star-convex polyhedra for 3D "
+             "object detection and segmentation in microscopy. WACV 2020. The model was trained "
+             "on StarDist's 3D nuclei test image (BSD 3-Clause)."),
+            "10.1109/WACV45572.2020.9093435")
 
 
 def pytorch_version() -> v0_5.Version:

@@ -19,8 +19,8 @@ def readme(model, *, name: str, description: str, test_input: str, on_sample: bo
         on_sample: the model was trained on napari-seg3d's nuclei sample (StarDist's image).
     """
     parts = [f"# {name}\n\n{description}\n", _classes(model), _training(model), _io(model),
-             f"## Test tensors\n\n{test_input} `test_output.npy` is the network's output on it "
-             "(float32, CPU).\n", USAGE, _credits(on_sample)]
+             (f"## Test tensors\n\n{test_input} `test_output.npy` is the network's output on "
+              "it (float32, CPU).\n"), USAGE, _credits(on_sample)]
     return "\n".join(parts)
 
 
