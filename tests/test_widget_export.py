@@ -1,6 +1,6 @@
 """The Export... buttons (issue 15) in a real napari viewer: the Train widget's writes a package
 that passes bioimageio.core's test; the Predict widget loads packages, predicts with them, and
-refuses to export another tool's model with a sentence."""
+refuses to export another tool's model with a sentence; Batch predict runs a package on files."""
 
 from __future__ import annotations
 
@@ -98,3 +98,30 @@ def test_the_predict_widget_predicts_with_packages_and_exports_only_ours(qtbot, 
     assert widget.export_button.isEnabled()
     widget.export_button.click()  # the foreign model is selected
     assert errors and "share that package itself" in errors[-1]
+
+
+def test_batch_predict_runs_a_package_on_files(qtbot, make_napari_viewer, tmp_path, monkeypatch):
+    from napari_seg3d._widgets import batch as batch_module
+    from napari_seg3d._widgets._session import Session
+    from napari_seg3d._widgets.batch import BatchPredictWidget
+    from napari_seg3d.engine.io import read_volume, write_volume
+
+    monkeypatch.setattr(batch_module, "SESSION", Session())
+    viewer = make_napari_viewer()
+    widget = BatchPredictWidget(viewer)
+    viewer.window.add_dock_widget(widget)
+    package = build_package(tmp_path / "foreign")
+    image = load_nuclei()[0]
+    volumes = [write_volume(tmp_path / "in" / name, data) for name, data in
+               (("a.tif", image), ("b.tif", image[:20, :40, :30]))]
+    widget.set_inputs(volumes)
+    widget.set_model_path(package)
+    widget.set_output_dir(tmp_path / "out")
+    widget.run()
+    qtbot.waitUntil(lambda: widget.worker is None, timeout=WAIT_MS)
+    assert [r.status for r in widget.results] == ["done", "done"]
+    model = load_model(package)
+    for volume in volumes:
+        labels = np.asarray(read_volume(tmp_path / "out" / f"{volume.stem}_labels.tif").data)
+        np.testing.assert_array_equal(labels, model.predict(read_volume(volume).data,
+                                                            device="cpu"))
