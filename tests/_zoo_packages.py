@@ -50,6 +50,7 @@ def build_package(folder: Path, *, weights: str = "library", axes: str = "bczyx"
     Args:
         weights: ``"library"`` (pytorch_state_dict, TinyNet imported from this module),
             ``"file"`` (pytorch_state_dict, TinyNet from a source file in the package),
+            ``"os.system"`` (its "architecture" is ``os.system`` with a shell command),
             ``"torchscript"`` (TorchScript only), ``"tensorflow"`` (TensorFlow only).
         axes: ``"bczyx"`` or ``"bcyx"`` (a 2D model).
         preprocessing: ``"zero_mean_unit_variance"``, ``"scale_range"`` or ``"clip"``.
@@ -121,13 +122,17 @@ def _weights(kind: str, net: nn.Module, files: dict, folder: Path, x: np.ndarray
         arch = v0_5.ArchitectureFromLibraryDescr(import_from="_zoo_packages",
                                                  callable=v0_5.Identifier("TinyNet"),
                                                  kwargs=kwargs)
+    elif kind == "os.system":  # a callable that is not a network, with a command as argument
+        arch = v0_5.ArchitectureFromLibraryDescr(
+            import_from="os", callable=v0_5.Identifier("system"),
+            kwargs={"command": f"touch {folder / 'ran'}"})
     elif kind == "file":
         source = folder / "tiny_net.py"
         source.write_text("import torch\nfrom torch import nn\n\n\n"
                           + inspect.getsource(TinyNet))
         arch = v0_5.ArchitectureFromFileDescr(source=source, callable=v0_5.Identifier("TinyNet"),
                                               kwargs=kwargs)
-    if kind in ("library", "file"):
+    if kind in ("library", "file", "os.system"):
         return v0_5.WeightsDescr(pytorch_state_dict=v0_5.PytorchStateDictWeightsDescr(
             source=files["w.pt"], architecture=arch, pytorch_version=version))
     if kind == "torchscript":

@@ -213,6 +213,14 @@ def test_code_inside_a_package_runs_only_when_trusted(tmp_path, monkeypatch, wei
                                atol=1e-6)
 
 
+def test_a_library_callable_that_is_not_a_network_is_never_called(tmp_path, monkeypatch):
+    monkeypatch.setenv("NAPARI_SEG3D_TRUST_CODE", "1")  # not even when code is trusted
+    package = build_package(tmp_path, weights="os.system")
+    with pytest.raises(ModelFileError, match="os.system, is not a torch.nn.Module class"):
+        load_model(package)
+    assert not (tmp_path / "ran").exists()
+
+
 UNFIT = {
     "2D": ({"axes": "bcyx"}, "is a 2D model"),
     "TensorFlow": ({"weights": "tensorflow"}, "only tensorflow_saved_model_bundle weights"),
