@@ -24,7 +24,9 @@ ROOT = Path(__file__).resolve().parents[1]
 DOCS = [ROOT / "README.md", *sorted((ROOT / "docs").glob("*.md"))]
 # synopses (in ``text`` blocks), not commands: they do not parse, by design
 NOT_PARSED = {
-    "napari-seg3d [--debug] {train,predict,info,demo} ...": "the synopsis of the command",
+    "napari-seg3d [--debug] {train,predict,info,demo,export} ...": "the synopsis of the command",
+    "napari-seg3d export MODEL --out PACKAGE.zip [--image IMG] [--name NAME] [--description TEXT] "
+    "[--author NAME ...]": "the synopsis of export, with optional parts in brackets",
     "napari-seg3d demo [--out demo-output] [--iterations 800] [--headless] [--device auto]":
         "the synopsis of demo, with optional parts in brackets",
 }

@@ -335,7 +335,7 @@ class BatchPredictWidget(QWidget):
 
     def _browse_model(self) -> None:
         path, _ = QFileDialog.getOpenFileName(self, "Model file", "",
-                                              "napari-seg3d models (*.pt *.pth);;All files (*)")
+                                              "Models (*.pt *.pth *.zip *.yaml);;All files (*)")
         if path:
             self.set_model_path(path)
 

@@ -22,6 +22,7 @@ from ..engine import ModelFileError, Preview, Seg3DError, Trainer, load_model, s
 from ..engine.plan import window_for
 from ..engine.threads import set_default_threads
 from . import _layer_files, _layers
+from ._export import add_export_button
 from ._labels_warning import labels_confirmed
 from ._report_dialog import ReportDialog, start_report
 from ._session import SESSION
@@ -67,6 +68,8 @@ class TrainWidget(TrainForm):
         self._report_worker = None
         self.report_dialog: ReportDialog | None = None
         self._connect_ui()
+        self.export_button = add_export_button(self, lambda: self.model, self.image_layer,
+                                               self.save_button)
         self._update_buttons()
         self._timers()
         _warm_up_forest()
@@ -390,7 +393,7 @@ class TrainWidget(TrainForm):
 
     def _load_dialog(self) -> None:
         path, _ = QFileDialog.getOpenFileName(self, "Load model", "",
-                                              "napari-seg3d model (*.pt);;All files (*)")
+                                              "Models (*.pt *.zip *.yaml);;All files (*)")
         if path:
             self.load_model_from(path)
 

@@ -320,7 +320,8 @@ def model_from_dict(data: dict) -> SegmentationModel:
 
 def load_model(path: str | os.PathLike) -> SegmentationModel:
     """Load a model file safely (no code runs); raises :class:`ModelFileError` with a clear
-    sentence for a missing, truncated, foreign or unsafe file.
+    sentence for a missing, truncated, foreign or unsafe file. A bioimage.io package (a zip
+    with an ``rdf.yaml``, or the YAML file) is loaded by :func:`.zoo.load.load_package`.
 
     Example:
         >>> model = load_model("model.pt")  # doctest: +SKIP
@@ -329,6 +330,12 @@ def load_model(path: str | os.PathLike) -> SegmentationModel:
         >>> labels = model.predict(image, device="cpu")  # doctest: +SKIP
     """
     path = Path(path)
+    from .zoo import is_package
+
+    if is_package(path):
+        from .zoo.load import load_package
+
+        return load_package(path)  # type: ignore[return-value]
     data = _read_file(path)
     try:
         return model_from_dict(data)

@@ -18,7 +18,7 @@ from ..config import ModelConfig, TrainConfig
 from ..devices import resolve_device
 from ..errors import AnnotationError
 from ..model_file import SegmentationModel
-from ..models import SliceNetwork, build_model
+from ..models import MODELS, SliceNetwork, build_model
 from ..normalization import compute_normalization
 from ..plan import default_model_config
 from .losses import is_binary_loss, make_loss
@@ -105,6 +105,10 @@ class Trainer:
         self.optimizer_state = None
 
     def _init_from(self, init: SegmentationModel, painted, channels, resume) -> None:
+        if init.model_config.architecture not in MODELS:  # another tool's bioimage.io model
+            raise AnnotationError("This model comes from another tool's bioimage.io package: "
+                                  "napari-seg3d predicts with it but cannot train it; train a "
+                                  "new model instead.")
         if channels != init.in_channels:
             raise AnnotationError(f"The model was trained on {init.in_channels}-channel images; "
                                   f"this image has {channels}.")
