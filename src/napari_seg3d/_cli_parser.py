@@ -7,7 +7,7 @@ import argparse
 
 # --help is plain text: argparse shows it as written (the module docstring is for Sphinx)
 DESCRIPTION = ("Train 3D segmentation networks on sparse annotations, predict volumes, inspect "
-               "model files, run the demo.")
+               "model files, export them to the BioImage Model Zoo, run the demo.")
 EPILOG = "To try it on the nuclei sample: napari-seg3d demo --write-sample sample"
 
 
@@ -118,6 +118,9 @@ def build_parser() -> argparse.ArgumentParser:
                    help="only write the sample as files for the command-line examples: "
                         "DIR/image.tif, DIR/scribbles.tif (the strokes of the napari sample), "
                         "DIR/truth.tif, with its licence notice")
+    from ._cli_export import add_export_command  # napari-seg3d export (BioImage Model Zoo)
+
+    add_export_command(sub)
     for sp in (t, r):
         sp.add_argument("--quiet", action="store_true", help="no progress bar")
     for sp in (t, r, d):

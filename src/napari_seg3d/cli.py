@@ -20,13 +20,6 @@ from ._cli_parser import build_parser
 __all__ = ["build_parser", "main"]
 
 log = logging.getLogger("napari_seg3d")
-<<<<<<< HEAD
-=======
-# --help is plain text: argparse shows it as written (the module docstring is for Sphinx)
-DESCRIPTION = ("Train 3D segmentation networks on sparse annotations, predict volumes, inspect "
-               "model files, export them to the BioImage Model Zoo, run the demo.")
-EPILOG = "To try it on the nuclei sample: napari-seg3d demo --write-sample sample"
->>>>>>> bioimageio
 
 
 def _channels(image) -> int:
@@ -241,136 +234,12 @@ def _demo(args: argparse.Namespace) -> int:
                     device=args.device)
 
 
-<<<<<<< HEAD
-=======
-def _command(sub, name: str, summary: str) -> argparse.ArgumentParser:
-    """A subcommand whose --help starts with its one-line summary (plain text, no markup)."""
-    return sub.add_parser(name, help=summary, description=summary[0].upper() + summary[1:] + ".")
-
-
-def build_parser() -> argparse.ArgumentParser:
-    from .engine.config import LOSSES, PLANES, TrainConfig
-    from .engine.models import MODELS
-    from .engine.prediction.blocks import DEFAULT_BLOCK_SHAPE
-
-    p = argparse.ArgumentParser(prog="napari-seg3d", description=DESCRIPTION, epilog=EPILOG)
-    p.add_argument("--debug", action="store_true", help="show tracebacks and debug logging")
-    sub = p.add_subparsers(dest="command", required=True)
-
-    t = _command(sub, "train", "train a model on an image and sparse annotations")
-    t.add_argument("--image", required=True, help="TIFF, HDF5 (file.h5:/key) or .npy volume")
-    t.add_argument("--labels", required=True,
-                   help="annotations: 0 = not annotated, 1, 2, ... = classes")
-    t.add_argument("--out", required=True, help="model file to write (the best model)")
-    t.add_argument("--config", metavar="FILE.yaml",
-                   help="training settings from a YAML file (options given here win over it)")
-    t.add_argument("--iterations", type=int, help=f"default {TrainConfig().iterations}")
-    t.add_argument("--patch-size", type=int, nargs=3, metavar=("Z", "Y", "X"))
-    t.add_argument("--batch-size", type=int, help="default 2 (3D), 8 (2D slices)")
-    t.add_argument("--learning-rate", type=float, help="default 0.003")
-    t.add_argument("--loss", help=f"{', '.join(LOSSES)} (default ce_dice)")
-    t.add_argument("--architecture", choices=sorted(MODELS),
-                   help="network of a new model: unet (default), unetpp (U-Net++), resenc_unet "
-                        "(residual encoder, as nnU-Net's ResEnc)")
-    t.add_argument("--dims", type=int, choices=[2, 3],
-                   help="3: a 3D network on 3D patches (default); 2: a 2D network trained on "
-                        "slices along z, y and x (2.5D, as volume-segmantics)")
-    t.add_argument("--planes", choices=PLANES,
-                   help="how a 2D network predicts: fast (along z), three (z, y and x, averaged; "
-                        "default), best (three axes x four in-plane rotations)")
-    t.add_argument("--base-filters", type=int, help="default 16")
-    t.add_argument("--levels", type=int, default=None)
-    t.add_argument("--validation-fraction", type=float, help="default 0.15")
-    t.add_argument("--smoothness", type=float,
-                   help="weight of the edge-aware smoothness loss that spreads strokes along "
-                        f"regions up to image edges (0 = off; default {TrainConfig().smoothness:g})")
-    t.add_argument("--self-training", type=int, metavar="ROUNDS",
-                   help="rounds in the second half of the run in which the network also learns "
-                        "from the voxels it is sure of (0 = off; default "
-                        f"{TrainConfig().self_training})")
-    t.add_argument("--device", choices=["auto", "cpu", "cuda", "mps"])
-    t.add_argument("--seed", type=int, help="default 0")
-    t.add_argument("--no-amp", dest="amp", action="store_false", default=None,
-                   help="compute in float32 (default: mixed precision, float16 on a GPU and "
-                        "bfloat16 on CPUs with AVX512-BF16/AMX; the model then also predicts "
-                        "in float32)")
-    g = t.add_mutually_exclusive_group()
-    g.add_argument("--resume", metavar="MODEL", help="continue a run exactly from its model file")
-    g.add_argument("--fine-tune", metavar="MODEL", help="start from a model, fresh optimizer")
-    t.add_argument("--no-report", action="store_true",
-                   help="do not write the training report (<out>.report.png)")
-    t.add_argument("--allow-many-classes", action="store_true",
-                   help="train even if the labels look like an image or an instance "
-                        "segmentation (more than 16 values, or more than 10 that are dense)")
-    t.add_argument("--truth", help="dense ground truth to report Dice against after training")
-    t.add_argument("--tensorboard", metavar="DIR",
-                   help="log loss, Dice and image slices to TensorBoard in DIR (needs the "
-                        "tensorboard package: pip install \"napari-seg3d[tensorboard]\")")
-    t.set_defaults(func=_train)
-
-    r = _command(sub, "predict", "apply a model to volumes, writing DIR/<stem>_labels.<ext>")
-    r.add_argument("inputs", nargs="+", metavar="IMG", help="volumes or folders")
-    r.add_argument("--model", required=True)
-    r.add_argument("--out", required=True, metavar="DIR")
-    r.add_argument("--pattern", default="*", help="file pattern inside input folders")
-    r.add_argument("--overlap", type=float, default=0.5)
-    r.add_argument("--tta", action="store_true", help="average mirrored predictions")
-    r.add_argument("--probabilities", action="store_true", help="also write class probabilities")
-    r.add_argument("--uncertainty", action="store_true",
-                   help="also write DIR/<stem>_uncertainty.<ext>: 0 = sure, 1 = least sure")
-    r.add_argument("--format", default="tif", choices=["tif", "h5", "zarr", "npy"],
-                   help="output format; h5, zarr and npy are written block by block (for volumes "
-                        "larger than memory), tif is assembled in memory")
-    r.add_argument("--block-size", type=int, nargs=3, metavar=("Z", "Y", "X"),
-                   default=list(DEFAULT_BLOCK_SHAPE),
-                   help="largest block predicted at once; memory depends on Y x X "
-                        f"(default {' '.join(map(str, DEFAULT_BLOCK_SHAPE))})")
-    r.add_argument("--scheduler", metavar="ADDRESS",
-                   help="run on a Dask distributed cluster (e.g. tcp://host:8786): whole files, "
-                        "or the blocks of a single large volume, go to its workers")
-    r.add_argument("--planes", choices=PLANES,
-                   help="2D (2.5D) models: fast (along z), three (z, y and x), best (three axes "
-                        "x four rotations); default: as trained")
-    r.add_argument("--batch-size", type=int, default=4)
-    r.add_argument("--no-amp", dest="amp", action="store_false", default=None,
-                   help="predict in float32 (default: as the model was trained, mixed precision "
-                        "unless trained with --no-amp)")
-    r.add_argument("--device", default="auto", choices=["auto", "cpu", "cuda", "mps"])
-    r.add_argument("--overwrite", action="store_true", help="replace existing outputs")
-    r.set_defaults(func=_predict)
-
-    i = _command(sub, "info", "print what a model file holds")
-    i.add_argument("model")
-    i.add_argument("--config", action="store_true",
-                   help="print the training settings as a YAML file for train --config")
-    i.set_defaults(func=_info)
-
-    d = _command(sub, "demo", "the whole workflow on the bundled nuclei sample")
-    d.add_argument("--out", default="demo-output", help="folder for the screenshot, model, prediction")
-    d.add_argument("--iterations", type=int, default=TrainConfig().iterations)
-    d.add_argument("--headless", action="store_true", help="scripted run, even with a display")
-    d.add_argument("--device", default="auto", choices=["auto", "cpu", "cuda", "mps"])
-    d.add_argument("--write-sample", metavar="DIR",
-                   help="only write the sample as files for the command-line examples: "
-                        "DIR/image.tif, DIR/scribbles.tif (the strokes of the napari sample), "
-                        "DIR/truth.tif, with its licence notice")
-    d.set_defaults(func=_demo)
-    from ._cli_export import add_export_command  # napari-seg3d export (BioImage Model Zoo)
-    add_export_command(sub)
-    for sp in (t, r):
-        sp.add_argument("--quiet", action="store_true", help="no progress bar")
-    for sp in (t, r, d):
-        sp.add_argument("--threads", metavar="N", default=None,
-                        help="CPU threads: auto (default: the cores that other jobs leave free, "
-                             "measured again every few seconds) or a number; also "
-                             "NAPARI_SEG3D_THREADS")
-    return p
-
-
->>>>>>> bioimageio
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
-    command = {"train": _train, "predict": _predict, "info": _info, "demo": _demo}[args.command]
+    from ._cli_export import run_export
+
+    command = {"train": _train, "predict": _predict, "info": _info, "demo": _demo,
+               "export": run_export}[args.command]
     logging.basicConfig(level=logging.DEBUG if args.debug else logging.WARNING,
                         format="%(levelname)s %(name)s: %(message)s")
     if not args.debug:  # failures are reported once, as the command's own line

@@ -28,6 +28,7 @@ from qtpy.QtWidgets import (
 from ..engine import DEVICES, PredictConfig, resolve_device
 from ..engine.prediction import disk_stores
 from . import _layers
+from ._export import add_export_button
 from ._session import SESSION
 
 if TYPE_CHECKING:
@@ -90,6 +91,8 @@ class PredictForm(QWidget):
         row.addWidget(self.predict_button)
         row.addWidget(self.cancel_button)
         layout.addLayout(row)
+        self.export_button = add_export_button(self, self.current_model, self.image_layer,
+                                               self.cancel_button, follow=False)
         self.status = QLabel("Train a model in the Train widget, or load one from a file.")
         self.status.setWordWrap(True)
         layout.addWidget(self.status)
@@ -155,7 +158,7 @@ class PredictForm(QWidget):
             self._update_buttons()
             return
         path, _ = QFileDialog.getOpenFileName(self, "Load model", "",
-                                              "napari-seg3d model (*.pt);;All files (*)")
+                                              "Models (*.pt *.zip *.yaml);;All files (*)")
         if not path or self.load_model_from(path) is None:
             self.model_combo.setCurrentText(self._model_name)
 

@@ -24,11 +24,7 @@ from ..engine import ModelFileError, Seg3DError, load_model
 from ..engine.prediction import disk_stores
 from ..engine.prediction.jobs import PredictJob
 from . import _layer_files, _layers, _predict_outputs
-<<<<<<< HEAD
 from ._predict_form import FROM_FILE, PredictForm, classes, problem
-=======
-from ._export import add_export_button
->>>>>>> bioimageio
 from ._session import SESSION
 
 if TYPE_CHECKING:
@@ -71,83 +67,7 @@ class PredictWidget(PredictForm):
         self._stores: disk_stores.DiskStores | None = None
         self._progress_bar = None
         self._image_name = ""
-<<<<<<< HEAD
         super().__init__(napari_viewer, parent)
-=======
-        self._model_name = ""
-        self._build_ui()
-        SESSION.changed.connect(self._on_session_changed)
-        layers = self.viewer.layers
-        for event in (layers.events.inserted, layers.events.removed):
-            event.connect(self._refresh_images)
-        for layer in layers:
-            layer.events.name.connect(self._refresh_images)
-        self._refresh_models()
-        self._refresh_images()
-
-    def _build_ui(self) -> None:
-        layout = QVBoxLayout(self)
-        form = QFormLayout()
-        self.model_combo, self.image_combo = QComboBox(), QComboBox()
-        self.overlap_spin = QDoubleSpinBox(minimum=0.0, maximum=0.9, singleStep=0.05, decimals=2,
-                                           value=0.5)
-        self.tta_check = QCheckBox("Test-time augmentation (mirroring, 4x slower)")
-        self.probabilities_check = QCheckBox("Class probabilities layer")
-        self.uncertainty_check = QCheckBox("Uncertainty layer")
-        self.uncertainty_check.setToolTip("Where the model is least sure: paint your next strokes "
-                                          "there.")
-        self.planes_combo = _layers.planes_combo()
-        self.batch_spin = QSpinBox(minimum=1, maximum=256, value=4)
-        self.device_combo = QComboBox()
-        self.device_combo.addItems(["auto", "cpu", "cuda"])
-        folder_row = self._build_folder_row()
-        for label, w in (("Model", self.model_combo), ("Image", self.image_combo),
-                         ("Overlap", self.overlap_spin), ("", self.tta_check),
-                         ("", self.probabilities_check), ("", self.uncertainty_check),
-                         ("2.5D planes", self.planes_combo), ("Batch size", self.batch_spin),
-                         ("Device", self.device_combo)):
-            form.addRow(label, w)
-        form.addRow("Large predictions folder", folder_row)
-        layout.addLayout(form)
-        row = QHBoxLayout()
-        self.predict_button, self.cancel_button = QPushButton("Predict"), QPushButton("Cancel")
-        row.addWidget(self.predict_button)
-        row.addWidget(self.cancel_button)
-        layout.addLayout(row)
-        self.export_button = add_export_button(self, self.current_model, self.image_layer,
-                                               self.cancel_button, follow=False)
-        self.status = QLabel("Train a model in the Train widget, or load one from a file.")
-        self.status.setWordWrap(True)
-        layout.addWidget(self.status)
-        layout.addStretch()
-        self.model_combo.activated.connect(self._on_model_activated)
-        self.predict_button.clicked.connect(self.start_prediction)
-        self.cancel_button.clicked.connect(self.cancel)
-        self._update_buttons()
-
-    def _build_folder_row(self) -> QHBoxLayout:
-        self.large_folder_edit = QLineEdit()
-        self.large_folder_edit.setPlaceholderText("beside the image file, else the cache folder")
-        self.large_folder_edit.setToolTip(
-            "Where a prediction too large for memory is written (image 'nuclei': "
-            "nuclei_labels.zarr) while its layer shows it: an image read from disk, or layers "
-            "larger than "
-            f"{_large.MEMORY_FRACTION:.0%} of the memory. Empty: the image file's folder, else "
-            f"{_large.cache_folder()}.")
-        browse = QPushButton("...")
-        browse.setMaximumWidth(32)
-        browse.clicked.connect(self._browse_large_folder)
-        row = QHBoxLayout()
-        row.addWidget(self.large_folder_edit)
-        row.addWidget(browse)
-        return row
-
-    def _browse_large_folder(self) -> None:
-        folder = QFileDialog.getExistingDirectory(self, "Large predictions folder",
-                                                  self.large_folder_edit.text())
-        if folder:
-            self.large_folder_edit.setText(folder)
->>>>>>> bioimageio
 
     @property
     def probabilities_layer(self):
@@ -157,37 +77,6 @@ class PredictWidget(PredictForm):
     def uncertainty_layer(self):
         return self._outputs.layers.get("uncertainty") if self._outputs else None
 
-<<<<<<< HEAD
-=======
-    # --- models and images ------------------------------------------------------------------------
-
-    def _on_session_changed(self, name: str) -> None:
-        try:
-            self._refresh_models(select=name)
-        except RuntimeError:  # this widget's window was closed: stop listening
-            SESSION.changed.disconnect(self._on_session_changed)
-
-    def _refresh_models(self, select: str | None = None) -> None:
-        names = list(dict.fromkeys(SESSION.names() + list(self._own_models)))
-        _layers.fill_combo(self.model_combo, names + [FROM_FILE])
-        if select in names:
-            self.model_combo.setCurrentText(select)
-        elif self.model_combo.currentText() == FROM_FILE and names:
-            self.model_combo.setCurrentText(names[-1])
-        self._model_name = self.model_combo.currentText()
-        self._update_buttons()
-
-    def _on_model_activated(self, index: int) -> None:
-        if self.model_combo.itemText(index) != FROM_FILE:
-            self._model_name = self.model_combo.itemText(index)
-            self._update_buttons()
-            return
-        path, _ = QFileDialog.getOpenFileName(self, "Load model", "",
-                                              "Models (*.pt *.zip *.yaml);;All files (*)")
-        if not path or self.load_model_from(path) is None:
-            self.model_combo.setCurrentText(self._model_name)
-
->>>>>>> bioimageio
     def load_model_from(self, path) -> SegmentationModel | None:
         """Load a model file into the session (under its file name) and select it."""
         try:

@@ -90,12 +90,12 @@ class PackageModel(SegmentationModel):
     def prepare(self, image):
         return SegmentationModel.prepare(self.for_image(image), image)
 
-    def iter_predict(self, image, **kwargs):
+    def iter_predict(self, image, config=None, **kwargs):
         if not hasattr(image, "shape"):
             import numpy as np
 
             image = np.asarray(image)
-        return SegmentationModel.iter_predict(self.for_image(image), image, **kwargs)
+        return SegmentationModel.iter_predict(self.for_image(image), image, config, **kwargs)
 
     def to_dict(self, *, include_optimizer: bool = True):
         """Refused (an ``OutputError``, as a file that cannot be written): the network is not
