@@ -92,9 +92,15 @@ def first_preview(image_path: str, strokes_path: str, name: str, z: int, timeout
     opened = time.perf_counter() - t_open
     layer_name = f"{name} preview"
 
-    def on_slice():
+    marks: dict[str, float] = {}
+
+    def on_slice():  # also notes when the trainer exists and when the preview layer appears
+        now = time.perf_counter()
+        if widget.trainer is not None:
+            marks.setdefault("trainer_built_s", now - t0)
         if layer_name not in viewer.layers:
             return False
+        marks.setdefault("preview_layer_s", now - t0)
         return bool(np.asarray(viewer.layers[layer_name].data[z]).any())
 
     t0 = time.perf_counter()
@@ -102,7 +108,7 @@ def first_preview(image_path: str, strokes_path: str, name: str, z: int, timeout
     pressed = time.perf_counter() - t0
     seen = _wait(app, on_slice, timeout) if started else None
     out = {"opened_s": opened, "press_s": pressed, "started": bool(started),
-           "first_preview_s": None if seen is None else seen - t0, "z": z}
+           "first_preview_s": None if seen is None else seen - t0, "z": z, **marks}
     if seen is not None:
         out["slice_dice"] = _slice_dice(np.asarray(viewer.layers[layer_name].data[z]), truth)
     widget.stop_training()

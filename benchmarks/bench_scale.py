@@ -185,6 +185,10 @@ def run_case(kind: str, size: float, args) -> dict:
     return case
 
 
+def _s(value, fmt: str = ".1f", unit: str = " s") -> str:
+    return "-" if value is None else f"{value:{fmt}}{unit}"
+
+
 def log(text: str) -> None:
     print(text, file=sys.stderr, flush=True)
 
@@ -340,6 +344,13 @@ def main(argv: list[str] | None = None) -> int:
         if per_class:
             print(f"Dice per class, {c['kind']} {size_name(c['size'])} "
                   f"({' / '.join(CLASS_NAMES[c['kind']])}): {per_class}")
+        g = c.get("gui", {})
+        if g.get("started"):
+            print(f"GUI, {c['kind']} {size_name(c['size'])}: pressing Train held the GUI thread "
+                  f"{g['press_s']:.2f} s; the trainer existed at {_s(g.get('trainer_built_s'))}, "
+                  f"the preview on slice z={g['z']} at {_s(g.get('first_preview_s'))} (its Dice "
+                  f"on that slice {_s(g.get('slice_dice'), '.3f', '')}); opening the window and "
+                  f"layers took {g['opened_s']:.1f} s")
         for part in args.what:
             if "error" in c.get(part, {}) or "error" in c.get(part, {}).get("train", {}):
                 print(f"{c['kind']} {size_name(c['size'])} {part} FAILED: {c[part].get('error')}")
