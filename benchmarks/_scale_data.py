@@ -6,7 +6,7 @@ segmentation file against the truth file, block by block.
 A volume file ``<kind>_<Z>x<Y>x<X>_seed<seed>.h5`` holds ``/image`` (float32), ``/truth``
 (uint8, classes 1..K) and, for ``nuclei``, ``/instances`` (uint32, 0 = background); every
 dataset carries the voxel size as ``element_size_um``. Its strokes are ``<stem>_strokes.h5:/labels``
-(uint8, 0 = not painted).
+(uint8, 0 = not painted; ``<stem>_strokes_<pct>pct.h5`` for another share than 0.01 %).
 """
 
 from __future__ import annotations
@@ -31,8 +31,9 @@ def volume_path(data_dir: Path, kind: str, shape, seed: int) -> Path:
     return Path(data_dir) / f"{kind}_{'x'.join(map(str, shape))}_seed{seed}.h5"
 
 
-def strokes_path(volume: Path) -> Path:
-    return volume.with_name(volume.stem + "_strokes.h5")
+def strokes_path(volume: Path, fraction: float = 1e-4) -> Path:
+    suffix = "" if fraction == 1e-4 else f"_{100 * fraction:g}pct"
+    return volume.with_name(f"{volume.stem}_strokes{suffix}.h5")
 
 
 def _is_current(path: Path, what: str) -> bool:
@@ -158,14 +159,14 @@ def write_strokes(path: Path, planes, shape, voxel) -> None:
     os.replace(tmp, path)
 
 
-def ensure_strokes(volume: Path, seed: int) -> tuple[Path, int]:
-    """The strokes file of ``volume`` (painted and written if missing or stale) and how many
-    voxels it paints."""
-    path = strokes_path(volume)
+def ensure_strokes(volume: Path, seed: int, fraction: float = 1e-4) -> tuple[Path, int]:
+    """The strokes file of ``volume`` painting about ``fraction`` of it (painted and written if
+    missing or stale) and how many voxels it paints."""
+    path = strokes_path(volume, fraction)
     if not _is_current(path, "strokes"):
         with h5py.File(volume, "r") as f:
             truth = f["truth"]
-            planes = paint_strokes(truth, seed)
+            planes = paint_strokes(truth, seed, fraction)
             write_strokes(path, planes, truth.shape, VOXEL_SIZE[f.attrs["kind"]])
     return path, count_painted(path)
 

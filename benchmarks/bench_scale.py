@@ -162,7 +162,7 @@ def run_case(kind: str, size: float, args) -> dict:
     shape = shape_for(kind, size)
     classes = list(range(1, len(CLASS_NAMES[kind]) + 1))
     volume, made = ensure_volume(args.data, kind, shape, args.seed)
-    strokes, painted = ensure_strokes(volume, args.seed)
+    strokes, painted = ensure_strokes(volume, args.seed, args.painted / 100)
     with h5py.File(volume, "r") as f:
         generate_s = float(f.attrs["generate_s"])
     work = args.data / "runs" / volume.stem
@@ -300,6 +300,9 @@ def parse_args(argv):
     p.add_argument("--data", type=Path, default=DEFAULT_DATA,
                    help="folder of the cached volumes and the runs (default bench-scale-data/)")
     p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--painted", type=float, default=0.01,
+                   help="percent of the voxels the strokes paint (default 0.01; the same share "
+                        "on a larger volume is more strokes)")
     p.add_argument("--minutes", type=float, help="passed to `train --minutes` if it has it")
     p.add_argument("--ours-limit", type=float, default=20.0,
                    help="minutes after which a training is stopped (SIGTERM; default 20)")
