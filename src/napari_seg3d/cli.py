@@ -29,9 +29,10 @@ def _channels(image) -> int:
 def _train(args: argparse.Namespace) -> int:
     from ._cli_outputs import check_train_outputs, last_path, report_path
     from ._config_file import read_config, setting_names
-    from .engine import Trainer, load_model, save_model
+    from .engine import Trainer, load_model
     from .engine.errors import writable_folder
     from .engine.io import read_volume
+    from .engine.model_file import save_models
     from .engine.plan import plan_training
     from .engine.training.labels_check import refuse_implausible_labels
 
@@ -67,8 +68,7 @@ def _train(args: argparse.Namespace) -> int:
     out = Path(args.out)
     last = last_path(out)
     with _signals_held("Saving the models: Ctrl-C takes effect once both are written..."):
-        save_model(result.best, out)
-        save_model(result.last, last)
+        save_models([(result.best, out), (result.last, last)])  # both new, or both as before
     best = result.best.history.get("best_val_dice")
     print(f"Saved the best model to {out} and the last one (to resume) to {last}.")
     if not args.no_report:

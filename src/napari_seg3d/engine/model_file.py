@@ -7,6 +7,7 @@ The file is a ``torch.save`` archive of plain values and tensors only, loaded wi
 
 from __future__ import annotations
 
+import io
 import logging
 import os
 import warnings
@@ -21,8 +22,8 @@ import torch
 from .. import __version__
 from .config import ModelConfig, TrainConfig
 from .devices import resolve_device
-from .errors import ModelFileError, OutputError
-from .io._temps import remove_stale_temps, temp_path
+from .errors import ModelFileError
+from .io._publish import write_files
 from .models import SliceNetwork, build_model
 from .normalization import Normalization, has_finite_value
 
@@ -176,33 +177,29 @@ def save_model(model: SegmentationModel, path: str | os.PathLike, *,
                include_optimizer: bool = True) -> Path:
     """Write ``model`` to ``path`` atomically: a temporary file in the same folder, then a rename,
     so a crash never leaves a partial file under the final name. Raises an :class:`OutputError`
-    (an ``OSError``) with a sentence when the file cannot be written."""
+    (an ``OSError``) with a sentence when the file cannot be written (a full disk included: the
+    free space is checked first)."""
     path = Path(path)
-    try:
-        return _write_model(model, path, include_optimizer)
-    except OSError as e:
-        if isinstance(e, OutputError):
-            raise
-        raise OutputError(f"Cannot save the model to {path} ({e.strerror or e}). Choose a "
-                          "folder you can write to, with enough free space.") from e
-
-
-def _write_model(model: SegmentationModel, path: Path, include_optimizer: bool) -> Path:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    remove_stale_temps(path)  # .part files of earlier saves whose process was killed
-    tmp = temp_path(path)
-    try:
-        with open(tmp, "xb") as f:  # exclusive: never another writer's file
-            torch.save(model.to_dict(include_optimizer=include_optimizer), f)
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, path)
-    except FileExistsError:  # the name was taken (not ours to delete); nothing was written
-        raise
-    except BaseException:
-        tmp.unlink(missing_ok=True)
-        raise
+    write_files([(path, model_bytes(model, include_optimizer))],
+                f"Cannot save the model to {path}")
     return path
+
+
+def save_models(models: list[tuple[SegmentationModel, str | os.PathLike]]) -> list[Path]:
+    """Write several models (the best and the last of a run) together: all the files are new,
+    or (on any error, a full disk included) all stay as they were. Raises an
+    :class:`OutputError` with a sentence."""
+    files = [(Path(p), model_bytes(m)) for m, p in models]
+    names = " and ".join(str(p) for p, _ in files)
+    write_files(files, f"Cannot save the model{'s' if len(files) > 1 else ''} to {names}")
+    return [p for p, _ in files]
+
+
+def model_bytes(model: SegmentationModel, include_optimizer: bool = True) -> bytes:
+    """The model file's contents (``torch.save`` of :meth:`SegmentationModel.to_dict`)."""
+    buffer = io.BytesIO()
+    torch.save(model.to_dict(include_optimizer=include_optimizer), buffer)
+    return buffer.getvalue()
 
 
 def _read_file(path: Path) -> dict:

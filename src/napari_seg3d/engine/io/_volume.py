@@ -18,6 +18,7 @@ import numpy as np
 from ..errors import VolumeError
 from . import _hdf5, _zarr
 from ._chunked import ChunkedWriter
+from ._folders import new_folder
 from ._paths import (
     DEFAULT_KEY,
     HDF5_SUFFIXES,
@@ -29,6 +30,7 @@ from ._paths import (
     split_path,
     voxel_tuple,
 )
+from ._space import cannot_write, check_free_space, expected_bytes, writing
 from ._temps import atomic_temp
 from ._tiff import read_tiff, write_tiff
 
@@ -137,22 +139,27 @@ def write_volume(spec: str | os.PathLike, data: Any, *, voxel_size: Sequence[flo
     if not overwrite and _target_exists(path, key):
         raise VolumeError(f"{os.fspath(spec)} already exists. Choose another output name or "
                           "allow overwriting.")
-    path.parent.mkdir(parents=True, exist_ok=True)
-    if suffix in ZARR_SUFFIXES:
+    if suffix in ZARR_SUFFIXES:  # written by pieces, the space checked there
         with ChunkedWriter(spec, data.shape, data.dtype, voxel_size=voxel) as writer:
             writer.write((Ellipsis,), data)
             return writer.commit()
-    with atomic_temp(path) as tmp:
+    lead = cannot_write("the volume", path)
+    check_free_space(path, expected_bytes(data.shape, data.dtype, suffix,
+                                          compressed=compression), lead)
+    with new_folder(path.parent), writing(lead), atomic_temp(path) as tmp:
         if suffix in TIFF_SUFFIXES:
             write_tiff(tmp, data, voxel, compression)
-        elif suffix in HDF5_SUFFIXES:
-            with _hdf5.open_copy(path, tmp) as file:
+        elif suffix == ".npy":
+            with open(tmp, "xb") as fh:
+                np.save(fh, data, allow_pickle=False)
+        else:
+            file, guard = _hdf5.open_copy(path, tmp)
+            try:
                 dataset = _hdf5.create_dataset(file, key or DEFAULT_KEY, data.shape, data.dtype,
                                                voxel, compression=compression)
                 dataset[...] = data
-        else:
-            with open(tmp, "xb") as fh:
-                np.save(fh, data, allow_pickle=False)
+            finally:
+                _hdf5.close_checked(file, guard)
     log.info("Wrote %s %s to %s", data.shape, data.dtype, os.fspath(spec))
     return path
 
