@@ -20,12 +20,16 @@ import numpy as np
 import torch
 
 from .. import __version__
+from .call_checks import check_volume, complex_image
 from .config import ModelConfig, TrainConfig
 from .devices import resolve_device
-from .errors import ModelFileError
+from .errors import ModelFileError, SettingError
 from .io._publish import write_files
+from .model_schema import check_model_data
 from .models import SliceNetwork, build_model
 from .normalization import Normalization, has_finite_value
+from .pickles import holds_code
+from .schema import shown
 
 log = logging.getLogger(__name__)
 
@@ -72,6 +76,7 @@ class SegmentationModel:
     def check_image(self, image) -> None:
         """Raise a clear ValueError unless ``image`` (any array-like, not read) has the shape of an
         input of this model: ``(Z, Y, X)`` for one channel, or ``(C, Z, Y, X)``."""
+        check_volume(image)
         shape = tuple(np.shape(image)) if not hasattr(image, "shape") else tuple(image.shape)
         if len(shape) == 3:
             shape = (1, *shape)
@@ -80,6 +85,8 @@ class SegmentationModel:
         if shape[0] != self.in_channels:
             raise ValueError(f"This model was trained on {self.in_channels}-channel images; the image "
                              f"has {shape[0]} channel(s).")
+        if complex_image(image):
+            raise ValueError(complex_image(image))
 
     def label_lut(self) -> np.ndarray:
         """Class index -> painted label value."""
@@ -210,21 +217,24 @@ def _read_file(path: Path) -> dict:
             warnings.simplefilter("ignore", UserWarning)
             data = torch.load(path, map_location="cpu", weights_only=True)
     except Exception as e:  # torch raises many types for truncated, foreign or unsafe files
-        # every weights-only failure mentions weights_only; only a refused global means code
-        reason = "it holds code or objects that are not allowed" if "Unsupported global" in str(e) \
+        reason = "it holds code or objects that are not allowed" if holds_code(path, e) \
             else "it is truncated, corrupt or not a model file"
         raise ModelFileError(f"Cannot load {path.name}: {reason}. Only files saved by napari-seg3d "
                              "can be loaded.") from e
     if not isinstance(data, dict) or data.get("format") != FORMAT:
         raise ModelFileError(f"{path.name} is not a napari-seg3d model file.")
-    if int(data.get("format_version", 0)) > FORMAT_VERSION:
+    version = data.get("format_version")
+    if isinstance(version, int) and not isinstance(version, bool) and version > FORMAT_VERSION:
         raise ModelFileError(f"{path.name} was saved by a newer napari-seg3d "
-                             f"({data.get('package_version')}); please upgrade.")
+                             f"({shown(data.get('package_version'))}); please upgrade.")
     return data
 
 
 def model_from_dict(data: dict) -> SegmentationModel:
-    """Rebuild a :class:`SegmentationModel` from the dictionary that :func:`save_model` wrote."""
+    """Rebuild a :class:`SegmentationModel` from the dictionary that :func:`save_model` wrote;
+    every field is checked first (see :mod:`.model_schema`): a :class:`.SettingError` names the
+    first that is wrong, before any network is built."""
+    check_model_data(data)
     model_config = ModelConfig.from_dict(data["model_config"])
     network = build_model(model_config.architecture, **model_config.kwargs)
     network.load_state_dict(data["state_dict"])
@@ -253,8 +263,12 @@ def load_model(path: str | os.PathLike) -> SegmentationModel:
         return model_from_dict(data)
     except ModelFileError:
         raise
+    except SettingError as e:
+        raise ModelFileError(f"{path.name} is damaged or incomplete: {e} Save the model again, "
+                             "or copy the file again.") from None
     except Exception as e:
-        raise ModelFileError(f"{path.name} is damaged or incomplete: {e}") from e
+        text = (str(e).strip().splitlines() or [type(e).__name__])[0][:200]
+        raise ModelFileError(f"{path.name} is damaged or incomplete: {text}.") from e
 
 
 def describe(model: SegmentationModel) -> dict[str, Any]:

@@ -20,6 +20,8 @@ import torch
 from torch import nn
 
 from .. import precision
+from ..call_checks import check_network, check_prediction_options, check_volume
+from ..devices import resolve_device
 from ..threads import ThreadPolicy, compute_threads
 from ._buffers import Accumulator, Rows, after_out_of_memory, depth_of, shift_window
 from .blocks import Block, Normalize, plan_blocks, read_region
@@ -105,6 +107,9 @@ def iter_predict_volume(
         `RegionDone` records whose slices tile the volume exactly once: z-slabs of each block,
         block after block (z-slabs of the whole volume, in increasing z, without blocks).
     """
+    check_network(model)
+    check_volume(volume)
+    check_prediction_options(batch_size, overlap)
     source = channels_first(volume)
     _check_options(patch_size, overlap, blending, batch_size)
     patch = tuple(int(p) for p in patch_size)
@@ -286,7 +291,7 @@ def _check_options(patch_size: Sequence[int], overlap: float, blending: str, bat
 def _resolve_device(model: nn.Module, device: torch.device | str | None) -> torch.device:
     """The requested device, else the device of the model's first parameter, else the CPU."""
     if device is not None:
-        return torch.device(device)
+        return resolve_device(device)  # a sentence for an unknown or unavailable device
     param = next(model.parameters(), None)
     return param.device if param is not None else torch.device("cpu")
 
