@@ -19,6 +19,7 @@ from ..errors import VolumeError
 from . import _hdf5, _zarr
 from ._chunked import ChunkedWriter
 from ._folders import new_folder
+from ._memory import check_memory, out_of_memory
 from ._paths import (
     DEFAULT_KEY,
     HDF5_SUFFIXES,
@@ -100,8 +101,15 @@ def read_volume(spec: str | os.PathLike, *, lazy: bool = False) -> Volume:
         data.close()
         raise VolumeError(f"Cannot read {path}: it is a zip archive, not a .npy array. Save the "
                           "volume with numpy.save, or choose another file.")
+    data = one_slice(data)
     log.debug("Read %s: shape %s, %s, voxel size %s", path, data.shape, data.dtype, voxel_size)
     return Volume(data, voxel_size, path)
+
+
+def one_slice(data: Any) -> Any:
+    """A 2D array ``(Y, X)`` as a volume of one slice ``(1, Y, X)`` (a view), as 2D TIFF files
+    are read: one-slice volumes train and predict like any other. Other arrays unchanged."""
+    return data[np.newaxis] if getattr(data, "ndim", 0) == 2 else data
 
 
 def list_datasets(path: str | os.PathLike) -> list[tuple[str, tuple[int, ...], str]]:
@@ -190,8 +198,10 @@ def _unreadable(path: Path) -> Iterator[None]:
     """Turn any parser failure into a VolumeError naming the file."""
     try:
         yield
-    except (VolumeError, MemoryError):
+    except VolumeError:
         raise
+    except MemoryError:
+        raise out_of_memory(path) from None
     except Exception as exc:  # parsers of damaged files raise struct, zlib, OS, Index... errors
         raise VolumeError(f"Cannot read {path}: {exc}. The file may be truncated or damaged; "
                           "export it again or choose another file.") from exc
@@ -203,9 +213,10 @@ def _read_hdf5(path: Path, key: str | None, lazy: bool) -> Volume:
     try:
         dataset = _hdf5.find_dataset(file, path, key)
         volume = Volume(dataset, _hdf5.voxel_size(dataset), path, dataset.name, file)
-        if not lazy:
+        if not lazy or dataset.ndim == 2:  # a 2D dataset (one slice) is small
+            check_memory(path, dataset.shape, dataset.dtype)
             with _unreadable(path):
-                volume.data = dataset[()]
+                volume.data = one_slice(dataset[()])
             volume.close()
         return volume
     except BaseException:
@@ -218,7 +229,9 @@ def _read_zarr(path: Path, key: str | None, lazy: bool) -> Volume:
         raise VolumeError(f"Cannot find the zarr store {path}. Check the path and try again.")
     with _unreadable(path):
         array = _zarr.open_array(path, key)
-        data = array if lazy else array[...]
+        if not lazy or array.ndim == 2:
+            check_memory(path, array.shape, array.dtype)
+        data = array if lazy and array.ndim != 2 else one_slice(array[...])
     return Volume(data, _zarr.voxel_size(array), path, key)
 
 
