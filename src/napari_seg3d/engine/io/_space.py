@@ -45,6 +45,7 @@ MARGIN_FRACTION = 0.01
 # (6x there after 2 iterations, far more for a trained model).
 COMPRESSED_FRACTION = {"float": 0.5, "integer": 1 / 16}
 FIX = "Free some space or choose another folder"
+NOTHING_WRITTEN = f"{FIX}; nothing was written."
 
 
 def format_bytes(n: float) -> str:
@@ -78,7 +79,8 @@ def cannot_write(what: str, target: str | os.PathLike) -> str:
     return f"Cannot write {what} {os.fspath(target)}"
 
 
-def check_free_space(target: str | os.PathLike, needed: int, lead: str) -> None:
+def check_free_space(target: str | os.PathLike, needed: int, lead: str, *,
+                     tail: str = NOTHING_WRITTEN) -> None:
     """Raise an :class:`.OutputError` unless the file system of ``target`` has ``needed`` bytes
     free, and a margin (:data:`MARGIN_BYTES` plus :data:`MARGIN_FRACTION` of ``needed``).
 
@@ -86,14 +88,14 @@ def check_free_space(target: str | os.PathLike, needed: int, lead: str) -> None:
         target: the file (or folder) to be written.
         needed: the bytes it will take.
         lead: the start of the sentence, e.g. ``cannot_write("the labels", path)``.
+        tail: what to do, and what became of the file, ending the sentence.
     """
     free = free_bytes(target)
     needed = int(needed * (1 + MARGIN_FRACTION)) + MARGIN_BYTES
     if free is None or needed <= free:
         return
     raise OutputError(f"{lead}: it needs about {format_bytes(needed)} and "
-                      f"{existing_folder(target)} has {format_bytes(free)} free. {FIX}; nothing "
-                      "was written.")
+                      f"{existing_folder(target)} has {format_bytes(free)} free. {tail}")
 
 
 def expected_bytes(shape: Sequence[int], dtype: Any, suffix: str = ".npy", *,
@@ -121,13 +123,14 @@ def space_error(exc: BaseException) -> str | None:
     return None
 
 
-def write_error(exc: BaseException, lead: str) -> OutputError:
-    """The :class:`.OutputError` for ``exc``, raised by the write that ``lead`` names."""
+def write_error(exc: BaseException, lead: str, *, tail: str = NOTHING_WRITTEN) -> OutputError:
+    """The :class:`.OutputError` for ``exc``, raised by the write that ``lead`` names (``tail``
+    ends the sentence of a full disk)."""
     if isinstance(exc, OutputError):
         return exc
     meaning = space_error(exc)
     if meaning is not None:
-        return OutputError(f"{lead}: {meaning}. {FIX}; nothing was written.")
+        return OutputError(f"{lead}: {meaning}. {tail}")
     reason = getattr(exc, "strerror", None) or str(exc).splitlines()[0] or type(exc).__name__
     return OutputError(f"{lead} ({reason}). Choose a folder you can write to.")
 
