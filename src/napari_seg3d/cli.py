@@ -27,24 +27,40 @@ def _channels(image) -> int:
 
 
 def _train(args: argparse.Namespace) -> int:
-    from ._cli_outputs import check_train_outputs, last_path, report_path
+    from ._cli_checks import check_device, check_options
+    from ._cli_outputs import check_train_outputs
     from ._config_file import read_config, setting_names
-    from .engine import Trainer, load_model
     from .engine.errors import writable_folder
+    from .engine.io._folders import missing_folders, remove_empty
+
+    check_train_outputs(args)  # nothing it writes may land on an input: refused before reading
+    check_options(args, setting_names())  # types and ranges, --out, before anything is read
+    file = read_config(args.config) if args.config else {}
+    check_device(args.device or file.get("device"))
+    created = missing_folders(Path(args.out).parent)
+    writable_folder(Path(args.out).parent)  # fail now, not after the training
+    try:
+        return _train_checked(args, file)
+    finally:
+        remove_empty(created)  # a failed run leaves no empty folder behind
+
+
+def _train_checked(args: argparse.Namespace, file: dict) -> int:
+    from ._cli_checks import check_room, check_truth
+    from ._cli_outputs import last_path, report_path
+    from ._config_file import setting_names
+    from .engine import Trainer, load_model
     from .engine.io import read_volume
     from .engine.model_file import save_models
     from .engine.plan import plan_training
     from .engine.training.labels_check import refuse_implausible_labels
-
-    check_train_outputs(args)  # nothing it writes may land on an input: refused before reading
-    file = read_config(args.config) if args.config else {}
-    writable_folder(Path(args.out).parent)  # fail now, not after the training
 
     def setting(name, default=None):  # the command line wins over the file
         value = getattr(args, name, None)
         return value if value is not None else file.get(name, default)
 
     image = read_volume(args.image, lazy=True)
+    check_truth(args.truth, image.data.shape)  # before training, not after it
     labels = read_volume(args.labels).data
     init = load_model(args.resume or args.fine_tune) if (args.resume or args.fine_tune) else None
     voxel = image.voxel_size
@@ -57,13 +73,13 @@ def _train(args: argparse.Namespace) -> int:
     plan = plan_training(image.data.shape, labels, channels=_channels(image.data),
                          voxel_size=voxel, settings=settings, init=init, resume=bool(args.resume))
     cfg, start = plan.train_config, plan.start_iteration
-    loggers = []
+    trainer = Trainer(image.data, labels, cfg, model_config=plan.model_config, voxel_size=voxel,
+                      init=init, resume=bool(args.resume))
+    check_room(args, trainer.model.network, cfg, image.data.shape)  # a full disk: now
     if args.tensorboard:
         from .engine.training.tensorboard import TensorBoardLogger
 
-        loggers.append(TensorBoardLogger(args.tensorboard))
-    trainer = Trainer(image.data, labels, cfg, model_config=plan.model_config, voxel_size=voxel,
-                      init=init, resume=bool(args.resume), loggers=loggers)
+        trainer.loggers.append(TensorBoardLogger(args.tensorboard))
     result = _run_training(trainer, cfg.iterations, start, quiet=args.quiet)
     out = Path(args.out)
     last = last_path(out)
@@ -120,12 +136,17 @@ def _run_training(trainer, total: int, start: int, *, quiet: bool):
 
     from tqdm import tqdm
 
+    from ._cli_run import SignalCount
+
     def stop(signum, frame):
+        if signum == signal.SIGINT and signals.count(signum) > 1:  # two Ctrl-C at once
+            raise KeyboardInterrupt
         tqdm.write("Stopping now: the models of the last finished step are saved (Ctrl-C "
                    "again to abort)...", file=sys.stderr)
         trainer.request_stop()
         signal.signal(signal.SIGINT, previous)
 
+    signals = SignalCount.start()
     previous = signal.signal(signal.SIGINT, stop)
     previous_term = signal.signal(signal.SIGTERM, stop)
     gen = trainer.run()
@@ -145,6 +166,7 @@ def _run_training(trainer, total: int, start: int, *, quiet: bool):
     finally:
         signal.signal(signal.SIGINT, previous)
         signal.signal(signal.SIGTERM, previous_term)
+        signals.stop()
 
 
 def _print_truth_dice(model, image, truth_spec, args) -> None:
@@ -363,13 +385,15 @@ def main(argv: list[str] | None = None) -> int:
         logging.getLogger("tifffile").setLevel(logging.CRITICAL)
         logging.getLogger("napari_seg3d.engine.prediction.batch").setLevel(logging.ERROR)
         logging.getLogger("distributed").setLevel(logging.CRITICAL)  # a lost scheduler: one line
+    from ._cli_run import one_line_warnings, sigterm_as_interrupt
     from .engine.errors import Seg3DError
 
     try:
         from .engine.threads import set_default_threads
 
         set_default_threads(getattr(args, "threads", None))
-        return args.func(args)
+        with sigterm_as_interrupt(), one_line_warnings(args.command):
+            return args.func(args)
     except (Seg3DError, ValueError, OSError) as e:
         if args.debug:
             raise
