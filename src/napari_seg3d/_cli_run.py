@@ -101,3 +101,39 @@ class SignalCount:
             if sock is not None:
                 sock.close()
         self._reader = self._writer = None
+
+
+def stop_between(items: Iterator, message: str) -> Iterator:
+    """Yield from the generator ``items``; the first Ctrl-C or SIGTERM stops before its next
+    item (KeyboardInterrupt is raised there, and ``items`` closed, so its writers delete their
+    temporaries): a write under way, which a KeyboardInterrupt could cut inside a library's own
+    threads (zarr's), ends first. ``message`` is printed then; a second Ctrl-C stops at once."""
+    requested: list[int] = []
+    signals = SignalCount.start()
+
+    def stop(signum, frame):
+        if requested or (signum == signal.SIGINT and signals.count(signum) > 1):
+            raise KeyboardInterrupt
+        requested.append(signum)
+        from tqdm import tqdm
+
+        tqdm.write(message, file=sys.stderr)
+
+    try:
+        previous = {s: signal.signal(s, stop) for s in (signal.SIGINT, signal.SIGTERM)}
+    except ValueError:  # not the main thread
+        previous = {}
+    try:
+        while not requested:
+            try:
+                item = next(items)
+            except StopIteration:
+                return
+            yield item
+        raise KeyboardInterrupt
+    finally:
+        for s, handler in previous.items():
+            signal.signal(s, handler)
+        signals.stop()
+        if hasattr(items, "close"):
+            items.close()

@@ -183,6 +183,7 @@ def _print_truth_dice(model, image, truth_spec, args) -> None:
 def _predict(args: argparse.Namespace) -> int:
     from tqdm import tqdm
 
+    from ._cli_run import stop_between
     from .engine import load_model
     from .engine.prediction.batch import (
         FileProgress,
@@ -212,7 +213,7 @@ def _predict(args: argparse.Namespace) -> int:
         gen = iter_predict_files(model, inputs, args.out, model_file=args.model, **options)
     failed = done = 0
     with tqdm(total=len(inputs), unit="file", desc="predict", disable=args.quiet) as bar:
-        for item in gen:  # the bar counts files, and the windows (or blocks) of the current one
+        for item in stop_between(gen, STOPPING):  # files, and the windows of the current one
             if isinstance(item, FileProgress) and item.windows_total:
                 bar.n = round(done + item.windows_done / item.windows_total, 3)
                 bar.update(0)  # redraws at most every mininterval
@@ -226,6 +227,10 @@ def _predict(args: argparse.Namespace) -> int:
     if failed:
         print(f"{failed} of {len(inputs)} file(s) failed.", file=sys.stderr)
     return 3 if failed else 0
+
+
+STOPPING = ("Stopping: the outputs of the file being predicted are deleted (Ctrl-C again to "
+            "stop at once)...")
 
 
 def _info(args: argparse.Namespace) -> int:

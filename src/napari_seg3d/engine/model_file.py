@@ -147,6 +147,7 @@ class SegmentationModel:
         """Labels ``(Z, Y, X)`` with the painted values; with ``probabilities=True`` a
         ``(K, Z, Y, X)`` float32 array instead."""
         want_probs = kwargs.get("probabilities", False)
+        check_volume(image)
         if not hasattr(image, "shape"):
             image = np.asarray(image)
         shape = tuple(image.shape[-3:])

@@ -159,7 +159,7 @@ class ChunkedWriter:
         self._done = True
         try:
             self._release()
-        except Exception as e:
+        except Exception as e:  # noqa: BLE001 - the first error is the one to report
             log.debug("Closing %s after an error: %s", self._tmp, e)
         self._remove_tmp()
         remove_empty(self._created)
