@@ -331,3 +331,26 @@ def test_a_tensorboard_log_on_a_full_disk_stops_logging_and_training_goes_on(fil
                                f"Cannot write the TensorBoard log {disk.root / 'tb'}: "), err
     assert lines[0].endswith("the log up to here is kept, and the training goes on.")
     assert (tmp_path / "m.pt").exists() and (tmp_path / "m.last.pt").exists()
+
+
+# --- what each failure means (a full tmpfs gives ENOSPC only) ---------------------------------
+
+@pytest.mark.parametrize("name, meaning", [
+    ("ENOSPC", "the disk is full"),
+    ("EDQUOT", "your disk quota is exceeded"),
+    ("EIO", "the disk reported an input/output error (it may be failing or disconnected)"),
+    ("EFBIG", "the file is larger than this file system allows"),
+])
+def test_each_write_failure_is_one_sentence(name, meaning):
+    import errno
+
+    from napari_seg3d.engine.io._space import write_error
+
+    code = getattr(errno, name)
+    as_raised = OSError(code, os.strerror(code))
+    as_h5py = OSError(f"Unable to synchronously create file (file write failed: errno = {code}, "
+                      f"error message = '{os.strerror(code)}')")  # no errno attribute
+    for exc in (as_raised, as_h5py):
+        assert str(write_error(exc, "Cannot write the labels x.h5")) == (
+            f"Cannot write the labels x.h5: {meaning}. Free some space or choose another "
+            "folder; nothing was written.")
