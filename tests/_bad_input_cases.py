@@ -302,11 +302,12 @@ def _torch_file_with_code(folder, model):
 
 
 def _pickle_with_code(folder, model):
-    """A plain pickle (protocol 5): torch's safe loader refuses it before reading any name."""
+    """A plain pickle (protocol 5): torch's safe loader stops at its first opcode ("Unsupported
+    operand 149") before reading any name; its opcodes, read without running them, import one."""
     path = folder / "evil.pt"
     path.write_bytes(pickle.dumps({"format": "napari-seg3d-model", "x": _Payload(folder / "pwned")},
                                   protocol=5))
-    return path, "Cannot load evil.pt: it is truncated, corrupt or not a model file."
+    return path, "Cannot load evil.pt: it holds code or objects that are not allowed."
 
 
 def _old_pickle_with_code(folder, model):

@@ -6,9 +6,10 @@ the last model file. Whatever the moment, every model file under its final name 
 predicts; after one SIGINT during training the command saves both models and exits 0. In the
 engine, a training generator stopped or closed at any iteration leaves a loadable model.
 
-To land a signal inside a save for sure, those runs go through ``_SLOW_SAVE``: the same CLI with
-``torch.save`` writing half of the file, pausing 0.5 s, then the rest, so the ``.part``
-temporary is visible (and half written) for half a second.
+To land a signal inside a save for sure, those runs go through ``_SLOW_SAVE``: the same CLI
+writing half of each model file, pausing 0.5 s, then the rest, so the ``.part`` temporary is
+visible (and half written) for half a second. The best and the last model are published together
+(:func:`napari_seg3d.engine.model_file.save_models`): both new, or neither.
 """
 
 from __future__ import annotations
@@ -36,18 +37,23 @@ TINY = ["--patch-size", "8", "16", "16", "--base-filters", "4", "--levels", "2",
 CLASSES = {3, 7}
 
 _SLOW_SAVE = """
-import io, sys, time
-import torch
-_save = torch.save
-def slow_save(obj, f, *args, **kwargs):
-    buf = io.BytesIO()
-    _save(obj, buf, *args, **kwargs)
-    data = buf.getvalue()
-    f.write(data[: len(data) // 2])
-    f.flush()
-    time.sleep(0.5)
-    f.write(data[len(data) // 2:])
-torch.save = slow_save
+import builtins, sys, time
+import napari_seg3d.engine.io._publish as publish
+class SlowFile:  # writes half of a file, pauses 0.5 s, then writes the rest
+    def __init__(self, fh):
+        self.fh = fh
+    def write(self, data):
+        self.fh.write(data[: len(data) // 2])
+        self.fh.flush()
+        time.sleep(0.5)
+        return self.fh.write(data[len(data) // 2:])
+    def __getattr__(self, name):
+        return getattr(self.fh, name)
+    def __enter__(self):
+        return self
+    def __exit__(self, *exc):
+        return self.fh.__exit__(*exc)
+publish.open = lambda *args, **kwargs: SlowFile(builtins.open(*args, **kwargs))
 from napari_seg3d.cli import main
 sys.exit(main(sys.argv[1:]))
 """
@@ -203,7 +209,8 @@ def test_sigint_while_a_model_is_written_still_saves_both(data, tmp_path):
 
 def test_sigkill_at_random_moments_leaves_only_whole_model_files(data, tmp_path):
     """Three runs side by side, killed: during start-up, at a random iteration, and while the
-    last model is written (the best one is then whole on disk)."""
+    last model is written (the best one is then whole, but only as a temporary: the two are
+    published together, so neither is under its final name)."""
     rng = random.Random(4)
     pause, iteration = rng.uniform(0.2, 1.5), rng.randint(1, 25)
     runs = [Run(data, tmp_path / "start", iterations=200),
@@ -215,8 +222,9 @@ def test_sigkill_at_random_moments_leaves_only_whole_model_files(data, tmp_path)
         (runs[1], lambda: runs[1].iteration() >= iteration, signal.SIGKILL),
         (runs[2], lambda: runs[2].writing(runs[2].last), signal.SIGKILL)])
     assert codes == [-signal.SIGKILL] * 3
-    assert [set(run.check_models()) for run in runs] == [set(), set(), {"m.pt"}]
-    assert [p.name.startswith(".m.last.pt.") for p in runs[2].out.glob(".*.part")] == [True]
+    assert [set(run.check_models()) for run in runs] == [set(), set(), set()]
+    parts = sorted(p.name.split(".")[2] for p in runs[2].out.glob(".*.part"))
+    assert parts == ["last", "pt"]  # .m.pt.<...>.part (whole) and .m.last.pt.<...>.part
 
 
 # --- the engine: the training generator stopped or closed at any iteration ------------------

@@ -8,11 +8,13 @@ The file is a flat mapping of :class:`TrainConfig` fields plus the network's ``a
 from __future__ import annotations
 
 import dataclasses
+import re
 from pathlib import Path
 from typing import Any
 
 from .engine.config import TrainConfig
 from .engine.errors import Seg3DError
+from .engine.schema import check_settings, shown
 from .engine.plan import NETWORK_SETTINGS
 
 NETWORK_KEYS = tuple(NETWORK_SETTINGS)
@@ -24,14 +26,21 @@ def setting_names() -> tuple[str, ...]:
 
 
 def read_config(path: str | Path) -> dict[str, Any]:
-    """The settings in a YAML file, checked: unknown keys and invalid values raise a
-    :class:`Seg3DError` that names them."""
+    """The settings in a YAML file, checked (see :mod:`.engine.schema`): unknown keys, values
+    of the wrong type or range, a file that is not UTF-8 text raise a :class:`Seg3DError` that
+    names the file and the setting. A number written as ``1e-3`` (which YAML reads as text) is
+    read as the number."""
     import yaml
 
     try:
-        data = yaml.safe_load(Path(path).read_text(encoding="utf-8"))
+        text = Path(path).read_bytes().decode("utf-8")
     except OSError as e:
         raise Seg3DError(f"Cannot read the config file {path}: {e.strerror or e}.") from e
+    except UnicodeDecodeError as e:
+        raise Seg3DError(f"The config file {path} is not UTF-8 text (byte 0x{e.object[e.start]:02x} "
+                         f"at position {e.start}); save it as UTF-8.") from None
+    try:
+        data = yaml.safe_load(text)
     except yaml.YAMLError as e:
         raise Seg3DError(f"The config file {path} is not valid YAML: {e}".splitlines()[0]) from e
     if data is None:
@@ -39,28 +48,33 @@ def read_config(path: str | Path) -> dict[str, Any]:
     if not isinstance(data, dict):
         raise Seg3DError(f"The config file {path} must hold a mapping of settings, "
                          f"got {type(data).__name__}.")
-    unknown = sorted(set(map(str, data)) - set(setting_names()))
+    unknown = sorted(shown(k) if not isinstance(k, str) else k
+                     for k in data if k not in setting_names())
     if unknown:
-        raise Seg3DError(f"Unknown settings in {path}: {', '.join(unknown)}. Valid settings: "
-                         f"{', '.join(setting_names())}.")
-    train = {k: v for k, v in data.items() if k not in NETWORK_KEYS}
+        raise Seg3DError(f"Unknown settings in {path}: {', '.join(unknown[:10])}. Valid "
+                         f"settings: {', '.join(setting_names())}.")
+    data = {k: _number_text(k, v) for k, v in data.items()}
     try:
-        TrainConfig.from_dict(train)
-        _check_network(data)
+        settings = check_settings(data)
+        TrainConfig.from_dict({k: v for k, v in settings.items()
+                               if k not in NETWORK_KEYS and v is not None})
     except (TypeError, ValueError) as e:
         raise Seg3DError(f"Invalid setting in {path}: {e}") from e
-    return dict(data)
+    return settings
 
 
-def _check_network(data: dict) -> None:
-    from .engine.models import MODELS
+_NUMBER = re.compile(r"[+-]?(\d+\.?\d*|\.\d+)[eE][+-]?\d+")
 
-    if "dims" in data and data["dims"] not in (2, 3):
-        raise ValueError(f"dims must be 2 (a 2D network on slices, 2.5D) or 3, got "
-                         f"{data['dims']!r}.")
-    if "architecture" in data and data["architecture"] not in MODELS:
-        raise ValueError(f"Unknown architecture {data['architecture']!r}; choose one of "
-                         f"{', '.join(MODELS)}.")
+
+def _number_text(name: str, value: Any) -> Any:
+    """``"1e-3"`` -> ``0.001`` for the decimal settings (YAML 1.1 reads an exponent without a
+    dot as text); anything else unchanged."""
+    if isinstance(value, str) and name in _DECIMALS and _NUMBER.fullmatch(value.strip()):
+        return float(value)
+    return value
+
+
+_DECIMALS = {f.name for f in dataclasses.fields(TrainConfig) if f.type in ("float", float)}
 
 
 def model_config_yaml(model) -> str:

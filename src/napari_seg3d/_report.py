@@ -7,6 +7,7 @@ widget shows it. Only the slabs around the chosen slices are predicted, so it ta
 
 from __future__ import annotations
 
+import io
 from pathlib import Path
 
 import numpy as np
@@ -117,9 +118,13 @@ def training_report(model, image, labels, *, title: str = "", device=None) -> Fi
 
 
 def save_report(fig: Figure, path: str | Path) -> Path:
-    """Write the figure as a PNG, atomically (a temporary file renamed into place)."""
+    """Write the figure as a PNG, atomically (a temporary file renamed into place), after
+    checking the free space; raises an :class:`.OutputError` with a sentence when it cannot."""
+    from .engine.io._publish import write_files
+    from .engine.io._space import cannot_write
+
     path = Path(path)
-    part = path.with_name(path.name + ".part")
-    fig.savefig(part, format="png")
-    part.replace(path)
+    buffer = io.BytesIO()
+    fig.savefig(buffer, format="png")
+    write_files([(path, buffer.getvalue())], cannot_write("the training report", path))
     return path

@@ -27,23 +27,40 @@ def _channels(image) -> int:
 
 
 def _train(args: argparse.Namespace) -> int:
-    from ._cli_outputs import check_train_outputs, last_path, report_path
+    from ._cli_checks import check_device, check_options
+    from ._cli_outputs import check_train_outputs
     from ._config_file import read_config, setting_names
-    from .engine import Trainer, load_model, save_model
     from .engine.errors import writable_folder
-    from .engine.io import read_volume
-    from .engine.plan import plan_training
-    from .engine.training.labels_check import refuse_implausible_labels
+    from .engine.io._folders import missing_folders, remove_empty
 
     check_train_outputs(args)  # nothing it writes may land on an input: refused before reading
+    check_options(args, setting_names())  # types and ranges, --out, before anything is read
     file = read_config(args.config) if args.config else {}
+    check_device(args.device or file.get("device"))
+    created = missing_folders(Path(args.out).parent)
     writable_folder(Path(args.out).parent)  # fail now, not after the training
+    try:
+        return _train_checked(args, file)
+    finally:
+        remove_empty(created)  # a failed run leaves no empty folder behind
+
+
+def _train_checked(args: argparse.Namespace, file: dict) -> int:
+    from ._cli_checks import check_room, check_truth
+    from ._cli_outputs import last_path, report_path
+    from ._config_file import setting_names
+    from .engine import Trainer, load_model
+    from .engine.io import read_volume
+    from .engine.model_file import save_models
+    from .engine.plan import plan_training
+    from .engine.training.labels_check import refuse_implausible_labels
 
     def setting(name, default=None):  # the command line wins over the file
         value = getattr(args, name, None)
         return value if value is not None else file.get(name, default)
 
     image = read_volume(args.image, lazy=True)
+    check_truth(args.truth, image.data.shape)  # before training, not after it
     labels = read_volume(args.labels).data
     init = load_model(args.resume or args.fine_tune) if (args.resume or args.fine_tune) else None
     voxel = image.voxel_size
@@ -56,19 +73,18 @@ def _train(args: argparse.Namespace) -> int:
     plan = plan_training(image.data.shape, labels, channels=_channels(image.data),
                          voxel_size=voxel, settings=settings, init=init, resume=bool(args.resume))
     cfg, start = plan.train_config, plan.start_iteration
-    loggers = []
+    trainer = Trainer(image.data, labels, cfg, model_config=plan.model_config, voxel_size=voxel,
+                      init=init, resume=bool(args.resume))
+    check_room(args, trainer.model.network, cfg, image.data.shape)  # a full disk: now
     if args.tensorboard:
         from .engine.training.tensorboard import TensorBoardLogger
 
-        loggers.append(TensorBoardLogger(args.tensorboard))
-    trainer = Trainer(image.data, labels, cfg, model_config=plan.model_config, voxel_size=voxel,
-                      init=init, resume=bool(args.resume), loggers=loggers)
+        trainer.loggers.append(TensorBoardLogger(args.tensorboard))
     result = _run_training(trainer, cfg.iterations, start, quiet=args.quiet)
     out = Path(args.out)
     last = last_path(out)
     with _signals_held("Saving the models: Ctrl-C takes effect once both are written..."):
-        save_model(result.best, out)
-        save_model(result.last, last)
+        save_models([(result.best, out), (result.last, last)])  # both new, or both as before
     best = result.best.history.get("best_val_dice")
     print(f"Saved the best model to {out} and the last one (to resume) to {last}.")
     if not args.no_report:
@@ -120,7 +136,11 @@ def _run_training(trainer, total: int, start: int, *, quiet: bool):
 
     from tqdm import tqdm
 
+    from ._cli_run import SignalCount
+
     def stop(signum, frame):
+        if signum == signal.SIGINT and signals.count(signum) > 1:  # two Ctrl-C at once
+            raise KeyboardInterrupt
         tqdm.write("Stopping now: the models of the last finished step are saved (Ctrl-C "
                    "again to abort)...", file=sys.stderr)
         trainer.request_stop()
@@ -128,6 +148,7 @@ def _run_training(trainer, total: int, start: int, *, quiet: bool):
 
     from .engine import run_to_end
 
+    signals = SignalCount.start()
     previous = signal.signal(signal.SIGINT, stop)
     previous_term = signal.signal(signal.SIGTERM, stop)
     try:
@@ -136,6 +157,7 @@ def _run_training(trainer, total: int, start: int, *, quiet: bool):
     finally:
         signal.signal(signal.SIGINT, previous)
         signal.signal(signal.SIGTERM, previous_term)
+        signals.stop()
 
 
 def _show_progress(bar, p) -> None:
@@ -161,6 +183,7 @@ def _print_truth_dice(model, image, truth_spec, args) -> None:
 def _predict(args: argparse.Namespace) -> int:
     from tqdm import tqdm
 
+    from ._cli_run import stop_between
     from .engine import PredictConfig, load_model
     from .engine.prediction.batch import (
         FileProgress,
@@ -191,7 +214,7 @@ def _predict(args: argparse.Namespace) -> int:
                                  overwrite=args.overwrite, model_file=args.model)
     failed = done = 0
     with tqdm(total=len(inputs), unit="file", desc="predict", disable=args.quiet) as bar:
-        for item in gen:  # the bar counts files, and the windows (or blocks) of the current one
+        for item in stop_between(gen, STOPPING):  # files, and the windows of the current one
             if isinstance(item, FileProgress) and item.windows_total:
                 bar.n = round(done + item.windows_done / item.windows_total, 3)
                 bar.update(0)  # redraws at most every mininterval
@@ -205,6 +228,10 @@ def _predict(args: argparse.Namespace) -> int:
     if failed:
         print(f"{failed} of {len(inputs)} file(s) failed.", file=sys.stderr)
     return 3 if failed else 0
+
+
+STOPPING = ("Stopping: the outputs of the file being predicted are deleted (Ctrl-C again to "
+            "stop at once)...")
 
 
 def _info(args: argparse.Namespace) -> int:
@@ -246,13 +273,15 @@ def main(argv: list[str] | None = None) -> int:
         logging.getLogger("tifffile").setLevel(logging.CRITICAL)
         logging.getLogger("napari_seg3d.engine.prediction.batch").setLevel(logging.ERROR)
         logging.getLogger("distributed").setLevel(logging.CRITICAL)  # a lost scheduler: one line
+    from ._cli_run import one_line_warnings, sigterm_as_interrupt
     from .engine.errors import Seg3DError
 
     try:
         from .engine.threads import set_default_threads
 
         set_default_threads(getattr(args, "threads", None))
-        return command(args)
+        with sigterm_as_interrupt(), one_line_warnings(args.command):
+            return command(args)
     except (Seg3DError, ValueError, OSError) as e:
         if args.debug:
             raise

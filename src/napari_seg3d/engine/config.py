@@ -57,20 +57,12 @@ class TrainConfig:
     planes: str = "three"
 
     def __post_init__(self) -> None:
-        if self.loss not in LOSSES:
-            raise ValueError(f"Unknown loss {self.loss!r}; choose one of {', '.join(LOSSES)}.")
-        if self.device not in DEVICES:
-            raise ValueError(f"Unknown device {self.device!r}; choose one of {', '.join(DEVICES)}.")
-        if self.planes not in PLANES:
-            raise ValueError(f"Unknown planes {self.planes!r}; choose one of {', '.join(PLANES)}.")
-        if len(self.patch_size) != 3 or min(self.patch_size) < 1:
-            raise ValueError(f"patch_size must be three positive integers (Z, Y, X), got {self.patch_size}.")
-        if self.smoothness < 0 or self.self_training < 0 or not 0.5 <= self.pseudo_threshold <= 1:
-            raise ValueError("smoothness and self_training must be >= 0 and pseudo_threshold "
-                             "between 0.5 and 1.")
-        if self.batch_size < 1 or self.iterations < 1:
-            raise ValueError("batch_size and iterations must be at least 1.")
-        object.__setattr__(self, "patch_size", tuple(int(p) for p in self.patch_size))
+        """Check every field (type and range, see :func:`.schema.train_rules`): a wrong one
+        raises a :class:`.SettingError` that names it."""
+        from .schema import train_rules
+
+        for name, rule in train_rules().items():
+            object.__setattr__(self, name, rule(name, getattr(self, name)))
 
     def to_dict(self) -> dict[str, Any]:
         return _plain(dataclasses.asdict(self))
@@ -81,9 +73,6 @@ class TrainConfig:
         unknown = set(d) - names
         if unknown:
             raise ValueError(f"Unknown training settings: {', '.join(sorted(unknown))}.")
-        d = dict(d)
-        if "patch_size" in d:
-            d["patch_size"] = tuple(d["patch_size"])
         return cls(**d)
 
 

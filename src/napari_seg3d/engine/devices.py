@@ -16,4 +16,17 @@ def resolve_device(device: str | torch.device) -> torch.device:
         return torch.device("cpu")
     if name.startswith("cuda") and not torch.cuda.is_available():
         raise ValueError("CUDA was asked for, but no CUDA GPU is available here; use device 'cpu' or 'auto'.")
-    return torch.device(name)
+    if name.startswith("mps") and not (getattr(torch.backends, "mps", None)
+                                       and torch.backends.mps.is_available()):
+        raise ValueError("MPS (the GPU of Apple silicon) was asked for, but it is not available "
+                         "here; use device 'cpu' or 'auto'.")
+    try:
+        device = torch.device(name)
+    except (RuntimeError, TypeError):
+        raise ValueError(f"Unknown device {name[:40]!r}; choose one of auto, cpu, cuda, "
+                         "mps.") from None
+    if device.type == "cuda" and device.index is not None \
+            and device.index >= torch.cuda.device_count():
+        raise ValueError(f"There is no GPU {device.index}: this machine has "
+                         f"{torch.cuda.device_count()}; use device 'cuda' or 'cpu'.")
+    return device

@@ -23,6 +23,11 @@ class VolumeError(Seg3DError, ValueError):
     """A volume file cannot be read or written; the message says why and what to do."""
 
 
+class SettingError(Seg3DError, ValueError):
+    """A setting (an argument, a field of a config file or of a model file) has the wrong type,
+    range or length; the message names it."""
+
+
 class OutputError(Seg3DError, OSError):
     """An output folder or file cannot be written. Also an ``OSError``, so code that catches
     ``OSError`` around a write keeps working."""

@@ -7,6 +7,7 @@ The file is a ``torch.save`` archive of plain values and tensors only, loaded wi
 
 from __future__ import annotations
 
+import io
 import logging
 import os
 import warnings
@@ -20,13 +21,17 @@ import numpy as np
 import torch
 
 from .. import __version__
+from .call_checks import check_volume, complex_image
 from .config import ModelConfig, PredictConfig, TrainConfig, predict_config
 from .devices import resolve_device
-from .errors import ModelFileError, OutputError
-from .io._temps import remove_stale_temps, temp_path
+from .errors import ModelFileError, SettingError
+from .io._publish import write_files
+from .model_schema import check_model_data
 from .models import SliceNetwork, build_model
 from .models.slices import with_planes
 from .normalization import Normalization, has_finite_value
+from .pickles import holds_code
+from .schema import shown
 
 log = logging.getLogger(__name__)
 
@@ -76,6 +81,7 @@ class SegmentationModel:
     def check_image(self, image) -> None:
         """Raise a clear ValueError unless ``image`` (any array-like, not read) has the shape of an
         input of this model: ``(Z, Y, X)`` for one channel, or ``(C, Z, Y, X)``."""
+        check_volume(image)
         shape = tuple(np.shape(image)) if not hasattr(image, "shape") else tuple(image.shape)
         if len(shape) == 3:
             shape = (1, *shape)
@@ -84,6 +90,8 @@ class SegmentationModel:
         if shape[0] != self.in_channels:
             raise ValueError(f"This model was trained on {self.in_channels}-channel images; the image "
                              f"has {shape[0]} channel(s).")
+        if complex_image(image):
+            raise ValueError(complex_image(image))
 
     def label_lut(self) -> np.ndarray:
         """Class index -> painted label value."""
@@ -181,6 +189,7 @@ class SegmentationModel:
             probabilities ``(K, Z, Y, X)`` float32 instead.
         """
         config = predict_config(config, **overrides)
+        check_volume(image)
         if not hasattr(image, "shape"):
             image = np.asarray(image)
         shape = tuple(image.shape[-3:])
@@ -238,7 +247,8 @@ def save_model(model: SegmentationModel, path: str | os.PathLike, *,
                include_optimizer: bool = True) -> Path:
     """Write ``model`` to ``path`` atomically: a temporary file in the same folder, then a rename,
     so a crash never leaves a partial file under the final name. Raises an :class:`OutputError`
-    (an ``OSError``) with a sentence when the file cannot be written.
+    (an ``OSError``) with a sentence when the file cannot be written (a full disk included: the
+    free space is checked first).
 
     Example:
         >>> save_model(result.best, "model.pt")  # doctest: +SKIP
@@ -246,31 +256,26 @@ def save_model(model: SegmentationModel, path: str | os.PathLike, *,
         >>> save_model(result.best, "share.pt", include_optimizer=False)  # doctest: +SKIP
     """
     path = Path(path)
-    try:
-        return _write_model(model, path, include_optimizer)
-    except OSError as e:
-        if isinstance(e, OutputError):
-            raise
-        raise OutputError(f"Cannot save the model to {path} ({e.strerror or e}). Choose a "
-                          "folder you can write to, with enough free space.") from e
-
-
-def _write_model(model: SegmentationModel, path: Path, include_optimizer: bool) -> Path:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    remove_stale_temps(path)  # .part files of earlier saves whose process was killed
-    tmp = temp_path(path)
-    try:
-        with open(tmp, "xb") as f:  # exclusive: never another writer's file
-            torch.save(model.to_dict(include_optimizer=include_optimizer), f)
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, path)
-    except FileExistsError:  # the name was taken (not ours to delete); nothing was written
-        raise
-    except BaseException:
-        tmp.unlink(missing_ok=True)
-        raise
+    write_files([(path, model_bytes(model, include_optimizer))],
+                f"Cannot save the model to {path}")
     return path
+
+
+def save_models(models: list[tuple[SegmentationModel, str | os.PathLike]]) -> list[Path]:
+    """Write several models (the best and the last of a run) together: all the files are new,
+    or (on any error, a full disk included) all stay as they were. Raises an
+    :class:`OutputError` with a sentence."""
+    files = [(Path(p), model_bytes(m)) for m, p in models]
+    names = " and ".join(str(p) for p, _ in files)
+    write_files(files, f"Cannot save the model{'s' if len(files) > 1 else ''} to {names}")
+    return [p for p, _ in files]
+
+
+def model_bytes(model: SegmentationModel, include_optimizer: bool = True) -> bytes:
+    """The model file's contents (``torch.save`` of :meth:`SegmentationModel.to_dict`)."""
+    buffer = io.BytesIO()
+    torch.save(model.to_dict(include_optimizer=include_optimizer), buffer)
+    return buffer.getvalue()
 
 
 def _read_file(path: Path) -> dict:
@@ -281,21 +286,24 @@ def _read_file(path: Path) -> dict:
             warnings.simplefilter("ignore", UserWarning)
             data = torch.load(path, map_location="cpu", weights_only=True)
     except Exception as e:  # torch raises many types for truncated, foreign or unsafe files
-        # every weights-only failure mentions weights_only; only a refused global means code
-        reason = "it holds code or objects that are not allowed" if "Unsupported global" in str(e) \
+        reason = "it holds code or objects that are not allowed" if holds_code(path, e) \
             else "it is truncated, corrupt or not a model file"
         raise ModelFileError(f"Cannot load {path.name}: {reason}. Only files saved by napari-seg3d "
                              "can be loaded.") from e
     if not isinstance(data, dict) or data.get("format") != FORMAT:
         raise ModelFileError(f"{path.name} is not a napari-seg3d model file.")
-    if int(data.get("format_version", 0)) > FORMAT_VERSION:
+    version = data.get("format_version")
+    if isinstance(version, int) and not isinstance(version, bool) and version > FORMAT_VERSION:
         raise ModelFileError(f"{path.name} was saved by a newer napari-seg3d "
-                             f"({data.get('package_version')}); please upgrade.")
+                             f"({shown(data.get('package_version'))}); please upgrade.")
     return data
 
 
 def model_from_dict(data: dict) -> SegmentationModel:
-    """Rebuild a :class:`SegmentationModel` from the dictionary that :func:`save_model` wrote."""
+    """Rebuild a :class:`SegmentationModel` from the dictionary that :func:`save_model` wrote;
+    every field is checked first (see :mod:`.model_schema`): a :class:`.SettingError` names the
+    first that is wrong, before any network is built."""
+    check_model_data(data)
     model_config = ModelConfig.from_dict(data["model_config"])
     network = build_model(model_config.architecture, **model_config.kwargs)
     network.load_state_dict(data["state_dict"])
@@ -341,8 +349,12 @@ def load_model(path: str | os.PathLike) -> SegmentationModel:
         return model_from_dict(data)
     except ModelFileError:
         raise
+    except SettingError as e:
+        raise ModelFileError(f"{path.name} is damaged or incomplete: {e} Save the model again, "
+                             "or copy the file again.") from None
     except Exception as e:
-        raise ModelFileError(f"{path.name} is damaged or incomplete: {e}") from e
+        text = (str(e).strip().splitlines() or [type(e).__name__])[0][:200]
+        raise ModelFileError(f"{path.name} is damaged or incomplete: {text}.") from e
 
 
 def describe(model: SegmentationModel) -> dict[str, Any]:

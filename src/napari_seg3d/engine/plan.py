@@ -21,6 +21,7 @@ import numpy as np
 from .config import ModelConfig, TrainConfig
 from .devices import resolve_device
 from .models import MODELS, anisotropic_pooling
+from .schema import check_depth, check_settings
 
 if TYPE_CHECKING:
     from .model_file import SegmentationModel
@@ -69,7 +70,7 @@ def plan_training(image_shape, labels=None, *, channels: int = 1, voxel_size=Non
     Raises:
         ValueError: an unknown setting, or one that contradicts ``init``, in a sentence.
     """
-    settings = {k: v for k, v in (settings or {}).items() if v is not None}
+    settings = check_settings({k: v for k, v in (settings or {}).items() if v is not None})
     names = {f.name for f in dataclasses.fields(TrainConfig)} | set(NETWORK_SETTINGS)
     unknown = sorted(set(settings) - names)
     if unknown:
@@ -158,6 +159,7 @@ def default_model_config(in_channels: int, out_channels: int, patch_size, voxel_
         raise ValueError(f"dims must be 2 (slices, 2.5D) or 3, got {dims}.")
     size = tuple(patch_size) if dims == 3 else tuple(patch_size)[1:]
     spacing = (voxel_size or (1, 1, 1)) if dims == 3 else (1, 1)
+    chosen = levels is not None
     if levels is None:
         levels = 1
         while levels < 4:
@@ -168,6 +170,8 @@ def default_model_config(in_channels: int, out_channels: int, patch_size, voxel_
             else:
                 break
     pool = anisotropic_pooling(spacing, levels)
+    if chosen:  # a network deeper than its patch trains for nothing, then fails inside torch
+        check_depth(levels, pool, size)
     kwargs = dict(spatial_dims=dims, in_channels=in_channels, out_channels=out_channels,
                   levels=levels, base_filters=base_filters, growth=2.0, residual=True,
                   norm="instance", dropout=0.0, pooling=[list(p) for p in pool])

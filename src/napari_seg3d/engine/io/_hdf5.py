@@ -12,6 +12,8 @@ import h5py
 import numpy as np
 
 from ..errors import VolumeError
+from ._h5file import GuardedFile
+from ._space import space_error
 
 if TYPE_CHECKING:
     from ._paths import VoxelSize
@@ -101,15 +103,33 @@ def has_dataset(path: Path, key: str) -> bool:
         return True
 
 
-def open_copy(path: Path, tmp: Path) -> h5py.File:
-    """Open ``tmp`` for writing, starting as a copy of ``path`` so its other datasets survive."""
+def open_copy(path: Path, tmp: Path) -> tuple[h5py.File, GuardedFile]:
+    """Open ``tmp`` for writing, starting as a copy of ``path`` so its other datasets survive;
+    the file is written through a :class:`GuardedFile` (see :mod:`._h5file`): close it with
+    :func:`close_checked`."""
     if path.exists():
         shutil.copy2(path, tmp)
+    else:
+        open(tmp, "xb").close()  # exclusive: never another writer's file
+    guard = GuardedFile(tmp)
     try:
-        return h5py.File(tmp, "a")
+        return h5py.File(guard, "a"), guard
     except OSError as exc:
+        guard.close()
+        if guard.error is not None or space_error(exc) is not None:
+            raise guard.error or exc from None
         raise VolumeError(f"Cannot add a dataset to {path}: it is not a readable HDF5 file "
                           f"({exc}). Choose another output file or delete this one.") from exc
+
+
+def close_checked(file: h5py.File, guard: GuardedFile) -> None:
+    """Close an output opened by :func:`open_copy`; raise the first write that failed."""
+    try:
+        file.close()
+    finally:
+        guard.close()
+    if guard.error is not None:
+        raise guard.error
 
 
 def create_dataset(file: h5py.File, key: str, shape: tuple[int, ...], dtype: Any,

@@ -11,6 +11,7 @@ store is written the same way, as a temporary folder.
 
 from __future__ import annotations
 
+import errno
 import hashlib
 import logging
 import os
@@ -172,17 +173,54 @@ def fresh_temp(path: Path) -> Path:
     return temp_path(path)
 
 
-def commit_temp(tmp: Path, path: Path) -> None:
-    """Flush ``tmp`` to disk and move it onto ``path`` in one step."""
-    with open(tmp, "r+b") as fh:
+def sync_file(path: Path) -> None:
+    """Flush the file ``path`` to disk (a full disk or a failing device raises here, not later)."""
+    with open(path, "r+b") as fh:
         os.fsync(fh.fileno())
-    os.replace(tmp, path)
-    if os.name == "posix":  # make the rename itself durable
-        fd = os.open(path.parent, os.O_RDONLY)
+
+
+def sync_folder(folder: Path) -> None:
+    """Make the renames in ``folder`` durable (POSIX; nothing elsewhere)."""
+    if os.name == "posix":
+        fd = os.open(folder, os.O_RDONLY)
         try:
             os.fsync(fd)
         finally:
             os.close(fd)
+
+
+def commit_temp(tmp: Path, path: Path) -> None:
+    """Flush ``tmp`` to disk and move it onto ``path`` in one step."""
+    sync_file(tmp)
+    os.replace(tmp, path)
+    sync_folder(path.parent)
+
+
+_RENAME_EXCHANGE = 2  # linux/fs.h
+_AT_FDCWD = -100
+
+
+def exchange(a: Path, b: Path) -> bool:
+    """Swap the entries ``a`` and ``b`` in one atomic step (Linux ``renameat2`` with
+    ``RENAME_EXCHANGE``); False where the system or the file system cannot, leaving both as
+    they were."""
+    if not sys.platform.startswith("linux"):
+        return False
+    import ctypes
+
+    try:
+        libc = ctypes.CDLL(None, use_errno=True)
+        renameat2 = libc.renameat2
+    except (OSError, AttributeError):  # a C library without renameat2 (glibc < 2.28, musl)
+        return False
+    renameat2.argtypes = [ctypes.c_int, ctypes.c_char_p, ctypes.c_int, ctypes.c_char_p,
+                          ctypes.c_uint]
+    if renameat2(_AT_FDCWD, os.fsencode(a), _AT_FDCWD, os.fsencode(b), _RENAME_EXCHANGE) == 0:
+        return True
+    code = ctypes.get_errno()
+    if code in (errno.EINVAL, errno.ENOSYS, errno.EOPNOTSUPP, errno.EXDEV):
+        return False  # not supported here (e.g. NFS): the caller moves the entries one by one
+    raise OSError(code, os.strerror(code), os.fspath(a))
 
 
 @contextmanager

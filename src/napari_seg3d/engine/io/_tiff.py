@@ -10,6 +10,7 @@ import numpy as np
 import tifffile
 
 from ..errors import VolumeError
+from ._memory import check_memory
 from ._tiff_check import AGAIN, check_tiff_series, check_tiff_structure
 
 if TYPE_CHECKING:
@@ -33,6 +34,7 @@ def read_tiff(path: Path, lazy: bool) -> tuple[np.ndarray, VoxelSize | None]:
             dtype = np.dtype(series.dtype).newbyteorder(tif.byteorder)
             data = np.memmap(path, dtype, "r", series.dataoffset, series.shape)
         else:
+            check_memory(path, series.shape, series.dtype)
             data = series.asarray()
         return _to_zyx(data, series.axes, path), _tiff_voxel_size(tif)
 

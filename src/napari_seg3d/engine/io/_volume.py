@@ -18,6 +18,8 @@ import numpy as np
 from ..errors import VolumeError
 from . import _hdf5, _zarr
 from ._chunked import ChunkedWriter
+from ._folders import new_folder
+from ._memory import check_memory, out_of_memory
 from ._paths import (
     DEFAULT_KEY,
     HDF5_SUFFIXES,
@@ -29,6 +31,7 @@ from ._paths import (
     split_path,
     voxel_tuple,
 )
+from ._space import cannot_write, check_free_space, expected_bytes, writing
 from ._temps import atomic_temp
 from ._tiff import read_tiff, write_tiff
 
@@ -105,8 +108,15 @@ def read_volume(spec: str | os.PathLike, *, lazy: bool = False) -> Volume:
         data.close()
         raise VolumeError(f"Cannot read {path}: it is a zip archive, not a .npy array. Save the "
                           "volume with numpy.save, or choose another file.")
+    data = one_slice(data)
     log.debug("Read %s: shape %s, %s, voxel size %s", path, data.shape, data.dtype, voxel_size)
     return Volume(data, voxel_size, path)
+
+
+def one_slice(data: Any) -> Any:
+    """A 2D array ``(Y, X)`` as a volume of one slice ``(1, Y, X)`` (a view), as 2D TIFF files
+    are read: one-slice volumes train and predict like any other. Other arrays unchanged."""
+    return data[np.newaxis] if getattr(data, "ndim", 0) == 2 else data
 
 
 def list_datasets(path: str | os.PathLike) -> list[tuple[str, tuple[int, ...], str]]:
@@ -150,22 +160,27 @@ def write_volume(spec: str | os.PathLike, data: Any, *, voxel_size: Sequence[flo
     if not overwrite and _target_exists(path, key):
         raise VolumeError(f"{os.fspath(spec)} already exists. Choose another output name or "
                           "allow overwriting.")
-    path.parent.mkdir(parents=True, exist_ok=True)
-    if suffix in ZARR_SUFFIXES:
+    if suffix in ZARR_SUFFIXES:  # written by pieces, the space checked there
         with ChunkedWriter(spec, data.shape, data.dtype, voxel_size=voxel) as writer:
             writer.write((Ellipsis,), data)
             return writer.commit()
-    with atomic_temp(path) as tmp:
+    lead = cannot_write("the volume", path)
+    check_free_space(path, expected_bytes(data.shape, data.dtype, suffix,
+                                          compressed=compression), lead)
+    with new_folder(path.parent), writing(lead), atomic_temp(path) as tmp:
         if suffix in TIFF_SUFFIXES:
             write_tiff(tmp, data, voxel, compression)
-        elif suffix in HDF5_SUFFIXES:
-            with _hdf5.open_copy(path, tmp) as file:
+        elif suffix == ".npy":
+            with open(tmp, "xb") as fh:
+                np.save(fh, data, allow_pickle=False)
+        else:
+            file, guard = _hdf5.open_copy(path, tmp)
+            try:
                 dataset = _hdf5.create_dataset(file, key or DEFAULT_KEY, data.shape, data.dtype,
                                                voxel, compression=compression)
                 dataset[...] = data
-        else:
-            with open(tmp, "xb") as fh:
-                np.save(fh, data, allow_pickle=False)
+            finally:
+                _hdf5.close_checked(file, guard)
     log.info("Wrote %s %s to %s", data.shape, data.dtype, os.fspath(spec))
     return path
 
@@ -196,8 +211,10 @@ def _unreadable(path: Path) -> Iterator[None]:
     """Turn any parser failure into a VolumeError naming the file."""
     try:
         yield
-    except (VolumeError, MemoryError):
+    except VolumeError:
         raise
+    except MemoryError:
+        raise out_of_memory(path) from None
     except Exception as exc:  # parsers of damaged files raise struct, zlib, OS, Index... errors
         raise VolumeError(f"Cannot read {path}: {exc}. The file may be truncated or damaged; "
                           "export it again or choose another file.") from exc
@@ -209,9 +226,10 @@ def _read_hdf5(path: Path, key: str | None, lazy: bool) -> Volume:
     try:
         dataset = _hdf5.find_dataset(file, path, key)
         volume = Volume(dataset, _hdf5.voxel_size(dataset), path, dataset.name, file)
-        if not lazy:
+        if not lazy or dataset.ndim == 2:  # a 2D dataset (one slice) is small
+            check_memory(path, dataset.shape, dataset.dtype)
             with _unreadable(path):
-                volume.data = dataset[()]
+                volume.data = one_slice(dataset[()])
             volume.close()
         return volume
     except BaseException:
@@ -224,7 +242,9 @@ def _read_zarr(path: Path, key: str | None, lazy: bool) -> Volume:
         raise VolumeError(f"Cannot find the zarr store {path}. Check the path and try again.")
     with _unreadable(path):
         array = _zarr.open_array(path, key)
-        data = array if lazy else array[...]
+        if not lazy or array.ndim == 2:
+            check_memory(path, array.shape, array.dtype)
+        data = array if lazy and array.ndim != 2 else one_slice(array[...])
     return Volume(data, _zarr.voxel_size(array), path, key)
 
 

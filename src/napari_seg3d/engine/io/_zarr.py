@@ -7,8 +7,8 @@ like HDF5 datasets, ``volume.zarr:/raw``.
 
 from __future__ import annotations
 
+import logging
 import os
-import secrets
 import shutil
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -17,11 +17,13 @@ import numpy as np
 import zarr
 
 from ._hdf5 import Entry, missing_key, pick_volume
+from ._temps import exchange, temp_path
 
 if TYPE_CHECKING:
     from ._paths import VoxelSize
 
 VOXEL_ATTR = "element_size_um"
+log = logging.getLogger(__name__)
 
 
 def open_array(path: Path, key: str | None) -> Any:
@@ -72,16 +74,29 @@ def create(tmp: Path, shape: tuple[int, ...], dtype: Any, voxel: VoxelSize | Non
 def replace(tmp: Path, path: Path) -> None:
     """Move the finished store ``tmp`` onto ``path``; an older store there is deleted after.
 
-    A folder cannot replace another in one step: for an instant the old store has moved aside,
-    but there is never a partial store under ``path``.
+    On Linux the two folders swap in one atomic step (see :func:`._temps.exchange`) and the old
+    store, now under the temporary's name, is deleted: a process killed in between leaves it
+    under that hidden ``.part`` name, which the next write of ``path`` removes. Elsewhere the old
+    store moves aside to such a name first (for an instant there is no store under ``path``,
+    but never a partial one) and moves back if the new one cannot take its place.
     """
-    old = None
-    if path.exists():
-        old = path.with_name(f".{path.name}.{secrets.token_hex(4)}.old")
+    if not path.exists():
+        os.replace(tmp, path)
+        return
+    if exchange(tmp, path):
+        old = tmp
+    else:
+        old = temp_path(path)
         os.replace(path, old)
-    os.replace(tmp, path)
-    if old is not None:
-        shutil.rmtree(old, ignore_errors=True)
+        try:
+            os.replace(tmp, path)
+        except BaseException:
+            os.replace(old, path)
+            raise
+    try:
+        shutil.rmtree(old)
+    except OSError as e:  # left for the next write of path to remove (see remove_stale_temps)
+        log.warning("Could not delete the older store %s: %s", old, e)
 
 
 def remove(tmp: Path) -> None:

@@ -18,9 +18,11 @@ from ..config import PredictConfig, predict_config
 from ..errors import Seg3DError, writable_folder
 from ..generators import run_to_end, tapped
 from ..io import ChunkedWriter, read_volume, split_path
+from ..io._folders import missing_folders, remove_empty
 from ..model_file import SegmentationModel
 from .blocks import DEFAULT_BLOCK_SHAPE
 from .output_names import beside, output_files, plan_outputs, record_outputs, written_here
+from .output_space import WHAT, check_output_space
 from .uncertainty import uncertainty_map
 
 log = logging.getLogger(__name__)
@@ -60,6 +62,7 @@ def _predict_one(model: SegmentationModel, spec, out: Path, config: PredictConfi
     memory unless the output is TIFF, which cannot be written in parts)."""
     with read_volume(spec, lazy=True) as vol, contextlib.ExitStack() as stack:
         shape = tuple(vol.data.shape[-3:])
+        check_output_space(model, out, shape, config.probabilities, config.uncertainty)  # first
         outputs = FileOutputs(out, shape, vol.voxel_size or model.voxel_size, config.probabilities,
                               config.uncertainty, stack)
         for r in model.iter_predict(vol.data, config):
@@ -87,26 +90,28 @@ class FileOutputs:
         self.pending.append(region)
 
     def commit(self) -> None:
-        """Publish the outputs, the labels last: an existing labels file (which skips the input)
-        has its companions."""
+        """Publish the outputs once all are written (a full disk fails before any is moved),
+        the labels last: an existing labels file (which skips the input) has its companions."""
         self._flush()
-        for name in ("probabilities", "uncertainty", "labels"):
-            if name in self.writers:
-                self.writers[name].commit()
+        names = [n for n in ("probabilities", "uncertainty", "labels") if n in self.writers]
+        for name in names:
+            self.writers[name].finish()
+        for name in names:
+            self.writers[name].publish()
 
     def _open(self, region) -> None:
-        def writer(spec, shape, dtype):
+        def writer(spec, shape, dtype, role):
             return self.stack.enter_context(
-                ChunkedWriter(spec, shape, dtype, voxel_size=self.voxel))
+                ChunkedWriter(spec, shape, dtype, voxel_size=self.voxel, what=WHAT[role]))
 
         if self.want_probs:
             k = region.probabilities.shape[0]
             self.writers["probabilities"] = writer(beside(self.out, "probabilities"),
-                                                   (k, *self.shape), np.float32)
+                                                   (k, *self.shape), np.float32, "probabilities")
         if self.want_unc:
             self.writers["uncertainty"] = writer(beside(self.out, "uncertainty", "/uncertainty"),
-                                                 self.shape, np.float32)
-        self.writers["labels"] = writer(self.out, self.shape, region.labels.dtype)
+                                                 self.shape, np.float32, "uncertainty")
+        self.writers["labels"] = writer(self.out, self.shape, region.labels.dtype, "labels")
 
     def _flush(self) -> None:
         if not self.pending:
@@ -151,12 +156,16 @@ def iter_predict_files(model: SegmentationModel, inputs: Sequence[str | Path], o
     """
     config = predict_config(FILE_DEFAULTS if config is None else config, **overrides)
     model.check_config(config)
-    out_dir = writable_folder(Path(out_dir))
-    outs = output_paths(out_dir, inputs, fmt, model_file=model_file,
-                        probabilities=config.probabilities, uncertainty=config.uncertainty)
-    return (yield from record_done(_predict_each(model, inputs, outs, overwrite, config),
-                                   out_dir, inputs, probabilities=config.probabilities,
-                                   uncertainty=config.uncertainty))
+    created = missing_folders(out_dir)  # removed at the end if nothing was written there
+    try:
+        out_dir = writable_folder(Path(out_dir))
+        outs = output_paths(out_dir, inputs, fmt, model_file=model_file,
+                            probabilities=config.probabilities, uncertainty=config.uncertainty)
+        return (yield from record_done(_predict_each(model, inputs, outs, overwrite, config),
+                                       out_dir, inputs, probabilities=config.probabilities,
+                                       uncertainty=config.uncertainty))
+    finally:
+        remove_empty(created)
 
 
 def _predict_each(model, inputs, outs, overwrite, config):

@@ -23,7 +23,7 @@ from collections.abc import Iterator, Sequence
 from pathlib import Path
 
 from ..io import HDF5_SUFFIXES, output_path, split_path
-from ..io._chunked import commit_temp, fresh_temp
+from ..io._temps import commit_temp, fresh_temp
 from ..io._volume import _safe_name
 from ..io.no_overwrite import ReadFiles, file_of, refuse_writing_over, resolved
 

@@ -19,6 +19,7 @@ import numpy as np
 import torch
 from torch import nn
 
+from ..call_checks import check_network, check_volume
 from ..config import PredictConfig, predict_config
 from ..devices import resolve_device
 from ..models.slices import with_planes
@@ -108,6 +109,8 @@ def iter_predict_volume(
         ValueError: A bad setting, volume or patch size; planes for a 3D network.
     """
     config = predict_config(config, **overrides)
+    check_network(model)
+    check_volume(volume)
     source = channels_first(volume)
     _check_patch_size(patch_size)
     patch = tuple(int(p) for p in patch_size)
@@ -286,7 +289,7 @@ def _resolve_device(model: nn.Module, device: str | None) -> torch.device:
     """The requested device (``"auto"`` resolved), else the device of the model's first
     parameter, else the CPU."""
     if device is not None:
-        return resolve_device(device)
+        return resolve_device(device)  # a sentence for an unknown or unavailable device
     param = next(model.parameters(), None)
     return param.device if param is not None else torch.device("cpu")
 

@@ -20,12 +20,14 @@ from typing import TYPE_CHECKING, Any
 import numpy as np
 
 from ..errors import OutputError, Seg3DError, writable_folder
+from .tensorboard_guard import guard_event_file
 
 if TYPE_CHECKING:
     from .progress import TrainProgress
     from .trainer import Trainer
 
 MAX_IMAGE_EDGE = 256  # y/x extent of the logged slices of large volumes
+STEP_BYTES = 3 * MAX_IMAGE_EDGE**2 * 3  # the most one step writes: three RGB slices
 
 # One fixed colour per class (matplotlib's tab10, as in the training report), RGB in [0, 1].
 CLASS_COLORS = np.array([(0x1f, 0x77, 0xb4), (0xff, 0x7f, 0x0e), (0x2c, 0xa0, 0x2c),
@@ -168,6 +170,7 @@ class TensorBoardLogger:
         except OSError as exc:
             raise OutputError(f"Cannot write the TensorBoard log to {self.log_dir} "
                               f"({exc.strerror or exc}). Choose a folder you can write to.") from exc
+        self._guard = guard_event_file(self._writer)  # a full disk: a sentence, not a traceback
         self._trainer: Trainer | None = None
         self._region: tuple[slice, slice, slice] | None = None
         self._z = 0
@@ -181,7 +184,11 @@ class TensorBoardLogger:
         after each validation. On an error the log is closed (the training drops a logger that
         raises, without closing it) and the error raised."""
         try:
+            if self._guard is not None:  # before writing: room for this step's images
+                self._guard.check(self.log_dir, STEP_BYTES)
             self._log(trainer, progress)
+            if self._guard is not None:
+                self._guard.check(self.log_dir)
         except BaseException:
             self._abandon()
             raise

@@ -14,6 +14,7 @@ from typing import Generator
 import numpy as np
 import torch
 
+from ..call_checks import complex_image
 from ..config import ModelConfig, TrainConfig
 from ..devices import resolve_device
 from ..errors import AnnotationError
@@ -21,6 +22,7 @@ from ..model_file import SegmentationModel
 from ..models import MODELS, SliceNetwork, build_model
 from ..normalization import compute_normalization
 from ..plan import default_model_config
+from ..schema import check_network_patch
 from .losses import is_binary_loss, make_loss
 from .progress import Preview, TrainerUpdate, TrainProgress, TrainResult
 from .sampling import AnnotationSet, PatchSampler, SliceSampler, class_values_of, make_annotations
@@ -34,6 +36,8 @@ MAX_CHANNELS = 16  # a 4D image with a longer first axis is a time series, not (
 def _image_shape(image) -> tuple[tuple[int, int, int], int]:
     if image.ndim not in (3, 4):
         raise AnnotationError(f"Expected a 3D image (Z, Y, X) or (C, Z, Y, X), got shape {tuple(image.shape)}.")
+    if complex_image(image):
+        raise AnnotationError(complex_image(image))
     channels = image.shape[0] if image.ndim == 4 else 1
     if channels > MAX_CHANNELS:
         raise AnnotationError(f"Expected a 3D image (Z, Y, X) or (C, Z, Y, X) with at most "
@@ -91,6 +95,7 @@ class Trainer:
                                   "Choose the ce_dice loss.")
         out = 1 if binary else k
         mc = model_config or default_model_config(channels, out, self.config.patch_size, voxel_size)
+        check_network_patch(mc.kwargs, self.config.patch_size)  # before a step is spent on it
         with torch.random.fork_rng(devices=[]):  # initial weights from the seed, not global state
             torch.manual_seed(self.config.seed)
             network = build_model(mc.architecture, **mc.kwargs)
