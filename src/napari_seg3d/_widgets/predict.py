@@ -47,6 +47,7 @@ log = logging.getLogger(__name__)
 
 FROM_FILE = "From file..."
 LABELS_REFRESH_S = 0.1  # the prediction layer shows new regions at most 10 times a second
+FIRST_YX = 256  # the blocks nearest to this many voxels around the view's centre come first
 
 
 class _PredictJob:
@@ -279,6 +280,7 @@ class PredictWidget(QWidget):
                    "probabilities": any(shown.values())}
         if model.dims == 2:
             options["planes"] = _layers.planes_choice(self.planes_combo)
+        options["first_region"] = _layers.view_region(image, self.viewer, 1, FIRST_YX)
         data = _layers.layer_array(image)
         nbytes = _large.output_bytes(_layers.spatial_shape(image), model.label_lut().dtype,
                                      _classes(model), **shown)

@@ -108,14 +108,15 @@ class SegmentationModel:
                      device: str | torch.device | None = None, probabilities: bool = False,
                      block_shape: tuple[int, int, int] | None = None,
                      blocks: list[int] | None = None, planes: str | None = None,
-                     amp: bool | None = None) -> Iterator[Any]:
+                     amp: bool | None = None, first_region=None) -> Iterator[Any]:
         """Sliding-window prediction region by region (see ``iter_predict_volume``); each yielded
         region's ``labels`` hold the painted label values. ``image`` may be any array-like
         (numpy, memmap, h5py, zarr): it is read piece by piece, and with ``block_shape`` block by
         block, so it never needs to fit in memory; ``blocks`` picks some blocks of the plan.
         ``planes`` (2D models only): ``"fast"``, ``"three"`` or ``"best"``; None: as trained.
         ``amp``: mixed precision where the device runs it natively (see :mod:`.precision`);
-        None: as the model was trained (``train_config.amp``)."""
+        None: as the model was trained (``train_config.amp``). ``first_region``: ``(z, y, x)``
+        slices predicted first (e.g. the slice on screen)."""
         from .prediction.sliding_window import iter_predict_volume
 
         self.set_planes(planes)
@@ -132,7 +133,8 @@ class SegmentationModel:
                                           probabilities=probabilities, tta=tta,
                                           block_shape=block_shape, blocks=blocks,
                                           normalize=self.normalization.apply,
-                                          amp=self.train_config.amp if amp is None else amp):
+                                          amp=self.train_config.amp if amp is None else amp,
+                                          first_region=first_region):
             yield replace(region, labels=lut[region.labels])
 
     def predict(self, image, **kwargs) -> np.ndarray:

@@ -69,6 +69,7 @@ def iter_predict_volume(
     normalize: Normalize | None = None,
     blocks: Sequence[int] | None = None,
     amp: bool = True,
+    first_region: Window | None = None,
 ) -> Generator[RegionDone, None, None]:
     """Predict a volume window by window, yielding each finished region as soon as it is done.
 
@@ -100,6 +101,8 @@ def iter_predict_volume(
         blocks: Predict only these blocks of the plan (indices), e.g. one machine's share.
         amp: Mixed precision where the device runs it natively (see :mod:`.precision`):
             float16 on CUDA, bfloat16 on CPUs with AVX512-BF16 or AMX; False: float32.
+        first_region: ``(z, y, x)`` slices to predict first, e.g. the slice on screen: the
+            first region yielded holds its first z slice (see :func:`.blocks.plan_blocks`).
 
     Yields:
         `RegionDone` records whose slices tile the volume exactly once: z-slabs of each block,
@@ -108,7 +111,7 @@ def iter_predict_volume(
     source = channels_first(volume)
     _check_options(patch_size, overlap, blending, batch_size)
     patch = tuple(int(p) for p in patch_size)
-    plan = plan_blocks(source.shape[1:], patch, overlap, block_shape)
+    plan = plan_blocks(source.shape[1:], patch, overlap, block_shape, first_region)
     if blocks is not None:
         plan = [plan[i] for i in blocks]
     run = _Run(model, source, patch, blending, batch_size, _resolve_device(model, device),
