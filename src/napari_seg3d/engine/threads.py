@@ -263,3 +263,25 @@ def compute_threads(setting=None) -> Iterator[ThreadPolicy]:
         yield policy
     finally:
         _local.policy = None
+
+
+def free_threads(setting=None) -> int:
+    """Threads for work beside torch's (the random forest): the fixed count (see
+    :func:`fixed_threads`), else the cores not busy right now. Unlike :class:`ThreadPolicy` it
+    leaves torch's own count alone."""
+    fixed = fixed_threads(setting)
+    if fixed is not None:
+        return fixed
+    cpus = usable_cpus()
+    return free_cores(cpus, runnable_others()) if cpus > 1 else 1
+
+
+def lower_thread_priority(nice: int = 19) -> bool:
+    """Give the calling thread (and the threads it starts) the scheduling priority ``nice``
+    (19: only what the other threads leave), on Linux where a priority is per thread; returns
+    whether it was set."""
+    try:
+        os.setpriority(os.PRIO_PROCESS, threading.get_native_id(), nice)
+    except (AttributeError, OSError, PermissionError):
+        return False
+    return True

@@ -1,0 +1,134 @@
+"""The Train widget's instant random-forest preview, in a thread of its own beside the training.
+
+:func:`~napari_seg3d.engine.training.instant.instant_preview` runs in a plain thread, not a
+napari worker: napari's worker pool has as many slots as the machine has cores, and a long
+background job there would hold the Predict widget's worker back. Its records wait in a queue
+that the widget empties on a timer (the GUI thread only writes them into the layer). The first
+pass (the slice on screen, then the view region) runs at full speed while the network waits for
+it (at most :data:`FOREGROUND_S`); the rest follows beside the training: on a CPU at the lowest
+priority, one thread, so that the network loses next to nothing; beside a GPU with the free
+cores but one.
+"""
+
+from __future__ import annotations
+
+import logging
+import queue
+import threading
+import time
+
+from ..engine.threads import free_threads, lower_thread_priority
+from ..engine.training.instant import ForestPreview, instant_preview
+
+log = logging.getLogger(__name__)
+
+FOREGROUND_S = 4.0  # the network starts at the latest this long after Train was pressed
+
+
+class ForestJob:
+    """One instant preview: ``records`` (a queue of :class:`ForestPreview`), ``first_pass``
+    (set once the view region is shown, or when the preview ended or failed).
+
+    Args:
+        image: ``(C, Z, Y, X)`` array or lazy source.
+        labels: the annotation layer's ``(Z, Y, X)`` data (read slice by slice, not copied).
+        view: the region on screen; ``z`` the displayed slice.
+        spacing: voxel size; ``seed``: fixes the forests; ``threads``: the CPU threads setting.
+        cpu_training: the network trains on the CPU (the rest of the preview then yields).
+    """
+
+    def __init__(self, image, labels, view, z: int, *, spacing, seed: int, threads=None,
+                 cpu_training: bool = True) -> None:
+        self.records: queue.SimpleQueue[ForestPreview] = queue.SimpleQueue()
+        self.first_pass = threading.Event()
+        self.error: BaseException | None = None
+        self._stop = threading.Event()
+        self._background = False
+        self._setting, self._cpu_training = threads, cpu_training
+        self._args = (image, labels, view, z)
+        self._kwargs = {"spacing": spacing, "seed": seed}
+        self._thread = threading.Thread(target=self._run, name="seg3d-forest-preview",
+                                        daemon=True)
+
+    def start(self) -> None:
+        self._thread.start()
+
+    def stop(self) -> None:
+        """Stop after the record being computed (the thread ends by itself)."""
+        self._stop.set()
+        self.first_pass.set()
+
+    @property
+    def running(self) -> bool:
+        return self._thread.is_alive()
+
+    def wait_first_pass(self, cancelled=lambda: False, timeout: float = FOREGROUND_S) -> None:
+        """Wait (in the training thread) until the first pass is done, at most ``timeout``
+        seconds, or until ``cancelled()``."""
+        end = time.monotonic() + timeout
+        while not self.first_pass.wait(0.05) and not cancelled() and time.monotonic() < end:
+            pass
+
+    def take(self) -> list[ForestPreview]:
+        """The records computed since the last call."""
+        out = []
+        while True:
+            try:
+                out.append(self.records.get_nowait())
+            except queue.Empty:
+                return out
+
+    def _threads(self) -> int:
+        if not self._background:
+            return free_threads(self._setting)
+        return 1 if self._cpu_training else max(1, free_threads(self._setting) - 1)
+
+    def _run(self) -> None:
+        gen = instant_preview(*self._args, threads=self._threads, **self._kwargs)
+        try:
+            for record in gen:
+                if self._stop.is_set():
+                    break
+                self.records.put(record)
+                if record.forest == "quick" and record.done == record.total:
+                    self._to_background()
+        except Exception as e:  # the preview is a bonus: the network trains without it
+            log.warning("The instant random-forest preview failed", exc_info=True)
+            self.error = e
+        finally:
+            gen.close()
+            self.first_pass.set()
+
+    def _to_background(self) -> None:
+        """The first pass is done: let the network start; yield the CPU to it."""
+        self._background = True
+        self.first_pass.set()
+        if self._cpu_training:
+            lower_thread_priority()
+
+
+def forest_job_for(viewer, image_layer, annotation_layer, depth: int, width: int, *,
+                   seed: int, threads=None, device: str = "auto") -> ForestJob:
+    """The instant preview of what ``viewer`` shows of ``image_layer``: ``depth`` slices around
+    the displayed one, ``width`` voxels in y and x around the view's centre, from the strokes
+    of ``annotation_layer`` (not started)."""
+    from ..engine import resolve_device
+    from ..engine.training.views import ChannelView
+    from . import _layers
+
+    data = _layers.layer_array(image_layer)
+    image = data if _layers.channels_of(image_layer) > 1 or len(data.shape) == 4 \
+        else ChannelView(data)
+    return ForestJob(image, _layers.layer_array(annotation_layer),
+                     _layers.view_region(image_layer, viewer, depth, width),
+                     _layers.displayed_z(image_layer, viewer),
+                     spacing=_layers.voxel_size(image_layer), seed=seed, threads=threads,
+                     cpu_training=resolve_device(device).type == "cpu")
+
+
+def warm_up_forest() -> None:
+    """Import scikit-learn in the background (1-3 s): the first instant preview need not wait."""
+    import importlib
+
+    threading.Thread(target=importlib.import_module, args=("sklearn.tree",), daemon=True,
+                     name="seg3d-warm-up").start()
