@@ -78,11 +78,10 @@ def view_order(view: Region, z: int, slab: int = VIEW_SLAB) -> list[Region]:
 
 
 def _axis_cuts(n: int, lo: int, hi: int, block: int) -> list[tuple[int, int]]:
-    """Segments of ``[0, n)``: ``[lo, hi)`` and blocks of ``block`` outward from it."""
-    cuts = [(lo, hi)]
-    cuts += [(max(a - block, 0), a) for a in range(lo, 0, -block)]
-    cuts += [(a, min(a + block, n)) for a in range(hi, n, block)]
-    return cuts
+    """Segments of ``[0, n)`` of at most ``block``, cut at ``lo`` and ``hi``."""
+    edges = sorted({0, n, lo, hi} | set(range(lo, 0, -block)) | set(range(hi, n, block))
+                   | set(range(lo, hi, block)))
+    return [(a, b) for a, b in itertools.pairwise(edges) if b > a]
 
 
 def volume_order(shape: Sequence[int], view: Region, block=VOLUME_BLOCK) -> list[Region]:
@@ -90,17 +89,15 @@ def volume_order(shape: Sequence[int], view: Region, block=VOLUME_BLOCK) -> list
     aligned on the view, nearest first: the blocks on the view's slices first (nearest in y/x
     first), then slab by slab away from them. They and ``view`` tile the volume exactly once."""
     axes = [_axis_cuts(int(n), v.start, v.stop, b) for n, v, b in zip(shape, view, block)]
-    regions = []
-    for cell in itertools.product(*axes):
-        region = tuple(slice(a, b) for a, b in cell)
-        if region != tuple(view):
-            regions.append(region)
 
     def gap(region: Region, axis: int) -> int:
         r, v = region[axis], view[axis]
         return max(v.start - r.stop, r.start - v.stop, 0)
 
-    return sorted(regions, key=lambda r: (gap(r, 0), np.hypot(gap(r, 1), gap(r, 2))))
+    regions = [tuple(slice(a, b) for a, b in cell) for cell in itertools.product(*axes)]
+    outside = [r for r in regions if any(gap(r, a) or r[a].start < view[a].start
+                                         or r[a].stop > view[a].stop for a in range(3))]
+    return sorted(outside, key=lambda r: (gap(r, 0), np.hypot(gap(r, 1), gap(r, 2))))
 
 
 def painted_values(labels) -> tuple[int, ...]:
