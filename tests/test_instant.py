@@ -38,7 +38,7 @@ def _two_class_volume(shape=(48, 70, 66), seed=0):
 
 
 def test_the_fit_reads_only_tiles_near_its_strokes():
-    image, truth, labels = _two_class_volume()
+    image, _, labels = _two_class_volume()
     source = CountingReads(image[None])
     norm = compute_normalization(image[None])
     forest = fit_forest(source, labels.astype(np.int16), norm, n_trees=4, n_jobs=1)

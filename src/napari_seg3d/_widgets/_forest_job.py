@@ -5,9 +5,11 @@ napari worker: napari's worker pool has as many slots as the machine has cores, 
 background job there would hold the Predict widget's worker back. Its records wait in a queue
 that the widget empties on a timer (the GUI thread only writes them into the layer). The first
 pass (the slice on screen, then the view region) runs at full speed while the network waits for
-it (at most :data:`FOREGROUND_S`); the rest follows beside the training: on a CPU at the lowest
-priority, one thread, so that the network loses next to nothing; beside a GPU with the free
-cores but one.
+it (at most :data:`FOREGROUND_S`); the rest follows beside the training: beside a GPU with the
+free cores but one, as far as it goes; beside a network training on the CPU in one thread and
+for at most :data:`CPU_BUDGET_S` of CPU time (the full forest, the view region with it and the
+blocks nearest to it), so the network loses a few seconds at most. (A thread at a lower
+priority would not do: it holds the GIL while it waits for a core, and the viewer stalls.)
 """
 
 from __future__ import annotations
@@ -17,12 +19,13 @@ import queue
 import threading
 import time
 
-from ..engine.threads import free_threads, lower_thread_priority
+from ..engine.threads import free_threads
 from ..engine.training.instant import ForestPreview, instant_preview
 
 log = logging.getLogger(__name__)
 
 FOREGROUND_S = 4.0  # the network starts at the latest this long after Train was pressed
+CPU_BUDGET_S = 5.0  # CPU seconds the preview may take from a network training on the CPU
 
 
 class ForestJob:
@@ -34,7 +37,8 @@ class ForestJob:
         labels: the annotation layer's ``(Z, Y, X)`` data (read slice by slice, not copied).
         view: the region on screen; ``z`` the displayed slice.
         spacing: voxel size; ``seed``: fixes the forests; ``threads``: the CPU threads setting.
-        cpu_training: the network trains on the CPU (the rest of the preview then yields).
+        cpu_training: the network trains on the CPU (the rest of the preview then stays within
+            :data:`CPU_BUDGET_S`).
     """
 
     def __init__(self, image, labels, view, z: int, *, spacing, seed: int, threads=None,
@@ -44,6 +48,7 @@ class ForestJob:
         self.error: BaseException | None = None
         self._stop = threading.Event()
         self._background = False
+        self._cpu_at_background = 0.0  # this thread's CPU time when the first pass ended
         self._setting, self._cpu_training = threads, cpu_training
         self._args = (image, labels, view, z)
         self._kwargs = {"spacing": spacing, "seed": seed}
@@ -91,7 +96,13 @@ class ForestJob:
                     break
                 self.records.put(record)
                 if record.forest == "quick" and record.done == record.total:
-                    self._to_background()
+                    self._background = True
+                    self._cpu_at_background = time.thread_time()
+                    self.first_pass.set()
+                if self._over_budget():
+                    log.info("Instant preview stopped after %.1f s of CPU beside the network.",
+                             CPU_BUDGET_S)
+                    break
         except Exception as e:  # the preview is a bonus: the network trains without it
             log.warning("The instant random-forest preview failed", exc_info=True)
             self.error = e
@@ -99,12 +110,10 @@ class ForestJob:
             gen.close()
             self.first_pass.set()
 
-    def _to_background(self) -> None:
-        """The first pass is done: let the network start; yield the CPU to it."""
-        self._background = True
-        self.first_pass.set()
-        if self._cpu_training:
-            lower_thread_priority()
+    def _over_budget(self) -> bool:
+        """Beside a network training on the CPU: its CPU time since the first pass is spent."""
+        return (self._background and self._cpu_training
+                and time.thread_time() - self._cpu_at_background > CPU_BUDGET_S)
 
 
 def forest_job_for(viewer, image_layer, annotation_layer, depth: int, width: int, *,

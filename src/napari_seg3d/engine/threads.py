@@ -275,13 +275,3 @@ def free_threads(setting=None) -> int:
     cpus = usable_cpus()
     return free_cores(cpus, runnable_others()) if cpus > 1 else 1
 
-
-def lower_thread_priority(nice: int = 19) -> bool:
-    """Give the calling thread (and the threads it starts) the scheduling priority ``nice``
-    (19: only what the other threads leave), on Linux where a priority is per thread; returns
-    whether it was set."""
-    try:
-        os.setpriority(os.PRIO_PROCESS, threading.get_native_id(), nice)
-    except (AttributeError, OSError, PermissionError):
-        return False
-    return True

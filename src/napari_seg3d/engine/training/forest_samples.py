@@ -74,8 +74,9 @@ def stroke_samples(labels, class_values, per_class: int, *, near_z: int | None =
             break  # every class is full and this slice is further than all kept voxels
         for z in zs:
             _add_plane(kept, np.asarray(labels[z]), z, values, near_z, per_class, rng)
-    coords = np.concatenate([k[:, 1:] for k in kept]).astype(np.int64)
-    classes = np.concatenate([np.full(len(k), c, np.int64) for c, k in enumerate(kept)])
+    coords = np.concatenate([np.zeros((0, 4))] + kept)[:, 1:].astype(np.int64)
+    classes = np.concatenate([np.zeros(0, np.int64)]
+                             + [np.full(len(k), c, np.int64) for c, k in enumerate(kept)])
     return StrokeSamples(coords, classes)
 
 
