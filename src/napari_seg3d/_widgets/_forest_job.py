@@ -47,8 +47,9 @@ class ForestJob:
         self.first_pass = threading.Event()
         self.error: BaseException | None = None
         self._stop = threading.Event()
-        self._background = False
-        self._cpu_at_background = 0.0  # this thread's CPU time when the first pass ended
+        self._started = 0.0
+        self._background = False  # the network is training (the first pass ended, or time)
+        self._cpu_at_background = 0.0  # this thread's CPU time when it started
         self._setting, self._cpu_training = threads, cpu_training
         self._args = (image, labels, view, z)
         self._kwargs = {"spacing": spacing, "seed": seed}
@@ -56,6 +57,7 @@ class ForestJob:
                                         daemon=True)
 
     def start(self) -> None:
+        self._started = time.monotonic()
         self._thread.start()
 
     def stop(self) -> None:
@@ -96,9 +98,8 @@ class ForestJob:
                     break
                 self.records.put(record)
                 if record.forest == "quick" and record.done == record.total:
-                    self._background = True
-                    self._cpu_at_background = time.thread_time()
                     self.first_pass.set()
+                self._note_background()
                 if self._over_budget():
                     log.info("Instant preview stopped after %.1f s of CPU beside the network.",
                              CPU_BUDGET_S)
@@ -109,6 +110,13 @@ class ForestJob:
         finally:
             gen.close()
             self.first_pass.set()
+
+    def _note_background(self) -> None:
+        """From when the network starts (see :meth:`wait_first_pass`), count the CPU time."""
+        if not self._background and (self.first_pass.is_set()
+                                     or time.monotonic() > self._started + FOREGROUND_S):
+            self._background = True
+            self._cpu_at_background = time.thread_time()
 
     def _over_budget(self) -> bool:
         """Beside a network training on the CPU: its CPU time since the first pass is spent."""

@@ -102,6 +102,10 @@ class TrainingDisplay:
         writer.write(preview.slices, preview.labels)
         self._network = preview
 
+    def prepare_preview(self, image, top_value: int) -> None:
+        """Make ``<image> preview`` for labels up to ``top_value`` now, while the forest works."""
+        self._writer(image, np.min_scalar_type(top_value))
+
     def show_forest(self, image, records: list[ForestPreview]) -> None:
         """Write random-forest records into ``<image> preview`` (``image`` None: nowhere)."""
         for record in records if image is not None else ():

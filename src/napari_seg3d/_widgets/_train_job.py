@@ -178,14 +178,14 @@ def check_layers(image_layer, annotation_layer) -> None:
                               "from this image.")
 
 
-def check_strokes(labels) -> None:
-    """Raise the :class:`AnnotationError` the Trainer would for ``labels`` (none painted, one
-    class, not integers), reading only the painted slices (the instant preview starts before
-    the Trainer is built)."""
+def check_strokes(labels) -> tuple[int, ...]:
+    """The painted values of ``labels``; raises the :class:`AnnotationError` the Trainer would
+    (none painted, one class, not integers), reading only the painted slices (the instant
+    preview starts before the Trainer is built)."""
     labels = np.asarray(labels) if not hasattr(labels, "dtype") else labels
     if not np.issubdtype(labels.dtype, np.integer) and labels.dtype != bool:
         class_values_of(np.zeros(1, labels.dtype))  # its sentence for the dtype
-    class_values_of(np.array(painted_values(labels), dtype=np.int64))
+    return class_values_of(np.array(painted_values(labels), dtype=np.int64))
 
 
 def new_job(image_layer, annotation_layer, settings: dict, init: SegmentationModel | None, *,

@@ -157,8 +157,8 @@ class TrainWidget(TrainForm):
             labels = _layers.layer_array(job.annotation_layer)
             if job.new_model and not labels_confirmed(self, labels):
                 return False
-            if job.forest is not None:
-                check_strokes(labels)  # the Trainer's errors, before the forest starts
+            if job.forest is not None:  # the Trainer's errors, before the forest starts
+                values = check_strokes(labels)
             elif labels.size <= GUI_INIT_VOXELS:
                 job.build()  # errors a user can fix show at once
         except Exception as e:  # noqa: BLE001 - a GUI action: tell the user, keep the widget ready
@@ -170,6 +170,7 @@ class TrainWidget(TrainForm):
             return False
         if job.forest is not None:  # the slice on screen first: before anything else is slow
             job.forest.start()
+            self._display.prepare_preview(self.image_layer(), max(values))  # meanwhile
             self._forest_timer.start()
         self._launch(job)
         return True
