@@ -66,10 +66,11 @@ def plan_blocks(shape: Sequence[int], patch_size: Sequence[int], overlap: float,
 
     Each axis is split into ``ceil(size / block)`` nearly equal parts. Blocks come z-major.
 
-    With ``first_region`` (e.g. the slice on screen), z is also cut where the region starts and
-    the plan is reordered: first the blocks that start there (nearest to the region's y/x
-    centre first), whose first z-slab holds the region's first slice, then the others nearest
-    first. The result of the prediction does not depend on the cuts or the order.
+    With ``first_region`` (e.g. the slice on screen), its first z slice becomes a slab of blocks
+    of its own (one slice thick: its windows are those of about two rows), and the plan is
+    reordered: first that slab's blocks (nearest to the region's y/x centre first), so the
+    whole slice is done before anything else, then the others nearest first. The result of the
+    prediction does not depend on the cuts or the order.
     """
     shape = tuple(int(s) for s in shape)
     patch = tuple(int(p) for p in patch_size)
@@ -82,7 +83,7 @@ def plan_blocks(shape: Sequence[int], patch_size: Sequence[int], overlap: float,
                 for size, b, axis_starts, p in zip(shape, block, starts, patch)]
     if first_region is not None:
         z0 = int(np.clip(first_region[0].start or 0, 0, shape[0] - 1))
-        per_axis[0] = [part for lo, hi in ((0, z0), (z0, shape[0])) if hi > lo
+        per_axis[0] = [part for lo, hi in ((0, z0), (z0, z0 + 1), (z0 + 1, shape[0])) if hi > lo
                        for part in _axis_parts(hi - lo, block[0], [s - lo for s in starts[0]],
                                                patch[0], offset=lo)]
     cells = list(itertools.product(*per_axis))
