@@ -19,7 +19,6 @@ from .features import fast_features, fast_halo, n_features, pad_to_halo
 from .views import as_array
 
 TILE = (8, 64, 64)  # voxels of a tile: the unit of the features of the training voxels
-_SLAB = 1 << 22  # label voxels scanned at a time
 
 
 @dataclass(frozen=True)
@@ -63,17 +62,12 @@ def stroke_samples(labels, class_values, per_class: int, *, near_z: int | None =
     n_classes = len(values)
     painted_z = labels.any(axis=(1, 2)) if isinstance(labels, np.ndarray) \
         else np.array([np.asarray(labels[z]).any() for z in range(labels.shape[0])])
-    order = _scan_order(painted_z, near_z)
-    plane = int(np.prod(labels.shape[1:]))
-    step = max(1, _SLAB // max(plane, 1))
     kept = [np.zeros((0, 4), np.float64) for _ in range(n_classes)]  # (key, z, y, x)
-    for i in range(0, len(order), step if near_z is None else 1):
-        zs = order[i:i + (step if near_z is None else 1)]
-        if near_z is not None and all(len(k) >= per_class for k in kept) and \
-                abs(zs[0] - near_z) > max(k[:, 0].max() for k in kept):
+    for z in _scan_order(painted_z, near_z):
+        if near_z is not None and kept and all(len(k) >= per_class for k in kept) and \
+                abs(z - near_z) > max(k[:, 0].max() for k in kept):
             break  # every class is full and this slice is further than all kept voxels
-        for z in zs:
-            _add_plane(kept, np.asarray(labels[z]), z, values, near_z, per_class, rng)
+        _add_plane(kept, np.asarray(labels[z]), z, values, near_z, per_class, rng)
     coords = np.concatenate([np.zeros((0, 4))] + kept)[:, 1:].astype(np.int64)
     classes = np.concatenate([np.zeros(0, np.int64)]
                              + [np.full(len(k), c, np.int64) for c, k in enumerate(kept)])
