@@ -4,12 +4,13 @@
 napari worker: napari's worker pool has as many slots as the machine has cores, and a long
 background job there would hold the Predict widget's worker back. Its records wait in a queue
 that the widget empties on a timer (the GUI thread only writes them into the layer). The first
-pass (the slice on screen, then the view region) runs at full speed while the network waits for
-it (at most :data:`FOREGROUND_S`); the rest follows beside the training: beside a GPU with the
-free cores but one, as far as it goes; beside a network training on the CPU in one thread and
-for at most :data:`CPU_BUDGET_S` of CPU time (the full forest, the view region with it and the
-blocks nearest to it), so the network loses a few seconds at most. (A thread at a lower
-priority would not do: it holds the GIL while it waits for a core, and the viewer stalls.)
+record (the slice on screen) is computed with every free core while the training thread waits
+for it (at most :data:`FOREGROUND_S`); the rest follows beside the network (whose Trainer is
+built meanwhile): beside a GPU with the free cores but one, as far as it goes; beside a network
+training on the CPU in one thread and for at most :data:`CPU_BUDGET_S` of CPU time (the view
+region, the full forest, the view again and the blocks nearest to it as far as the time goes),
+so the network loses a few seconds at most. (A thread at a lower priority would not do: it
+holds the GIL while it waits for a core, and the viewer stalls.)
 """
 
 from __future__ import annotations
@@ -24,13 +25,13 @@ from ..engine.training.instant import ForestPreview, instant_preview
 
 log = logging.getLogger(__name__)
 
-FOREGROUND_S = 4.0  # the network starts at the latest this long after Train was pressed
-CPU_BUDGET_S = 5.0  # CPU seconds the preview may take from a network training on the CPU
+FOREGROUND_S = 4.0  # the Trainer is built at the latest this long after Train was pressed
+CPU_BUDGET_S = 6.0  # CPU seconds the preview may take from a network training on the CPU
 
 
 class ForestJob:
-    """One instant preview: ``records`` (a queue of :class:`ForestPreview`), ``first_pass``
-    (set once the view region is shown, or when the preview ended or failed).
+    """One instant preview: ``records`` (a queue of :class:`ForestPreview`), ``first_record``
+    (set once the slice on screen is done, or when the preview ended or failed).
 
     Args:
         image: ``(C, Z, Y, X)`` array or lazy source.
@@ -44,7 +45,7 @@ class ForestJob:
     def __init__(self, image, labels, view, z: int, *, spacing, seed: int, threads=None,
                  cpu_training: bool = True) -> None:
         self.records: queue.SimpleQueue[ForestPreview] = queue.SimpleQueue()
-        self.first_pass = threading.Event()
+        self.first_record = threading.Event()
         self.error: BaseException | None = None
         self._stop = threading.Event()
         self._started = 0.0
@@ -63,17 +64,17 @@ class ForestJob:
     def stop(self) -> None:
         """Stop after the record being computed (the thread ends by itself)."""
         self._stop.set()
-        self.first_pass.set()
+        self.first_record.set()
 
     @property
     def running(self) -> bool:
         return self._thread.is_alive()
 
-    def wait_first_pass(self, cancelled=lambda: False, timeout: float = FOREGROUND_S) -> None:
-        """Wait (in the training thread) until the first pass is done, at most ``timeout``
+    def wait_first_record(self, cancelled=lambda: False, timeout: float = FOREGROUND_S) -> None:
+        """Wait (in the training thread) until the slice on screen is done, at most ``timeout``
         seconds, or until ``cancelled()``."""
         end = time.monotonic() + timeout
-        while not self.first_pass.wait(0.05) and not cancelled() and time.monotonic() < end:
+        while not self.first_record.wait(0.05) and not cancelled() and time.monotonic() < end:
             pass
 
     def take(self) -> list[ForestPreview]:
@@ -97,8 +98,7 @@ class ForestJob:
                 if self._stop.is_set():
                     break
                 self.records.put(record)
-                if record.forest == "quick" and record.done == record.total:
-                    self.first_pass.set()
+                self.first_record.set()
                 self._note_background()
                 if self._over_budget():
                     log.info("Instant preview stopped after %.1f s of CPU beside the network.",
@@ -109,17 +109,17 @@ class ForestJob:
             self.error = e
         finally:
             gen.close()
-            self.first_pass.set()
+            self.first_record.set()
 
     def _note_background(self) -> None:
-        """From when the network starts (see :meth:`wait_first_pass`), count the CPU time."""
-        if not self._background and (self.first_pass.is_set()
+        """From when the network starts (see :meth:`wait_first_record`), count the CPU time."""
+        if not self._background and (self.first_record.is_set()
                                      or time.monotonic() > self._started + FOREGROUND_S):
             self._background = True
             self._cpu_at_background = time.thread_time()
 
     def _over_budget(self) -> bool:
-        """Beside a network training on the CPU: its CPU time since the first pass is spent."""
+        """Beside a network training on the CPU: its CPU time since the first record is spent."""
         return (self._background and self._cpu_training
                 and time.thread_time() - self._cpu_at_background > CPU_BUDGET_S)
 

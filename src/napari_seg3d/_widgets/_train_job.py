@@ -49,7 +49,7 @@ class TrainJob:
         self.warned_values: set[int] = set()
         self.gen = None  # the training generator, for finish()
         self.result_seen = False
-        self.forest = None  # the instant random-forest preview (a ForestJob) the network waits for
+        self.forest = None  # the instant random-forest preview (a ForestJob), shown first
 
     def __repr__(self) -> str:  # napari lists running workers by their function
         return f"napari-seg3d training on '{self.image_name}'"
@@ -71,7 +71,7 @@ class TrainJob:
         gen = None
         try:
             if self.forest is not None:  # the slice on screen first, with the CPU to itself
-                self.forest.wait_first_pass(lambda: self.stop_requested)
+                self.forest.wait_first_record(lambda: self.stop_requested)
             if self.trainer is None:
                 self.build()
             if self.stop_requested:
