@@ -5,11 +5,12 @@ napari worker: napari's worker pool has as many slots as the machine has cores, 
 background job there would hold the Predict widget's worker back. Its records wait in a queue
 that the widget empties on a timer (the GUI thread only writes them into the layer). The first
 record (the slice on screen) is computed with every free core while the training thread waits
-for it (at most :data:`FOREGROUND_S`); the rest follows beside the network (whose Trainer is
-built meanwhile): beside a GPU with the free cores but one, as far as it goes; beside a network
-training on the CPU in one thread and for at most :data:`CPU_BUDGET_S` of CPU time (the view
-region, the full forest, the view again and the blocks nearest to it as far as the time goes),
-so the network loses a few seconds at most. (A thread at a lower priority would not do: it
+for it (at most :data:`FOREGROUND_S`); the rest waits for the network's first iteration (the
+Trainer's build and first step would be slowed down several times by a thread beside them) and
+then follows beside the training: beside a GPU with the free cores but one, as far as it goes;
+beside a network training on the CPU in one thread and for at most :data:`CPU_BUDGET_S` of CPU
+time (the view region, the full forest, the view again and the blocks nearest to it as far as
+the time goes), so the network loses a few seconds at most. (A thread at a lower priority would not do: it
 holds the GIL while it waits for a core, and the viewer stalls.)
 """
 
@@ -48,8 +49,8 @@ class ForestJob:
         self.first_record = threading.Event()
         self.error: BaseException | None = None
         self._stop = threading.Event()
-        self._started = 0.0
-        self._background = False  # the network is training (the first pass ended, or time)
+        self._go = threading.Event()  # the network has started: the rest may follow
+        self._background = False  # the network is training
         self._cpu_at_background = 0.0  # this thread's CPU time when it started
         self._setting, self._cpu_training = threads, cpu_training
         self._args = (image, labels, view, z)
@@ -58,13 +59,16 @@ class ForestJob:
                                         daemon=True)
 
     def start(self) -> None:
-        self._started = time.monotonic()
         self._thread.start()
 
     def stop(self) -> None:
         """Stop after the record being computed (the thread ends by itself)."""
         self._stop.set()
         self.first_record.set()
+
+    def go_on(self) -> None:
+        """The network has made its first step: compute the rest (call from any thread)."""
+        self._go.set()
 
     @property
     def running(self) -> bool:
@@ -98,8 +102,9 @@ class ForestJob:
                 if self._stop.is_set():
                     break
                 self.records.put(record)
-                self.first_record.set()
-                self._note_background()
+                if not self.first_record.is_set():
+                    self.first_record.set()
+                    self._wait_for_the_network()
                 if self._over_budget():
                     log.info("Instant preview stopped after %.1f s of CPU beside the network.",
                              CPU_BUDGET_S)
@@ -111,12 +116,12 @@ class ForestJob:
             gen.close()
             self.first_record.set()
 
-    def _note_background(self) -> None:
-        """From when the network starts (see :meth:`wait_first_record`), count the CPU time."""
-        if not self._background and (self.first_record.is_set()
-                                     or time.monotonic() > self._started + FOREGROUND_S):
-            self._background = True
-            self._cpu_at_background = time.thread_time()
+    def _wait_for_the_network(self) -> None:
+        """Until :meth:`go_on` (or :meth:`stop`); from then on the CPU time counts."""
+        while not self._go.wait(0.05) and not self._stop.is_set():
+            pass
+        self._background = True
+        self._cpu_at_background = time.thread_time()
 
     def _over_budget(self) -> bool:
         """Beside a network training on the CPU: its CPU time since the first record is spent."""

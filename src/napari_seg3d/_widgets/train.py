@@ -210,6 +210,8 @@ class TrainWidget(TrainForm):
         job = self._job
         if job is None:
             return
+        if job.latest is None and job.forest is not None:
+            job.forest.go_on()  # the network has started: the rest of the preview may follow
         job.latest = p
         self._display.record(p)
         if p.preview is not None:
