@@ -23,7 +23,8 @@ from napari_seg3d.engine.metrics import dice_scores
 from napari_seg3d.engine.prediction.uncertainty import uncertainty_map
 from napari_seg3d.engine.training.scribbles import simulate_scribbles
 
-METHODS = {"forest": "forest", "ours": "ours", "plain": "ours (plain)",
+METHODS = {"forest": "forest", "seg3d-forest": "our forest", "ours": "ours",
+           "plain": "ours (plain)",
            "2.5d-fast": "ours 2.5D fast", "2.5d": "ours 2.5D three", "2.5d-best": "ours 2.5D best"}
 PLANES_OF = {"2.5d-fast": "fast", "2.5d": "three", "2.5d-best": "best"}
 
@@ -100,6 +101,22 @@ def run_forest(case: Case, seed: int) -> np.ndarray:
     return clf.predict(flat).reshape(case.labels.shape).astype(case.labels.dtype)
 
 
+def run_seg3d_forest(case: Case, seed: int) -> np.ndarray:
+    """Labels ``(Z, Y, X)`` from the plugin's own random forest on the strokes of ``case``."""
+    from napari_seg3d.engine.normalization import compute_normalization
+    from napari_seg3d.engine.training.forest import fit_forest, forest_predict
+
+    image = case.image[None]
+    values = np.array(case.classes)
+    index = np.searchsorted(values, case.labels) + 1
+    index[case.labels == 0] = 0
+    forest = fit_forest(image, index.astype(np.int16), compute_normalization(image),
+                        spacing=case.voxel_size, seed=seed)
+    probs = forest_predict(forest, image)
+    classes = np.asarray(getattr(forest, "classes", range(forest.n_classes)))
+    return values[classes[probs.argmax(0)]].astype(case.labels.dtype)
+
+
 PLAIN = {"smoothness": 0.0, "self_training": 0}  # the network on the strokes alone
 
 
@@ -163,6 +180,8 @@ def run_method(method: str, case: Case, args) -> dict:
         pred = model.predict(case.image, device=args.device, planes=PLANES_OF[method])
     elif method == "forest":
         pred = run_forest(case, case.seed)
+    elif method == "seg3d-forest":
+        pred = run_seg3d_forest(case, case.seed)
     else:
         pred = run_ours(case, args, case.seed, plain=method == "plain")
     seconds = time.perf_counter() - t0

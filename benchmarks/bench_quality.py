@@ -46,6 +46,8 @@ Notes:
   percentiles, skimage multiscale_basic_features (intensity, edges, texture; sigma 0.7 to 5),
   RandomForestClassifier(100 trees, n_jobs=-1) fit on the annotated voxels; time = features +
   fit + predict.
+- our forest: the plugin's own forest (engine/training/forest.py: its features, at most 20000
+  voxels a class, 100 trees), what the Train widget's instant preview and self-training use.
 - ours: TrainConfig defaults as the command line builds them (patch from propose_patch_size,
   --iterations, seed, device), the best model of the run predicts the volume; time = training +
   prediction. ours (plain): the same without the edge-aware smoothness loss and self-training

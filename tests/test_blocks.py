@@ -111,3 +111,37 @@ def test_h5py_and_zarr_sources_read_lazily(tmp_path):
     got = predict_volume(net, zarr.open_array(tmp_path / "v.zarr", mode="r"),
                          patch_size=(4, 8, 8), block_shape=(8, 16, 16))
     np.testing.assert_array_equal(got, expected)
+
+
+@pytest.mark.parametrize("shape, block, z", [
+    ((20, 30, 41), (8, 16, 16), 11), ((20, 30, 41), None, 13), ((20, 30, 41), (8, 16, 16), 0),
+    ((3, 7, 41), (2, 4, 16), 2),
+])
+def test_first_region_comes_first_and_changes_nothing(shape, block, z):
+    """Asked for the slice on screen, the plan cuts z there and starts with it: the first
+    region yielded holds that slice (all of it in y/x when the blocks span the plane), the
+    regions still tile the volume once, and the result is the same."""
+    net = _net()
+    volume = _volume(shape)
+    kwargs = {"patch_size": (4, 8, 8), "batch_size": 3, "probabilities": True,
+              "block_shape": block}
+    whole = predict_volume(net, volume, **kwargs)
+    view = (slice(z, z + 1), slice(3, 20), slice(10, 30))
+    regions = list(iter_predict_volume(net, volume, first_region=view, **kwargs))
+    first = regions[0].slices
+    assert first[0].start <= z < first[0].stop
+    if block is None:
+        assert first[1:] == (slice(0, shape[1]), slice(0, shape[2]))
+    covered = np.zeros(shape, int)
+    ordered = np.zeros_like(whole)
+    for r in regions:
+        covered[r.slices] += 1
+        ordered[(slice(None), *r.slices)] = r.probabilities
+    assert (covered == 1).all()
+    np.testing.assert_allclose(ordered, whole, rtol=1e-5, atol=1e-6)
+    holding = [r.slices[0].start <= z < r.slices[0].stop for r in regions]
+    n = sum(holding)
+    assert all(holding[:n])  # the whole slice (they tile it) is done before anything else
+    plan = plan_blocks(shape, (4, 8, 8), 0.5, block, first_region=view)
+    assert [b.index for b in plan] == list(range(len(plan)))
+    assert all(b.core[0] == slice(z, z + 1) for b in plan[:n])

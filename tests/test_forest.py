@@ -111,3 +111,61 @@ def test_forest_in_threads_keeps_warning_filters_and_is_reproducible(blobs):
     for i in range(2, 6):  # the same seed gives the same forest, whatever the threads did
         np.testing.assert_array_equal(results[i], results[i % 2])
     assert not np.array_equal(results[0], results[1])
+
+
+@pytest.mark.parametrize("spacing", [(1.0, 1.0, 1.0), (3.0, 1.0, 1.0)])
+def test_fast_features_against_the_reference(spacing):
+    """The smoothed intensity and the fine scales (Gaussian-derivative kernels) equal the
+    reference's; the coarse scales (finite differences of the smoothed volume) follow them."""
+    from scipy import ndimage as ndi
+
+    from napari_seg3d.engine.training.features import (
+        EXACT_BELOW,
+        fast_features,
+        fast_halo,
+        pad_to_halo,
+    )
+
+    rng = np.random.default_rng(0)
+    image = ndi.gaussian_filter(rng.random((1, 13, 30, 29), dtype=np.float32), 1.2)
+    ref = image_features(image, spacing)
+    halo = fast_halo(spacing)
+    block = pad_to_halo(image, tuple((h, h) for h in halo))
+    fast = fast_features(block, tuple(slice(h, h + n) for h, n in zip(halo, image.shape[1:])),
+                         spacing)
+    assert fast.shape == ref.shape and fast.dtype == np.float32
+    np.testing.assert_array_equal(fast[0], ref[0])
+    for i, sigma in enumerate(SIGMAS):
+        f = 1 + 5 * i
+        np.testing.assert_allclose(fast[f], ref[f], atol=1e-6)  # the smoothed intensity
+        if sigma < EXACT_BELOW:  # up to float32 rounding, which the closed-form eigenvalues
+            scale = np.abs(ref[f + 1:f + 5]).max()  # amplify when one of them dominates
+            tolerance = 1e-5 if spacing == (1.0, 1.0, 1.0) else 1e-3  # (thin z: h_zz does)
+            np.testing.assert_allclose(fast[f + 1:f + 5], ref[f + 1:f + 5],
+                                       atol=tolerance * scale)
+        elif spacing == (1.0, 1.0, 1.0):
+            for k in range(f + 1, f + 5):
+                assert np.corrcoef(fast[k].ravel(), ref[k].ravel())[0, 1] > 0.99
+    with pytest.raises(ValueError, match="context"):
+        fast_features(image, (slice(0, 13), slice(0, 30), slice(0, 29)), spacing)
+
+
+def test_forest_on_fast_features_segments_as_on_the_reference(blobs):
+    """Fit on the same voxels, a forest on the fast features and one on the reference features
+    give the same Dice on the blobs, within 0.02."""
+    from napari_seg3d.engine.training.forest import Forest, _fit_tree, fit_samples
+    from napari_seg3d.engine.training.forest_samples import stroke_samples
+
+    image, truth, scribbles = blobs
+    norm = compute_normalization(image[None])
+    samples = stroke_samples(scribbles, (1, 2), 10_000)
+    fast = fit_samples(image[None], samples, norm, n_trees=20, threads=1)
+    ref_features = image_features(norm.apply(image[None]))
+    x = ref_features[(slice(None), *samples.coords.T)].T.copy()
+    seeds = np.random.default_rng(0).integers(2**31 - 1, size=(20, 2))
+    ref = Forest([_fit_tree(x, samples.classes, s) for s in seeds], norm, (1.0, 1.0, 1.0), 2)
+    dice = {}
+    for name, forest, feats in (("fast", fast, None), ("reference", ref, ref_features)):
+        probs = forest_predict(forest, image[None]) if feats is None else forest.probabilities(feats)
+        dice[name] = np.mean(dice_scores(probs.argmax(0) + 1, truth, (1, 2)))
+    assert min(dice.values()) > 0.8 and abs(dice["fast"] - dice["reference"]) < 0.02, dice

@@ -212,3 +212,19 @@ def test_error_in_the_worker_is_notified(qtbot, viewer, model, shown):
     assert len(shown["error"]) == 1 and "CUDA error, say" in shown["error"][0]
     assert widget.layer.metadata["partial"] and widget.layer.name.endswith("(partial)")
     assert widget.predict_button.isEnabled()
+
+
+def test_the_displayed_slice_is_filled_first(qtbot, viewer, blobs, model, shown):
+    """Predict on slice z = 11 of 17: the first region written is the whole slice (a slab of
+    its own, predicted first); the layer ends equal to a prediction in plain order."""
+    viewer.dims.set_point(0, SCALE[0] * 11 + 4.0)  # z = 11 in data coordinates
+    widget = make_widget(viewer, model)
+    regions = []
+    on_region = widget._on_region
+    widget._on_region = lambda r: (regions.append(r.slices), on_region(r))
+    predict(qtbot, widget)
+    assert not shown["error"], shown["error"]
+    assert regions[0] == (slice(11, 12), slice(0, 24), slice(0, 26))
+    assert all(not r[0].start <= 11 < r[0].stop for r in regions[1:])
+    np.testing.assert_array_equal(viewer.layers["blobs prediction"].data,
+                                  model.predict(blobs[0], device="cpu"))

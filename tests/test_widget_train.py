@@ -207,24 +207,34 @@ def test_live_preview_writes_the_preview_layer(qtbot, viewer, blobs, shown):
     assert viewer.layers.selection.active.name == "blobs annotations"
 
 
-def test_instant_forest_preview_before_the_first_iteration(qtbot, viewer, blobs, shown):
+def test_instant_forest_preview_shows_the_displayed_slice_first(qtbot, viewer, blobs, shown):
+    """Train: the random forest's first record is the slice on screen (over the view), shown
+    before the network's first iteration; then the view region and the rest of the volume."""
     widget = make_widget(viewer, iterations=100_000)
     annotated(widget, blobs[2])
     assert widget.quick_check.isChecked()  # on by default
-    seen = []
+    viewer.dims.set_point(0, 2.0 * 9 + 4.0)  # z = 9 in data coordinates
+    events = []
+    show = widget._display.show_forest
+    widget._display.show_forest = lambda image, records: (
+        events.extend(("forest", r) for r in records), show(image, records))
     assert widget.start_training()
-    widget.worker.yielded.connect(lambda p: seen.append(type(p).__name__))
-    qtbot.waitUntil(lambda: "blobs preview" in viewer.layers, timeout=WAIT_MS)
+    widget.worker.yielded.connect(lambda p: events.append(("network", p)))
+    job = widget._job
+    qtbot.waitUntil(lambda: not job.forest.running, timeout=WAIT_MS)  # every pass done
     first_progress(qtbot, widget)
     widget.stop_training()
     qtbot.waitUntil(lambda: widget.worker is None, timeout=WAIT_MS)
-    assert seen[0] == "Preview" and "TrainProgress" in seen[1:]
+    assert not shown["error"], shown["error"]
+    kinds = [kind for kind, _ in events]
+    assert kinds[0] == "forest" and "network" in kinds
+    first = events[0][1]
+    assert first.stage == "slice" and first.slices == (slice(9, 10), slice(0, 24), slice(0, 26))
     preview = viewer.layers["blobs preview"].data
-    assert preview.shape == blobs[1].shape  # the whole (small) volume
+    assert preview.shape == blobs[1].shape and preview.all()  # the whole (small) volume
     dice = [2 * np.sum((preview == v) & (blobs[1] == v)) / (np.sum(preview == v) + np.sum(blobs[1] == v))
             for v in (1, 2)]
     assert min(dice) > 0.8, dice
-    assert not shown["error"], shown["error"]
 
 
 def test_the_model_is_never_saved_over_a_file_open_in_the_viewer(viewer, blobs, shown, tmp_path):
@@ -355,10 +365,13 @@ def test_channels_first_image(qtbot, make_napari_viewer, blobs, shown):
 
 def test_a_failing_instant_preview_does_not_stop_training(qtbot, viewer, blobs, shown,
                                                          monkeypatch):
-    def broken_preview(self, region=None):
-        raise RuntimeError("forest exploded")
+    from napari_seg3d._widgets import _forest_job
 
-    monkeypatch.setattr(train_module.Trainer, "quick_preview", broken_preview)
+    def broken_preview(*args, **kwargs):
+        raise RuntimeError("forest exploded")
+        yield  # a generator, as the real one
+
+    monkeypatch.setattr(_forest_job, "instant_preview", broken_preview)
     widget = make_widget(viewer, iterations=3)
     annotated(widget, blobs[2])
     train(qtbot, widget)

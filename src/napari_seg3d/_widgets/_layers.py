@@ -168,12 +168,18 @@ def data_point(layer, viewer: napari.viewer.Viewer, world_yx=None) -> np.ndarray
     return np.asarray(layer.world_to_data(point))[-3:]
 
 
+def displayed_z(layer, viewer: napari.viewer.Viewer) -> int:
+    """The z slice of ``layer`` (its last three axes) the viewer shows."""
+    n = spatial_shape(layer)[0]
+    return int(np.clip(round(float(data_point(layer, viewer)[0])), 0, n - 1))
+
+
 def view_region(layer, viewer: napari.viewer.Viewer, depth: int, width: int) -> Region:
     """The ``(z, y, x)`` region of ``layer``'s last three axes around what is on screen:
     ``depth`` slices around the displayed z, and ``width`` voxels in y and x around the camera
     centre (the whole plane when it is no larger than ``width**2``)."""
     shape = spatial_shape(layer)
-    z = int(np.clip(round(float(data_point(layer, viewer)[0])), 0, shape[0] - 1))
+    z = displayed_z(layer, viewer)
     out = [window(z, depth, shape[0])]
     centre = data_point(layer, viewer, viewer.camera.center[-2:])
     for axis in (1, 2):
@@ -240,6 +246,12 @@ def advance(bar, n: int) -> None:
 
 def clip_region(region: Region, shape) -> Region:
     return tuple(slice(*s.indices(int(n))[:2]) for s, n in zip(region, shape))
+
+
+def overlap(a: Region, b: Region) -> Region | None:
+    """The region both ``a`` and ``b`` cover, or None."""
+    out = tuple(slice(max(s.start, t.start), min(s.stop, t.stop)) for s, t in zip(a, b))
+    return out if all(s.stop > s.start for s in out) else None
 
 
 def union(a: Region | None, b: Region) -> Region:

@@ -17,6 +17,7 @@ if TYPE_CHECKING:
     from qtpy.QtWidgets import QLabel
 
     from ..engine import Preview, SegmentationModel, TrainProgress, TrainResult
+    from ..engine.training.instant import ForestPreview
     from ._plot import TrainingPlot
     from ._train_job import TrainJob
 
@@ -35,7 +36,8 @@ class TrainingDisplay:
         self.history: tuple[list, list, list, list] = ([], [], [], [])
         self._bar = None
         self._preview_writer: _layers.RegionWriter | None = None
-        self._preview_region = None
+        self._network: Preview | None = None  # the network's preview shown last
+        self._forest: np.ndarray | None = None  # what the random forest predicted, where it did
         self._rendering = False
 
     def start(self, job: TrainJob, last_model: SegmentationModel | None) -> None:
@@ -91,19 +93,53 @@ class TrainingDisplay:
         self.status.setText(f"{how}; {quality}. '{name}' is ready in Predict.")
 
     def show_preview(self, image, preview: Preview) -> None:
-        """Write the preview into ``<image> preview`` (made if needed), clearing the last one."""
+        """Write the network's preview into ``<image> preview`` (made if needed); where the last
+        one was, the random forest's preview comes back (or nothing)."""
+        writer = self._writer(image, preview.labels.dtype)
+        if self._network is not None:
+            old = self._network.slices
+            writer.write(old, 0 if self._forest is None else self._forest[old])
+        writer.write(preview.slices, preview.labels)
+        self._network = preview
+
+    def prepare_preview(self, image, top_value: int) -> None:
+        """Make ``<image> preview`` for labels up to ``top_value`` now, while the forest works."""
+        self._writer(image, np.min_scalar_type(top_value))
+
+    def show_forest(self, image, records: list[ForestPreview]) -> None:
+        """Write random-forest records into ``<image> preview`` (``image`` None: nowhere)."""
+        for record in records if image is not None else ():
+            if record.done == 1 and record.forest == "quick":
+                self.status.setText("First prediction from a random forest on your strokes "
+                                    "(preview layer); the network is training...")
+            self._show_forest(image, record)
+
+    def _show_forest(self, image, record: ForestPreview) -> None:
+        """One record, except where the network's own preview is shown (it is newer)."""
+        writer = self._writer(image, record.labels.dtype)
+        if self._forest is None:  # zeros: memory is taken only where the forest writes
+            self._forest = np.zeros(writer.layer.data.shape, record.labels.dtype)
+        self._forest[record.slices] = record.labels
+        writer.layer.data[record.slices] = record.labels
+        net = None if self._network is None else _layers.overlap(self._network.slices,
+                                                                  record.slices)
+        if net is not None:
+            local = tuple(slice(r.start - s.start, r.stop - s.start)
+                          for r, s in zip(net, self._network.slices))
+            writer.layer.data[net] = self._network.labels[local]
+        writer.mark(record.slices)
+
+    def _writer(self, image, dtype) -> _layers.RegionWriter:
+        """The writer of ``<image> preview``, made (zeroed) when missing or of another dtype."""
         writer = self._preview_writer
         name = f"{image.name} preview"
         if (writer is None or writer.layer not in self.viewer.layers or writer.layer.name != name
-                or writer.layer.data.dtype != preview.labels.dtype):
-            layer = _layers.output_labels_layer(self.viewer, name, image, preview.labels.dtype,
-                                                "preview", opacity=0.5)
+                or writer.layer.data.dtype != dtype):
+            layer = _layers.output_labels_layer(self.viewer, name, image, dtype, "preview",
+                                                opacity=0.5)
             writer = self._preview_writer = _layers.RegionWriter(layer, interval=0.1)
-            self._preview_region = None
-        if self._preview_region is not None:
-            writer.write(self._preview_region, 0)
-        writer.write(preview.slices, preview.labels)
-        self._preview_region = preview.slices
+            self._network, self._forest = None, None
+        return writer
 
     def finish(self, job: TrainJob | None, names: tuple[str, ...]) -> None:
         """Draw the whole history, show the last preview and close the progress bar (last: it

@@ -12,6 +12,7 @@ import numpy as np
 
 from ..engine import AnnotationError, Trainer, TrainerUpdate
 from ..engine.plan import plan_training
+from ..engine.training.instant import painted_values
 from ..engine.training.sampling import class_values_of
 from ..engine.training.tensorboard import TensorBoardLogger
 from . import _layers
@@ -30,14 +31,14 @@ class TrainJob:
     last one the generator received; while they differ, a new update is merged into the pending
     one (``GeneratorWorker`` keeps a single pending value)."""
 
-    def __init__(self, make_trainer, annotation_layer, image_name: str, labels: np.ndarray,
+    def __init__(self, make_trainer, annotation_layer, image_name: str,
                  start_iteration: int, iterations: int, new_model: bool = True) -> None:
         self._make_trainer = make_trainer
         self.new_model = new_model  # False: fine-tuning or continuing a model
         self.trainer: Trainer | None = None
         self.annotation_layer = annotation_layer
         self.image_name = image_name
-        self.sent_labels = labels
+        self.sent_labels: np.ndarray | None = None  # the copy trained on, made by build()
         self.start_iteration, self.iterations = start_iteration, iterations
         self.sent: TrainerUpdate | None = None
         self.consumed: TrainerUpdate | None = None
@@ -48,14 +49,17 @@ class TrainJob:
         self.warned_values: set[int] = set()
         self.gen = None  # the training generator, for finish()
         self.result_seen = False
-        self.quick_preview = False  # True: a random-forest preview before the network trains
-        self.quick_region = None  # its region (None: the whole volume)
+        self.forest = None  # the instant random-forest preview (a ForestJob), shown first
 
     def __repr__(self) -> str:  # napari lists running workers by their function
         return f"napari-seg3d training on '{self.image_name}'"
 
     def build(self) -> None:
-        self.trainer = self._make_trainer()
+        """Copy the annotation layer and make the Trainer (slow for large volumes: in the GUI
+        thread only for small ones)."""
+        if self.sent_labels is None:
+            self.sent_labels = np.array(_layers.layer_array(self.annotation_layer), copy=True)
+        self.trainer = self._make_trainer(self.sent_labels)
 
     def request_stop(self) -> None:
         self.stop_requested = True
@@ -66,12 +70,12 @@ class TrainJob:
         """The worker's generator: yields TrainProgress, returns TrainResult or WorkerFailed."""
         gen = None
         try:
+            if self.forest is not None:  # the slice on screen first, with the CPU to itself
+                self.forest.wait_first_record(lambda: self.stop_requested)
             if self.trainer is None:
                 self.build()
             if self.stop_requested:
                 self.trainer.request_stop()
-            if self.quick_preview and not self.stop_requested:
-                yield from self._quick_preview()
             gen = self.gen = self.trainer.run()
             update = None
             while True:
@@ -89,20 +93,6 @@ class TrainJob:
             self.gen = None
             if gen is not None:
                 gen.close()
-
-    def _quick_preview(self):
-        """Yield the forest's :class:`Preview`; strokes sent meanwhile go to the trainer. The
-        preview is a bonus: if it fails, training goes on without it."""
-        try:
-            preview = self.trainer.quick_preview(self.quick_region)
-        except Exception:  # noqa: BLE001 - logged; the network still trains
-            log.warning("The instant random-forest preview failed", exc_info=True)
-            return
-        update = yield preview
-        if update is not None:
-            self.consumed = update
-            if update.labels is not None:
-                self.trainer.update_annotations(update.labels)
 
     def finish(self):
         """When the worker was quit (napari cancels workers when the window closes) the training
@@ -188,19 +178,29 @@ def check_layers(image_layer, annotation_layer) -> None:
                               "from this image.")
 
 
+def check_strokes(labels) -> tuple[int, ...]:
+    """The painted values of ``labels``; raises the :class:`AnnotationError` the Trainer would
+    (none painted, one class, not integers), reading only the painted slices (the instant
+    preview starts before the Trainer is built)."""
+    labels = np.asarray(labels) if not hasattr(labels, "dtype") else labels
+    if not np.issubdtype(labels.dtype, np.integer) and labels.dtype != bool:
+        class_values_of(np.zeros(1, labels.dtype))  # its sentence for the dtype
+    return class_values_of(np.array(painted_values(labels), dtype=np.int64))
+
+
 def new_job(image_layer, annotation_layer, settings: dict, init: SegmentationModel | None, *,
             resume: bool, names: ClassTable, tensorboard: str | None = None) -> TrainJob:
-    """A job training on a copy of the annotations (checked by :func:`check_layers`), planned by
+    """A job training on a copy of the annotations (checked by :func:`check_layers`; copied
+    when the job is built), planned by
     :func:`~napari_seg3d.engine.plan.plan_training` from the layers and ``settings`` (the
     form's): from ``init`` (fine-tuned, or resumed exactly when ``resume``) or a new network,
     classes named by ``names``; logged to TensorBoard in the folder ``tensorboard`` when given."""
-    labels = np.array(_layers.layer_array(annotation_layer), copy=True)
     image = _layers.layer_array(image_layer)
     channels = _layers.channels_of(image_layer)
     vs = _layers.voxel_size(image_layer)
     shape = _layers.spatial_shape(image_layer)
 
-    def make_trainer() -> Trainer:
+    def make_trainer(labels: np.ndarray) -> Trainer:
         plan = plan_training(shape, labels, channels=channels, voxel_size=vs, settings=settings,
                              init=init, resume=resume)
         loggers = [TensorBoardLogger(tensorboard)] if tensorboard else []
@@ -209,5 +209,5 @@ def new_job(image_layer, annotation_layer, settings: dict, init: SegmentationMod
                        class_names=[names.name(v) for v in class_values_of(labels)])
 
     start = init.iteration if resume else 0
-    return TrainJob(make_trainer, annotation_layer, image_layer.name, labels, start,
+    return TrainJob(make_trainer, annotation_layer, image_layer.name, start,
                     start + int(settings["iterations"]), new_model=init is None)

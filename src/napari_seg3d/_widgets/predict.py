@@ -38,6 +38,7 @@ __all__ = ["FROM_FILE", "PredictWidget"]
 log = logging.getLogger(__name__)
 
 LABELS_REFRESH_S = 0.1  # the prediction layer shows new regions at most 10 times a second
+FIRST_YX = 256  # the blocks nearest to this many voxels around the view's centre come first
 
 
 def _worker_body(job: PredictJob):
@@ -122,7 +123,8 @@ class PredictWidget(PredictForm):
         self._image_name, self._stores = image.name, stores
         self._show_layer(model, image, stores, reason)
         self._outputs = _predict_outputs.OutputLayers(self.viewer, image.name)
-        self._start(PredictJob(model, data, config, stores), image.name)
+        first = _layers.view_region(image, self.viewer, 1, FIRST_YX)  # the slice on screen first
+        self._start(PredictJob(model, data, config, stores, first_region=first), image.name)
         return True
 
     def _show_layer(self, model: SegmentationModel, image, stores, reason: str | None) -> None:

@@ -18,17 +18,18 @@ from napari.utils.notifications import show_error, show_info, show_warning
 from qtpy.QtCore import QTimer
 from qtpy.QtWidgets import QFileDialog, QWidget
 
-from ..engine import ModelFileError, Preview, Seg3DError, Trainer, load_model, save_model
+from ..engine import ModelFileError, Seg3DError, Trainer, load_model, save_model
 from ..engine.plan import window_for
 from ..engine.threads import set_default_threads
 from . import _layer_files, _layers
 from ._export import add_export_button
+from ._forest_job import forest_job_for, warm_up_forest
 from ._labels_warning import labels_confirmed
 from ._report_dialog import ReportDialog, start_report
 from ._session import SESSION
 from ._train_display import TrainingDisplay
 from ._train_form import TrainForm
-from ._train_job import TrainJob, check_layers, new_job
+from ._train_job import TrainJob, check_layers, check_strokes, new_job
 
 if TYPE_CHECKING:
     import napari
@@ -44,6 +45,7 @@ PREVIEW_YX = 256  # a live preview covers at most this many voxels in y and x
 # new strokes get their own live preview this long after they went to the trainer (the next
 # step already learns from them), instead of waiting for the next periodic one
 STROKE_PREVIEW_MS = 1000
+FOREST_POLL_MS = 30  # how often the instant random-forest preview's new records are looked for
 
 
 class TrainWidget(TrainForm):
@@ -72,7 +74,7 @@ class TrainWidget(TrainForm):
                                                self.save_button)
         self._update_buttons()
         self._timers()
-        _warm_up_forest()
+        warm_up_forest()
         layers = self.viewer.layers
         for event in (layers.events.inserted, layers.events.removed):
             event.connect(self._refresh_layers)
@@ -104,6 +106,8 @@ class TrainWidget(TrainForm):
         self._stroke_preview_timer.timeout.connect(self.request_preview)
         self._table_timer = QTimer(self, singleShot=True, interval=300)
         self._table_timer.timeout.connect(self._refresh_class_table)
+        self._forest_timer = QTimer(self, interval=FOREST_POLL_MS)
+        self._forest_timer.timeout.connect(self._show_forest)
 
     # --- layers -----------------------------------------------------------------------------------
 
@@ -153,9 +157,12 @@ class TrainWidget(TrainForm):
             return False
         try:
             job = self._make_job(resume)
-            if job.new_model and not labels_confirmed(self, job.sent_labels):
+            labels = _layers.layer_array(job.annotation_layer)
+            if job.new_model and not labels_confirmed(self, labels):
                 return False
-            if job.sent_labels.size <= GUI_INIT_VOXELS:
+            if job.forest is not None:  # the Trainer's errors, before the forest starts
+                values = check_strokes(labels)
+            elif labels.size <= GUI_INIT_VOXELS:
                 job.build()  # errors a user can fix show at once
         except Exception as e:  # noqa: BLE001 - a GUI action: tell the user, keep the widget ready
             if not isinstance(e, (Seg3DError, ValueError, OSError)):
@@ -164,6 +171,10 @@ class TrainWidget(TrainForm):
             show_error(message)
             self.status.setText(message)  # stays until the next run
             return False
+        if job.forest is not None:  # the slice on screen first: before anything else is slow
+            job.forest.start()
+            self._display.prepare_preview(self.image_layer(), max(values))  # meanwhile
+            self._forest_timer.start()
         self._launch(job)
         return True
 
@@ -174,11 +185,13 @@ class TrainWidget(TrainForm):
         settings, init = self._run_settings(resume, self.model, self.last_model)
         job = new_job(image_layer, ann, settings, init, resume=resume, names=self.class_table,
                       tensorboard=self.tensorboard_edit.text().strip() or None)
-        job.quick_preview = self.quick_check.isChecked() and not resume
-        depth = window_for(settings.get("patch_size") or init.patch_size,
-                           init.dims if init is not None else settings["dims"],
-                           _layers.spatial_shape(image_layer))[0]
-        job.quick_region = _layers.view_region(image_layer, self.viewer, depth, PREVIEW_YX)
+        if self.quick_check.isChecked() and not resume:
+            depth = window_for(settings.get("patch_size") or init.patch_size,
+                               init.dims if init is not None else settings["dims"],
+                               _layers.spatial_shape(image_layer))[0]
+            job.forest = forest_job_for(self.viewer, image_layer, ann, depth, PREVIEW_YX,
+                                        seed=settings["seed"], device=settings["device"],
+                                        threads=self.threads_spin.value() or None)
         return job
 
     def _launch(self, job: TrainJob) -> None:
@@ -200,11 +213,8 @@ class TrainWidget(TrainForm):
         job = self._job
         if job is None:
             return
-        if isinstance(p, Preview):  # the instant forest preview, before the first iteration
-            self._show_preview(p)
-            self.status.setText("First prediction from a random forest on your strokes "
-                                "(preview layer); the network is training...")
-            return
+        if job.latest is None and job.forest is not None:
+            job.forest.go_on()  # the network has started: the rest of the preview may follow
         job.latest = p
         self._display.record(p)
         if p.preview is not None:
@@ -246,8 +256,11 @@ class TrainWidget(TrainForm):
             if result is not None:
                 self._on_result(result)
         self.worker, self._job = None, None
+        if job is not None and job.forest is not None:  # the network's result is there now
+            job.forest.stop()
+            self._show_forest(job)
         for timer in (self._render_timer, self._preview_timer, self._send_timer,
-                      self._stroke_preview_timer):
+                      self._stroke_preview_timer, self._forest_timer):
             timer.stop()
         self._update_buttons()
         self._display.finish(job, names)
@@ -306,6 +319,13 @@ class TrainWidget(TrainForm):
             trainer = self._job.trainer
             depth = trainer.model.window(trainer.sampler.shape)[0] if trainer else 32
             self._send(preview=_layers.view_region(image, self.viewer, depth, PREVIEW_YX))
+
+    def _show_forest(self, job: TrainJob | None = None) -> None:
+        """Show the random-forest records computed since the last look."""
+        job = job or self._job
+        if job is not None and job.forest is not None:
+            self._display.show_forest(_layers.find_layer(self.viewer, job.image_name),
+                                      job.forest.take())
 
     def _show_preview(self, preview) -> None:
         image = _layers.find_layer(self.viewer, self._job.image_name) if self._job else None
@@ -408,12 +428,3 @@ class TrainWidget(TrainForm):
                                       and getattr(self, "_report_worker", None) is None)
         self.load_button.setEnabled(not busy)
         self.new_layer_button.setEnabled(self.image_combo.count() > 0)
-
-
-def _warm_up_forest() -> None:
-    """Import scikit-learn in the background (1-3 s): the first instant preview need not wait."""
-    import importlib
-    import threading
-
-    threading.Thread(target=importlib.import_module, args=("sklearn.ensemble",), daemon=True,
-                     name="seg3d-warm-up").start()

@@ -140,7 +140,8 @@ class SegmentationModel:
         return copy
 
     def iter_predict(self, image, config: PredictConfig | None = None, *,
-                     blocks: list[int] | None = None, **overrides: Any) -> Iterator[Any]:
+                     blocks: list[int] | None = None, first_region=None,
+                     **overrides: Any) -> Iterator[Any]:
         """Sliding-window prediction region by region (see :func:`.iter_predict_volume`).
 
         Each yielded :class:`.RegionDone`'s ``labels`` hold the **painted label values**
@@ -156,6 +157,7 @@ class SegmentationModel:
                 ``"auto"``; ``amp`` None as the model was trained; ``planes`` (2D models only)
                 None as trained.
             blocks: Predict only these blocks of the plan (indices).
+            first_region: ``(z, y, x)`` slices predicted first (e.g. the slice on screen).
             **overrides: Fields of :class:`.PredictConfig` replacing those of ``config``.
         """
         from .prediction.sliding_window import iter_predict_volume
@@ -171,7 +173,8 @@ class SegmentationModel:
                                           patch_size=self.window(image.shape[-3:]),
                                           config=config, blocks=blocks,
                                           normalize=self.normalization.apply,
-                                          trained_amp=self.train_config.amp):
+                                          trained_amp=self.train_config.amp,
+                                          first_region=first_region):
             yield replace(region, labels=lut[region.labels])
 
     def predict(self, image, config: PredictConfig | None = None, **overrides: Any) -> np.ndarray:

@@ -263,3 +263,15 @@ def compute_threads(setting=None) -> Iterator[ThreadPolicy]:
         yield policy
     finally:
         _local.policy = None
+
+
+def free_threads(setting=None) -> int:
+    """Threads for work beside torch's (the random forest): the fixed count (see
+    :func:`fixed_threads`), else the cores not busy right now. Unlike :class:`ThreadPolicy` it
+    leaves torch's own count alone."""
+    fixed = fixed_threads(setting)
+    if fixed is not None:
+        return fixed
+    cpus = usable_cpus()
+    return free_cores(cpus, runnable_others()) if cpus > 1 else 1
+

@@ -60,10 +60,17 @@ class Block:
 
 
 def plan_blocks(shape: Sequence[int], patch_size: Sequence[int], overlap: float,
-                block_shape: Sequence[int] | None = None) -> list[Block]:
+                block_shape: Sequence[int] | None = None,
+                first_region: Window | None = None) -> list[Block]:
     """Cut a spatial ``shape`` into blocks of at most ``block_shape`` (None: one block).
 
     Each axis is split into ``ceil(size / block)`` nearly equal parts. Blocks come z-major.
+
+    With ``first_region`` (e.g. the slice on screen), its first z slice becomes a slab of blocks
+    of its own (one slice thick: its windows are those of about two rows), and the plan is
+    reordered: first that slab's blocks (nearest to the region's y/x centre first), so the
+    whole slice is done before anything else, then the others nearest first. The result of the
+    prediction does not depend on the cuts or the order.
     """
     shape = tuple(int(s) for s in shape)
     patch = tuple(int(p) for p in patch_size)
@@ -74,16 +81,45 @@ def plan_blocks(shape: Sequence[int], patch_size: Sequence[int], overlap: float,
         raise ValueError(f"block_shape must be three positive integers (z, y, x), got {block}.")
     per_axis = [_axis_parts(size, b, axis_starts, p)
                 for size, b, axis_starts, p in zip(shape, block, starts, patch)]
+    if first_region is not None:
+        z0 = int(np.clip(first_region[0].start or 0, 0, shape[0] - 1))
+        per_axis[0] = [part for lo, hi in ((0, z0), (z0, z0 + 1), (z0 + 1, shape[0])) if hi > lo
+                       for part in _axis_parts(hi - lo, block[0], [s - lo for s in starts[0]],
+                                               patch[0], offset=lo)]
+    cells = list(itertools.product(*per_axis))
+    if first_region is not None:
+        cells.sort(key=lambda cell: _nearness(cell, z0, first_region, shape))
     return [Block(index, tuple(core for core, _ in parts),  # type: ignore[arg-type]
                   tuple(tuple(s) for _, s in parts), patch)  # type: ignore[arg-type]
-            for index, parts in enumerate(itertools.product(*per_axis))]
+            for index, parts in enumerate(cells)]
 
 
-def _axis_parts(size: int, block: int, starts: list[int], patch: int) -> list[tuple[slice, list]]:
-    """``(core, window starts touching it)`` for each part of one axis."""
+def _nearness(cell, z0: int, region: Window, shape) -> tuple[int, float]:
+    """Sort key: the z-gap between a block's core and slice ``z0`` (0 for the blocks that
+    start there), then the y/x distance from the core's centre to the region's centre."""
+    core = [c for c, _ in cell]
+    gap = 0 if core[0].start == z0 else (z0 - core[0].stop + 1 if core[0].stop <= z0
+                                          else core[0].start - z0)
+    centre = [(_start(r, 0) + _stop(r, n)) / 2 for r, n in zip(region[1:], shape[1:])]
+    mid = [(c.start + c.stop) / 2 for c in core[1:]]
+    return gap, float(np.hypot(mid[0] - centre[0], mid[1] - centre[1]))
+
+
+def _start(s: slice, default: int) -> int:
+    return default if s.start is None else int(s.start)
+
+
+def _stop(s: slice, default: int) -> int:
+    return default if s.stop is None else int(s.stop)
+
+
+def _axis_parts(size: int, block: int, starts: list[int], patch: int,
+                offset: int = 0) -> list[tuple[slice, list]]:
+    """``(core, window starts touching it)`` for each part of one axis (of ``size`` voxels from
+    ``offset``; ``starts`` relative to ``offset``, returned absolute)."""
     n = -(-size // block)
     edges = [round(i * size / n) for i in range(n + 1)]
-    return [(slice(a, b), [s for s in starts if s < b and s + patch > a])
+    return [(slice(a + offset, b + offset), [s + offset for s in starts if s < b and s + patch > a])
             for a, b in itertools.pairwise(edges)]
 
 

@@ -57,6 +57,7 @@ class PredictJob:
         config: How to predict; ``probabilities`` and ``uncertainty`` say what the regions carry.
         stores: Where a prediction too large for memory is written, or None (regions carry
             their values to the viewer).
+        first_region: ``(z, y, x)`` slices predicted first (the slice on screen), or None.
 
     Attributes:
         cancelled: Set it to stop at the next region.
@@ -65,8 +66,9 @@ class PredictJob:
     """
 
     def __init__(self, model: SegmentationModel, image: Any, config: PredictConfig,
-                 stores: DiskStores | None = None) -> None:
+                 stores: DiskStores | None = None, first_region=None) -> None:
         self.model, self.image, self.config, self.stores = model, image, config, stores
+        self.first_region = first_region
         self.inner = None
         self.cancelled = False
         self.error: str | None = None
@@ -80,7 +82,8 @@ class PredictJob:
         """Yields a :class:`PredictedRegion` per finished region (without its values when they
         were written to the stores); returns ``"done"`` or ``"cancelled"``. Errors propagate."""
         try:
-            self.inner = self.model.iter_predict(self.image, self.config)
+            self.inner = self.model.iter_predict(self.image, self.config,
+                                                  first_region=self.first_region)
             for region in self.inner:
                 region = with_outputs(region, probabilities=self.config.probabilities,
                                       uncertainty=self.config.uncertainty)

@@ -66,6 +66,7 @@ def iter_predict_volume(
     blocks: Sequence[int] | None = None,
     memory_limit_bytes: int | None = None,
     trained_amp: bool = True,
+    first_region: Window | None = None,
     **overrides: Any,
 ) -> Generator[RegionDone, None, None]:
     """Predict a volume window by window, yielding each finished region as soon as it is done.
@@ -95,6 +96,8 @@ def iter_predict_volume(
             memory. None means: what fits in free GPU memory (always the device off CUDA).
         trained_amp: What ``config.amp=None`` means: the precision the network was trained in
             (a bare network: mixed precision on).
+        first_region: ``(z, y, x)`` slices to predict first, e.g. the slice on screen: the
+            first region yielded holds its first z slice (see :func:`.blocks.plan_blocks`).
         **overrides: Fields of :class:`.PredictConfig` replacing those of ``config``, e.g.
             ``overlap=0.25, batch_size=2``.
 
@@ -115,7 +118,7 @@ def iter_predict_volume(
     _check_patch_size(patch_size)
     patch = tuple(int(p) for p in patch_size)
     network = with_planes(model, config.planes)
-    plan = plan_blocks(source.shape[1:], patch, config.overlap, config.block_shape)
+    plan = plan_blocks(source.shape[1:], patch, config.overlap, config.block_shape, first_region)
     if blocks is not None:
         plan = [plan[i] for i in blocks]
     run = _Run(network, source, patch, config, _resolve_device(model, config.device),

@@ -78,6 +78,8 @@ def distinct_nonzero(labels: np.ndarray) -> int:
     step = max(1, _SLAB // max(labels[0].size, 1))
     for start in range(0, labels.shape[0], step):
         slab = labels[start:start + step].ravel()
+        if not slab.any():  # most slabs of brush strokes: no value to look up
+            continue
         if small:
             seen[slab] = True
         else:

@@ -5,6 +5,15 @@ from __future__ import annotations
 import numpy as np
 
 
+def as_array(part) -> np.ndarray:
+    """A read part of a source as numpy; a dask array is computed in the calling thread (for
+    the small reads of the forest its thread pool costs more than it gives)."""
+    compute = getattr(part, "compute", None)
+    if compute is not None and type(part).__module__.startswith("dask"):
+        return np.asarray(compute(scheduler="synchronous"))
+    return np.asarray(part)
+
+
 class RegionView:
     """A ``(C, z, y, x)`` view of one region of a ``(C, Z, Y, X)`` source."""
 
@@ -26,5 +35,5 @@ class ChannelView:
         self.shape = (1,) + tuple(source.shape)
 
     def __getitem__(self, key):
-        return np.asarray(self.source[key[1:]])[None] if isinstance(key, tuple) else \
-            np.asarray(self.source[:])[None][key]
+        return as_array(self.source[key[1:]])[None] if isinstance(key, tuple) else \
+            as_array(self.source[:])[None][key]
