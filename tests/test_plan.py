@@ -25,8 +25,10 @@ def _strokes(values=(1, 2)) -> np.ndarray:
 def test_defaults_are_planned_from_the_image():
     plan = plan_training(SHAPE, _strokes(), voxel_size=(2.0, 1.0, 1.0))
     cfg, mc = plan.train_config, plan.model_config
-    assert cfg.patch_size == (8, 8, 8) and cfg.batch_size == 2 and cfg.iterations == 800
-    assert cfg.validate_every == 50 and plan.start_iteration == 0
+    assert cfg.patch_size == (8, 8, 8) and cfg.batch_size == 2 and plan.start_iteration == 0
+    # no iterations given: the default time budget (a CPU here), at most 800 steps, validations
+    # planned once the total is fixed
+    assert (cfg.minutes, cfg.iterations, cfg.validate_every) == (3.0, 800, 0)
     assert mc.kwargs["out_channels"] == 2 and mc.kwargs["base_filters"] == 16
     assert mc.kwargs["spatial_dims"] == 3 and mc.architecture == "unet"
 

@@ -34,7 +34,14 @@ class ModelConfig:
 
 @dataclass(frozen=True)
 class TrainConfig:
-    """Every training setting. Defaults suit a small 3D volume on a CPU or a GPU."""
+    """Every training setting. Defaults suit a small 3D volume on a CPU or a GPU.
+
+    ``minutes``: a time budget. None: exactly ``iterations`` steps. Set: ``iterations`` is a
+    cap, and the training loop fixes the total from the speed of its first steps (see
+    :mod:`.budget`), replacing this config by one with that total and no budget, so a saved
+    model always holds the steps its run was planned for. ``early_stop``: end the run when, in
+    its last phase, the held-out strokes stop improving (see :mod:`.training.early_stop`).
+    """
 
     patch_size: tuple[int, int, int] = (32, 64, 64)
     batch_size: int = 2
@@ -54,6 +61,8 @@ class TrainConfig:
     pseudo_threshold: float = 0.9
     self_training_forest: bool = True
     planes: str = "three"
+    minutes: float | None = None
+    early_stop: bool = True
 
     def __post_init__(self) -> None:
         if self.loss not in LOSSES:
@@ -69,6 +78,12 @@ class TrainConfig:
                              "between 0.5 and 1.")
         if self.batch_size < 1 or self.iterations < 1:
             raise ValueError("batch_size and iterations must be at least 1.")
+        if self.minutes is not None and not 0 < self.minutes < float("inf"):
+            raise ValueError(f"The time budget must be a positive number of minutes, got "
+                             f"{self.minutes}.")
+        if self.validate_every < (0 if self.minutes is not None else 1):
+            raise ValueError("validate_every must be at least 1 (0, with a time budget: a tenth "
+                             f"of the run once its total is fixed), got {self.validate_every}.")
         object.__setattr__(self, "patch_size", tuple(int(p) for p in self.patch_size))
 
     def to_dict(self) -> dict[str, Any]:

@@ -86,7 +86,8 @@ def is_validation_step(config, progress: TrainProgress) -> bool:
     """Whether the loop validated at this step (also when no stroke is held out, so there is no
     Dice): every ``config.validate_every`` iterations and at the last."""
     step = progress.iteration
-    return (progress.val_dice is not None or step % config.validate_every == 0
+    every = config.validate_every  # 0: a time budget whose total is not fixed yet
+    return (progress.val_dice is not None or (every > 0 and step % every == 0)
             or step == progress.iterations)
 
 
