@@ -7,7 +7,6 @@ Errors a user can cause end with one line on stderr and exit code 2 (1 for anyth
 from __future__ import annotations
 
 import argparse
-import contextlib
 import json
 import logging
 import sys
@@ -28,6 +27,7 @@ def _channels(image) -> int:
 
 def _train(args: argparse.Namespace) -> int:
     from ._cli_outputs import check_train_outputs, last_path, report_path
+    from ._cli_training import plan_line, run_training, signals_held
     from ._config_file import read_config, setting_names
     from .engine import Trainer, load_model, save_model
     from .engine.errors import writable_folder
@@ -53,6 +53,10 @@ def _train(args: argparse.Namespace) -> int:
     # the command line wins over the file; what neither sets is planned (or, with --resume and
     # --fine-tune, comes from the model file)
     settings = {name: setting(name) for name in setting_names()}
+    if args.minutes is not None and args.iterations is None:  # the command line wins: a
+        settings["iterations"] = None                           # budget over the file's steps
+    if args.iterations is not None:
+        settings["minutes"] = None
     plan = plan_training(image.data.shape, labels, channels=_channels(image.data),
                          voxel_size=voxel, settings=settings, init=init, resume=bool(args.resume))
     cfg, start = plan.train_config, plan.start_iteration
@@ -63,13 +67,19 @@ def _train(args: argparse.Namespace) -> int:
         loggers.append(TensorBoardLogger(args.tensorboard))
     trainer = Trainer(image.data, labels, cfg, model_config=plan.model_config, voxel_size=voxel,
                       init=init, resume=bool(args.resume), loggers=loggers)
-    result = _run_training(trainer, cfg.iterations, start, quiet=args.quiet)
+    if not args.quiet:
+        print(plan_line(cfg, trainer.device.type, start), file=sys.stderr)
+    result = run_training(trainer, cfg.iterations, start, quiet=args.quiet)
     out = Path(args.out)
     last = last_path(out)
-    with _signals_held("Saving the models: Ctrl-C takes effect once both are written..."):
+    with signals_held("Saving the models: Ctrl-C takes effect once both are written..."):
         save_model(result.best, out)
         save_model(result.last, last)
     best = result.best.history.get("best_val_dice")
+    if result.ended_early:
+        total = result.last.train_config.iterations
+        print(f"Ended early at iteration {result.ended_early} of {total}: the held-out strokes "
+              "stopped improving (--no-early-stop trains to the end).")
     print(f"Saved the best model to {out} and the last one (to resume) to {last}.")
     if not args.no_report:
         from ._report import save_report, training_report
@@ -83,68 +93,6 @@ def _train(args: argparse.Namespace) -> int:
         _print_truth_dice(result.best, image.data, args.truth, args)
     image.close()
     return 0
-
-
-@contextlib.contextmanager
-def _signals_held(message: str):
-    """Hold Ctrl-C (SIGINT) and SIGTERM until the block ends, then raise KeyboardInterrupt: a
-    save cut short would lose the whole run. Does nothing outside the main thread."""
-    import signal
-
-    held: list[int] = []
-
-    def hold(signum, frame):
-        if not held:
-            print(message, file=sys.stderr)
-        held.append(signum)
-
-    try:
-        previous = {s: signal.signal(s, hold) for s in (signal.SIGINT, signal.SIGTERM)}
-    except ValueError:  # not the main thread
-        yield
-        return
-    try:
-        yield
-    finally:
-        for s, handler in previous.items():
-            signal.signal(s, handler)
-    if held:
-        raise KeyboardInterrupt
-
-
-def _run_training(trainer, total: int, start: int, *, quiet: bool):
-    """Run the training generator under a tqdm bar; the first Ctrl-C (or SIGTERM, which cluster
-    schedulers send before a time limit) stops training cleanly and the models are saved; a
-    second Ctrl-C interrupts."""
-    import signal
-
-    from tqdm import tqdm
-
-    def stop(signum, frame):
-        tqdm.write("Stopping now: the models of the last finished step are saved (Ctrl-C "
-                   "again to abort)...", file=sys.stderr)
-        trainer.request_stop()
-        signal.signal(signal.SIGINT, previous)
-
-    previous = signal.signal(signal.SIGINT, stop)
-    previous_term = signal.signal(signal.SIGTERM, stop)
-    gen = trainer.run()
-    try:
-        with tqdm(total=total, initial=start, unit="it", desc="train", disable=quiet) as bar:
-            while True:
-                try:
-                    p = next(gen)
-                except StopIteration as done:
-                    return done.value
-                bar.update(1)
-                post = {"loss": f"{p.loss:.3f}", "vox/s": f"{p.voxels_per_s:.3g}",
-                        "threads": p.threads}
-                if p.val_dice is not None:
-                    post["val_dice"] = " ".join(f"{d:.3f}" for d in p.val_dice)
-                bar.set_postfix(post, refresh=False)
-    finally:
-        signal.signal(signal.SIGINT, previous)
-        signal.signal(signal.SIGTERM, previous_term)
 
 
 def _print_truth_dice(model, image, truth_spec, args) -> None:
@@ -239,6 +187,7 @@ def _command(sub, name: str, summary: str) -> argparse.ArgumentParser:
 
 
 def build_parser() -> argparse.ArgumentParser:
+    from .engine.budget import DEFAULT_MINUTES, ITERATIONS_CAP
     from .engine.config import LOSSES, PLANES, TrainConfig
     from .engine.models import MODELS
     from .engine.prediction.blocks import DEFAULT_BLOCK_SHAPE
@@ -254,7 +203,13 @@ def build_parser() -> argparse.ArgumentParser:
     t.add_argument("--out", required=True, help="model file to write (the best model)")
     t.add_argument("--config", metavar="FILE.yaml",
                    help="training settings from a YAML file (options given here win over it)")
-    t.add_argument("--iterations", type=int, help=f"default {TrainConfig().iterations}")
+    t.add_argument("--iterations", type=int,
+                   help="exactly this many training steps (wins over --minutes; with --resume: "
+                        "steps added); default: a time budget")
+    t.add_argument("--minutes", type=float, metavar="M",
+                   help="time budget: as many steps as fit in M minutes at the speed measured "
+                        f"in the first steps, at most {ITERATIONS_CAP} (default "
+                        f"{DEFAULT_MINUTES['cpu']:g} on a CPU, {DEFAULT_MINUTES['gpu']:g} on a GPU)")
     t.add_argument("--patch-size", type=int, nargs=3, metavar=("Z", "Y", "X"))
     t.add_argument("--batch-size", type=int, help="default 2 (3D), 8 (2D slices)")
     t.add_argument("--learning-rate", type=float, help="default 0.003")
@@ -278,6 +233,9 @@ def build_parser() -> argparse.ArgumentParser:
                    help="rounds in the second half of the run in which the network also learns "
                         "from the voxels it is sure of (0 = off; default "
                         f"{TrainConfig().self_training})")
+    t.add_argument("--no-early-stop", dest="early_stop", action="store_false", default=None,
+                   help="train to the last step (default: end early when, after the last "
+                        "self-training round began, the held-out strokes stop improving)")
     t.add_argument("--device", choices=["auto", "cpu", "cuda", "mps"])
     t.add_argument("--seed", type=int, help="default 0")
     t.add_argument("--no-amp", dest="amp", action="store_false", default=None,

@@ -84,8 +84,10 @@ class RunEstimate:
     def describe(self) -> str:
         """``"Training for about 3 minutes (≈ 620 iterations at 0.29 s each)"``."""
         if self.minutes is not None:
+            floor = (f"; {FLOOR} is the fewest a time budget of {self.minutes:g} minutes gets"
+                     if self.iterations == FLOOR and self.seconds > 60 * self.minutes else "")
             return (f"Training for {about(self.seconds)} (≈ {self.iterations} iterations at "
-                    f"{self.step_s:.2g} s each)")
+                    f"{self.step_s:.2g} s each{floor})")
         return (f"Training {self.iterations} iterations: {about(self.seconds)} "
                 f"({self.step_s:.2g} s each)")
 
