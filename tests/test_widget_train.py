@@ -389,27 +389,6 @@ def test_advanced_settings_reach_the_config(viewer):
     assert cfg["minutes"] is None and cfg["early_stop"] is False  # iterations given: no budget
 
 
-def test_the_time_budget_box_reaches_the_config_and_says_what_train_does(viewer):
-    """Iterations auto: the budget goes to the plan (and the line under the boxes says it);
-    a number of iterations wins and greys the budget out."""
-    from napari_seg3d.engine.plan import plan_training
-
-    widget = make_widget(viewer)
-    widget.iterations_spin.setValue(0)
-    widget.minutes_spin.setValue(1.5)
-    assert widget.minutes_spin.isEnabled()
-    assert "about 1.5 minutes on the CPU" in widget.budget.label.text()
-    settings = widget.settings()
-    assert (settings["iterations"], settings["minutes"]) == (None, 1.5)
-    cfg = plan_training((17, 24, 26), 2, settings=settings).train_config
-    assert (cfg.minutes, cfg.iterations, cfg.validate_every) == (1.5, 800, 0)
-    widget.iterations_spin.setValue(40)
-    assert not widget.minutes_spin.isEnabled()
-    assert widget.budget.label.text() == "Train runs exactly 40 iterations (no time budget)."
-    cfg = plan_training((17, 24, 26), 2, settings=widget.settings()).train_config
-    assert (cfg.minutes, cfg.iterations, cfg.validate_every) == (None, 40, 5)
-
-
 def test_training_report_is_shown_and_saved(qtbot, viewer, blobs, shown, tmp_path):
     widget = make_widget(viewer, iterations=6)
     assert not widget.report_button.isEnabled()  # no model yet

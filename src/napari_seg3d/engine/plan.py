@@ -162,7 +162,10 @@ def _steps(settings, base: TrainConfig, init, resume: bool, device: str) -> dict
     if resume and start < base.iterations:
         return {"iterations": base.iterations, "minutes": base.minutes,
                 "validate_every": every if every is not None else base.validate_every}
-    minutes = float(settings.get("minutes") or default_minutes(device_kind(device)))
+    minutes = settings.get("minutes")
+    minutes = float(default_minutes(device_kind(device)) if minutes is None else minutes)
+    if not 0 < minutes < float("inf"):
+        raise ValueError(f"The time budget must be a positive number of minutes, got {minutes}.")
     if resume:
         step_s = init.history.get("step_seconds")
         if not step_s:
