@@ -5,6 +5,7 @@ against the dense ground truth, on the nuclei sample and on synthetic volumes ma
 purpose (thin anisotropic neurites; classes told apart by texture only, see ``_volumes.py``).
 
     python benchmarks/bench_quality.py --threads 1                      # 3 volumes x 3 methods
+    python benchmarks/bench_quality.py --iterations 800 --methods ours  # the old default
     python benchmarks/bench_quality.py --volumes neurites --iterations 100 --methods forest,ours
     python benchmarks/bench_quality.py --active-learning --methods ""   # uncertainty vs random
     python benchmarks/bench_quality.py --figures                        # PNGs of the volumes
@@ -26,14 +27,10 @@ from _common import LoadMonitor, json_line, machine, precision_name, table
 from _strokes import add_strokes, candidates, random_starts, uncertain_starts
 from _volumes import CLASS_NAMES, VOLUMES, make_volume
 
-from napari_seg3d.engine import (
-    TrainConfig,
-    Trainer,
-    default_batch_size,
-    default_model_config,
-    propose_patch_size,
-)
+from napari_seg3d.engine import TrainConfig, Trainer, default_model_config
+from napari_seg3d.engine.budget import ITERATIONS_CAP
 from napari_seg3d.engine.metrics import dice_scores
+from napari_seg3d.engine.plan import plan_training
 from napari_seg3d.engine.prediction.uncertainty import uncertainty_map
 from napari_seg3d.engine.training.scribbles import simulate_scribbles
 
@@ -51,9 +48,11 @@ Notes:
   percentiles, skimage multiscale_basic_features (intensity, edges, texture; sigma 0.7 to 5),
   RandomForestClassifier(100 trees, n_jobs=-1) fit on the annotated voxels; time = features +
   fit + predict.
-- ours: TrainConfig defaults as the command line builds them (patch from propose_patch_size,
-  --iterations, seed, device), the best model of the run predicts the volume; time = training +
-  prediction. ours (plain): the same without the edge-aware smoothness loss and self-training
+- ours: the command line's plan (plan_training: patch, batch, network; --iterations steps, or
+  else the time budget, --minutes or the default 3 minutes on a CPU and 1 on a GPU, with early
+  stop), the best model of the run predicts the volume; time = training + prediction; steps =
+  the iterations trained (mean over seeds; 'early' counts the runs that ended early).
+  ours (plain): the same without the edge-aware smoothness loss and self-training
   (smoothness=0, self_training=0: the network on the strokes alone).
 - ours 2.5D: the same defaults with --dims 2 (a 2D U-Net trained on slices along z, y and x,
   patch and batch size from propose_patch_size / default_batch_size), trained once per volume
@@ -134,13 +133,16 @@ def run_forest(case: Case, seed: int) -> np.ndarray:
 PLAIN = {"smoothness": 0.0, "self_training": 0}  # the network on the strokes alone
 
 
-def train_config(case: Case, iterations: int, seed: int, args, plain: bool = False,
+def train_config(case: Case, iterations: int | None, seed: int, args, plain: bool = False,
                  dims: int = 3) -> TrainConfig:
-    """The command line's training settings for ``case``; ``plain``: the network alone."""
-    extra = PLAIN if plain else {}
-    return TrainConfig(patch_size=propose_patch_size(case.image.shape, case.voxel_size, dims=dims),
-                       batch_size=default_batch_size(dims), iterations=iterations, seed=seed,
-                       device=args.device, amp=not args.no_amp, **extra)
+    """The command line's training settings for ``case`` (its plan: ``iterations`` steps, or
+    with None the time budget ``args.minutes``, the command line's default when that is None);
+    ``plain``: the network alone."""
+    settings = {"iterations": iterations, "minutes": getattr(args, "minutes", None),
+                "seed": seed, "device": args.device, "amp": not args.no_amp, "dims": dims,
+                **(PLAIN if plain else {})}
+    return plan_training(case.image.shape, case.labels, voxel_size=case.voxel_size,
+                         settings=settings).train_config
 
 
 def train(image: np.ndarray, labels: np.ndarray, cfg: TrainConfig, voxel_size, *, init=None,
@@ -158,11 +160,15 @@ def train(image: np.ndarray, labels: np.ndarray, cfg: TrainConfig, voxel_size, *
         try:
             p = next(gen)
         except StopIteration as done:
+            _RUNS.append(done.value)
             return done.value.best
         if p.val_dice is not None:
             dice = " ".join(f"{d:.3f}" for d in p.val_dice)
             log(f"  {tag} it {p.iteration}/{p.iterations} loss {p.loss:.3f} val Dice {dice} "
                 f"({time.perf_counter() - t0:.0f} s)")
+
+
+_RUNS: list = []  # the TrainResult of every training, for the steps it took
 
 
 def run_ours(case: Case, args, seed: int, plain: bool = False) -> np.ndarray:
@@ -201,7 +207,13 @@ def run_method(method: str, case: Case, args) -> dict:
         pred = run_ours(case, args, case.seed, plain=method == "plain")
     seconds = time.perf_counter() - t0
     dice = dice_scores(pred, case.truth, case.classes)
-    return {"dice": dice, "mean_dice": float(np.nanmean(dice)), "seconds": seconds}
+    record = {"dice": dice, "mean_dice": float(np.nanmean(dice)), "seconds": seconds}
+    if method != "forest" and _RUNS:
+        run = _RUNS[-1]
+        record.update(iterations=run.last.iteration, planned=run.last.train_config.iterations,
+                      ended_early=run.ended_early,
+                      step_seconds=run.last.history.get("step_seconds"))
+    return record
 
 
 # --- active learning -----------------------------------------------------------------------------
@@ -321,8 +333,12 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
                         "empty: none")
     p.add_argument("--seeds", default="0", type=lambda t: [int(s) for s in t.split(",")],
                    help="comma-separated; each seed changes strokes, synthetic volume, training")
-    p.add_argument("--iterations", type=int, default=TrainConfig().iterations,
-                   help="training iterations of ours (default: the command line's)")
+    p.add_argument("--iterations", type=int, default=None,
+                   help="training iterations of ours (default: the command line's plan, a time "
+                        "budget)")
+    p.add_argument("--minutes", type=float, default=None,
+                   help="time budget of ours when --iterations is not given (default: the "
+                        "command line's, 3 minutes on a CPU, 1 on a GPU)")
     p.add_argument("--device", choices=("auto", "cpu", "cuda"), default="auto")
     p.add_argument("--threads", type=int, default=None, help="torch CPU threads")
     p.add_argument("--no-amp", action="store_true",
@@ -350,6 +366,13 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     return args
 
 
+def steps_text(args) -> str:
+    if args.iterations is not None:
+        return f"{args.iterations} iterations"
+    minutes = args.minutes if args.minutes is not None else "the default"
+    return f"time budget {minutes} minutes (at most {ITERATIONS_CAP} iterations)"
+
+
 def dice_text(values) -> str:
     return " / ".join("-" if not np.isfinite(v) else f"{v:.3f}" for v in values)
 
@@ -358,9 +381,12 @@ def summarise(runs: list[dict]) -> dict:
     """Mean over seeds of the Dice per class, mean Dice and seconds; the worst seed's mean Dice."""
     dice = np.array([r["dice"] for r in runs], float)
     means = [r["mean_dice"] for r in runs]
+    steps = [r["iterations"] for r in runs if "iterations" in r]
     return {"dice": np.nanmean(dice, axis=0).tolist(), "mean_dice": float(np.mean(means)),
             "min_mean_dice": float(np.min(means)),
-            "seconds": float(np.mean([r["seconds"] for r in runs])), "per_seed": runs}
+            "seconds": float(np.mean([r["seconds"] for r in runs])),
+            "steps": float(np.mean(steps)) if steps else None,
+            "ended_early": sum(r.get("ended_early") is not None for r in runs), "per_seed": runs}
 
 
 def quality(args) -> tuple[list[list], dict]:
@@ -390,7 +416,9 @@ def quality(args) -> tuple[list[list], dict]:
             row = [name, METHODS[method], dice_text(s["dice"]), s["mean_dice"]]
             if len(args.seeds) > 1:
                 row.append(s["min_mean_dice"])
-            rows.append(row + [s["seconds"], float(np.mean(annotated))])
+            steps = "-" if s["steps"] is None else f"{s['steps']:.0f}" + (
+                f" ({s['ended_early']} early)" if s["ended_early"] else "")
+            rows.append(row + [s["seconds"], steps, float(np.mean(annotated))])
     return rows, figures
 
 
@@ -416,7 +444,7 @@ def main(argv: list[str] | None = None) -> int:
 
     env = machine(device)
     print(f"Segmentation quality from sparse strokes: {len(args.seeds)} seed(s) "
-          f"{args.seeds}, ours {args.iterations} iterations, device {device.type}, "
+          f"{args.seeds}, ours {steps_text(args)}, device {device.type}, "
           f"{precision_name(device, not args.no_amp)}")
     print(f"{env['device_name']}, {env['cpu_count']} CPUs, torch {torch.__version__} "
           f"({env['torch_threads']} threads); total {total:.0f} s")
@@ -425,7 +453,7 @@ def main(argv: list[str] | None = None) -> int:
         headers = ["volume", "method", "Dice per class", "mean Dice"]
         if len(args.seeds) > 1:
             headers.append("min over seeds")
-        print(table(headers + ["wall time s", "annotated %"], rows))
+        print(table(headers + ["wall time s", "steps", "annotated %"], rows))
         for name, f in figures.items():
             print(f"  {name}: classes {' / '.join(f['classes'])}")
         print(NOTES)
@@ -445,7 +473,7 @@ def main(argv: list[str] | None = None) -> int:
     if note:
         print(note)
     record = {"benchmark": "quality", **env, **load.summary(), "seeds": args.seeds,
-              "iterations": args.iterations, "plain": PLAIN,
+              "iterations": args.iterations, "minutes": args.minutes, "plain": PLAIN,
               "precision": precision_name(device, not args.no_amp),
               "total_seconds": total, "volumes": figures}
     if al_records:
