@@ -36,6 +36,14 @@ def test_the_rule_ignores_validations_before_the_last_phase():
         [False] * PATIENCE + [True]
 
 
+def test_new_strokes_start_the_count_again():
+    stop = EarlyStop(start=0)
+    assert not any(stop.update(10 * i, 0.9) for i in range(1, PATIENCE + 1))
+    stop.reset()  # the held-out strokes were redrawn: a lower score is no worse a model
+    assert [stop.update(100 + 10 * i, 0.8) for i in range(PATIENCE + 1)] == \
+        [False] * PATIENCE + [True]
+
+
 def test_replayed_runs_end_in_the_last_phase_only():
     its = list(range(20, 801, 20))
     flat = [0.9] * len(its)

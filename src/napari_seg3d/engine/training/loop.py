@@ -149,7 +149,7 @@ class _Phases:
         """After a validation: True when the held-out strokes stopped improving in the last
         phase (never without held-out strokes)."""
         return (self.early is not None and val_dice is not None
-                and self.early.update(iteration, self.selection.best_score))
+                and self.early.update(iteration, _score(val_dice, None)))
 
 
 def _step(trainer: Trainer, loop: _Loop, pf, net, optimizer, scaler, it: int) -> float:
@@ -217,8 +217,11 @@ def training_loop(trainer: Trainer) -> Generator[TrainProgress, np.ndarray | Non
                         ended_early=loop.ended_early is not None)
                     _call_loggers(trainer, "log", progress)
                     update = yield progress
-                    loop.preview, val_patches = _take_update(trainer, pf, update, loop.done,
-                                                             val_patches)
+                    loop.preview, patches = _take_update(trainer, pf, update, loop.done,
+                                                         val_patches)
+                    if patches is not val_patches and phases.early is not None:
+                        phases.early.reset()  # new strokes: new held-out strokes
+                    val_patches = patches
                     if loop.ended_early:
                         m.history["ended_early"] = {"iteration": loop.ended_early,
                                                     "reason": ENDED_EARLY_REASON}
