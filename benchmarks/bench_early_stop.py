@@ -5,11 +5,12 @@ and a fixed number of iterations, validating often (``--every``, default 10 step
 validation the network as it is segments the whole volume, so each checkpoint has its
 held-out-stroke Dice (what the rule sees) and its Dice against the truth. Validation does not
 change the training, so a run validating every 20 or 40 steps sees a subset of the same
-checkpoints. Each rule (validation interval, patience, delta) is replayed on them: the iteration
-it ends the run at, the truth Dice of the model the run then keeps (the phase rule of
-``selection.py`` over the checkpoints so far) against that of the whole run, and the steps saved.
+checkpoints. Each rule (where the last phase begins, how often it validates, patience, delta) is
+replayed on them: the iteration it ends the run at, the truth Dice of the model the run then
+keeps (the phase rule of ``selection.py`` over the checkpoints so far) against that of the whole
+run at the default interval, and the steps saved.
 
-    python benchmarks/bench_early_stop.py                       # 7 runs, about an hour on 2 cores
+    python benchmarks/bench_early_stop.py                       # 7 runs, 1 to 1.5 h on 2 cores
     python benchmarks/bench_early_stop.py --cases nuclei:0:300:0 --every 10
     python benchmarks/bench_early_stop.py --load runs.json       # replay saved checkpoints
 
@@ -32,15 +33,15 @@ from bench_quality import load_case, train_config
 from bench_selection import _TruthAtValidation
 
 from napari_seg3d.engine import Trainer
+from napari_seg3d.engine.budget import default_validate_every
 from napari_seg3d.engine.training.early_stop import early_stop_iteration
-from napari_seg3d.engine.training.schedule import self_training_starts
+from napari_seg3d.engine.training.schedule import LAST_PHASE, self_training_starts
 from napari_seg3d.engine.training.selection import pick_checkpoint
 
 # volume:seed:iterations:self-training rounds; the synthetic volumes at about the steps a
 # 3-minute budget gives them on a 2-core CPU
 DEFAULT_CASES = ("nuclei:0:800:2,nuclei:1:800:2,nuclei:2:800:2,neurites:0:300:2,"
                  "textures:0:300:2,nuclei:0:800:0,textures:0:300:0")
-EVERY = (10, 20, 40)
 PATIENCE = (2, 3, 4, 6)
 DELTA = (0.0, 0.005, 0.01)
 
@@ -62,29 +63,47 @@ def run_case(spec: str, args) -> dict:
             "checkpoints": logger.rows}
 
 
-def replay(run: dict, every: int, patience: int, delta: float) -> dict:
-    """What the rule does on ``run`` validating every ``every`` steps."""
-    n = run["iterations"]
-    cps = [c for c in run["checkpoints"] if c["iteration"] % every == 0 or c["iteration"] == n]
+def _start(run: dict, rule: str) -> int:
+    """Where the last phase begins: after the last round (from the start without self-training),
+    or as the engine does, the last quarter after the last round."""
+    last_round = max(run["rounds"], default=0)
+    return last_round if rule == "last round" else max(last_round, int(LAST_PHASE *
+                                                                         run["iterations"]))
+
+
+def replay(run: dict, rule: str, last_every: str, patience: int, delta: float) -> dict:
+    """What a rule does on ``run``: validations every tenth of the run (the default interval,
+    at most 50), in the last phase every ``last_every`` (``"tenth"``, or ``"fortieth"`` as the
+    engine does, at the 10-step resolution of the recording: 20 for 800 steps, 10 for 300)."""
+    n, start = run["iterations"], _start(run, rule)
+    main = default_validate_every(n)
+    last = main if last_every == "tenth" else max(10, round(n / 40 / 10) * 10)
+    cps = [c for c in run["checkpoints"] if c["iteration"] % main == 0 or c["iteration"] == n
+           or (c["iteration"] > start and c["iteration"] % last == 0)]
     iters, vals = [c["iteration"] for c in cps], [c["val"] for c in cps]
     truth = {c["iteration"]: c["truth"] for c in cps}
-    full = truth[pick_checkpoint(iters, vals, run["rounds"])]
-    stop = early_stop_iteration(iters, vals, run["rounds"], patience, delta) or n
+    whole = [c for c in cps if c["iteration"] % main == 0 or c["iteration"] == n]
+    full = truth[pick_checkpoint([c["iteration"] for c in whole], [c["val"] for c in whole],
+                                 run["rounds"])]
+    stop = early_stop_iteration(iters[:-1], vals[:-1], start, patience, delta) or n
     k = iters.index(stop) + 1
     kept = truth[pick_checkpoint(iters[:k], vals[:k], run["rounds"])]
     return {"stop": stop, "saved": 1 - stop / n, "dice_change": kept - full}
 
 
+RULES = [(rule, every, patience, 0.005) for rule in ("last round", "last quarter")
+         for every in ("tenth", "fortieth") for patience in PATIENCE] + [
+    ("last quarter", "fortieth", 4, delta) for delta in DELTA if delta != 0.005]
+
+
 def summary(runs: list[dict]) -> list[list]:
     rows = []
-    for every in EVERY:
-        for patience in PATIENCE:
-            for delta in DELTA:
-                r = [replay(run, every, patience, delta) for run in runs]
-                change = [x["dice_change"] for x in r]
-                rows.append([every, patience, delta, f"{100 * np.mean([x['saved'] for x in r]):.1f}",
-                             f"{np.mean(change):+.4f}", f"{min(change):+.4f}",
-                             " ".join(str(x["stop"]) for x in r)])
+    for rule, every, patience, delta in RULES:
+        r = [replay(run, rule, every, patience, delta) for run in runs]
+        change = [x["dice_change"] for x in r]
+        rows.append([rule, every, patience, delta,
+                     f"{100 * np.mean([x['saved'] for x in r]):.1f}", f"{np.mean(change):+.4f}",
+                     f"{min(change):+.4f}", " ".join(str(x["stop"]) for x in r)])
     return rows
 
 
@@ -110,8 +129,8 @@ def main(argv=None) -> None:
         runs = [run_case(spec, args) for spec in args.cases.split(",")]
         env = machine(torch.device(args.device))
     print("cases: " + ", ".join(r["case"] for r in runs))
-    print(table(["validate every", "patience", "delta", "steps saved %", "Dice change (mean)",
-                 "Dice change (worst)", "stops at"], summary(runs)))
+    print(table(["last phase", "its validations every", "patience", "delta", "steps saved %",
+                 "Dice change (mean)", "Dice change (worst)", "stops at"], summary(runs)))
     print("Dice change: truth Dice of the model kept at the early stop minus that of the "
           "model kept by the whole run (phase rule).")
     print(json_line({"benchmark": "early_stop", "machine": env, "runs": runs}))

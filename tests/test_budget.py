@@ -19,7 +19,6 @@ from napari_seg3d.engine.budget import (
     fixed_config,
     remaining_seconds,
     steps_for_minutes,
-    validations_between,
 )
 from napari_seg3d.engine.plan import plan_training
 from napari_seg3d.engine.training.schedule import learning_rate_at, self_training_starts
@@ -59,16 +58,19 @@ def _run(trainer, stop_after=None):
 
 # --- the arithmetic ---------------------------------------------------------------------------
 
-@pytest.mark.parametrize(("done", "total", "every", "expected"), [
-    (5, 50, 5, 9), (5, 52, 5, 10), (0, 800, 50, 16), (10, 10, 5, 0), (3, 7, 10, 1)])
-def test_validations_between_count_every_interval_and_the_end(done, total, every, expected):
-    assert validations_between(done, total, every) == expected
+def test_the_time_left_counts_steps_validations_and_rounds():
+    cfg = _budget_config(minutes=None, iterations=800, validate_every=50, self_training=2,
+                         early_stop=True)  # validations: 16 every 50, 8 more in the last phase
+    assert remaining_seconds(cfg, 800, 0, Costs(0.0, 1.0)) == 24
+    assert remaining_seconds(cfg, 800, 500, Costs(0.1, 1.0, 10.0)) == pytest.approx(30 + 14 + 10)
+    off = dataclasses.replace(cfg, early_stop=False, self_training=0)
+    assert remaining_seconds(off, 800, 0, Costs(0.0, 1.0)) == 16
 
 
 @pytest.mark.parametrize("costs", [Costs(0.1), Costs(0.1, 0.5), Costs(0.2, 1.0, 7.0)])
-@pytest.mark.parametrize("rounds", [0, 2])
-def test_budget_total_is_the_largest_total_that_fits(costs, rounds):
-    cfg = _budget_config(minutes=1.0, iterations=800, self_training=rounds)
+@pytest.mark.parametrize(("rounds", "early_stop"), [(0, False), (2, False), (2, True)])
+def test_budget_total_is_the_largest_total_that_fits(costs, rounds, early_stop):
+    cfg = _budget_config(minutes=1.0, iterations=800, self_training=rounds, early_stop=early_stop)
     total = budget_total(cfg, 5, 2.0, costs)
     fits = [n for n in range(5, 801) if 2.0 + remaining_seconds(cfg, n, 5, costs) <= 60.0]
     assert total == max(FLOOR, max(fits))

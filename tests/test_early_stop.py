@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import dataclasses
+
 import numpy as np
 import pytest
 
@@ -11,7 +13,11 @@ from napari_seg3d.engine.training.early_stop import (
     PATIENCE,
     EarlyStop,
     early_stop_iteration,
+)
+from napari_seg3d.engine.training.schedule import (
+    last_phase_interval,
     last_phase_start,
+    validates_after,
 )
 
 PATCH = (8, 16, 16)
@@ -44,15 +50,32 @@ def test_new_strokes_start_the_count_again():
         [False] * PATIENCE + [True]
 
 
+@pytest.mark.parametrize(("rounds", "start"), [(0, 600), (2, 600), (4, 700)])
+def test_the_last_phase_is_the_last_quarter_after_the_last_round(rounds, start):
+    cfg = TrainConfig(iterations=800, self_training=rounds)
+    assert last_phase_start(cfg) == start
+
+
+def test_the_last_phase_validates_four_times_as_often():
+    cfg = TrainConfig(iterations=800, validate_every=50, self_training=2)
+    assert last_phase_interval(cfg) == 20
+    every = [i for i in range(1, 801) if validates_after(cfg, i)]
+    assert every == sorted({*range(50, 801, 50), *range(620, 801, 20)})
+    off = dataclasses.replace(cfg, early_stop=False)
+    assert [i for i in range(1, 801) if validates_after(off, i)] == list(range(50, 801, 50))
+    assert last_phase_interval(dataclasses.replace(cfg, iterations=60, validate_every=2)) == 2
+    assert last_phase_interval(off) is None
+    assert last_phase_interval(dataclasses.replace(cfg, iterations=50, validate_every=5)) is None
+
+
 def test_replayed_runs_end_in_the_last_phase_only():
     its = list(range(20, 801, 20))
     flat = [0.9] * len(its)
-    assert last_phase_start([400, 600]) == 600 and last_phase_start([]) == 0
-    assert early_stop_iteration(its, flat, []) == 20 * (PATIENCE + 1)
-    assert early_stop_iteration(its, flat, [400, 600]) == 600 + 20 * (PATIENCE + 1)
+    assert early_stop_iteration(its, flat, 0) == 20 * (PATIENCE + 1)
+    assert early_stop_iteration(its, flat, 600) == 600 + 20 * (PATIENCE + 1)
     rising = list(np.linspace(0.5, 0.95, len(its)))  # +0.0115 a validation
-    assert early_stop_iteration(its, rising, []) is None
-    assert early_stop_iteration(its, rising, [], delta=0.05) == 20 * (PATIENCE + 1)
+    assert early_stop_iteration(its, rising, 0) is None
+    assert early_stop_iteration(its, rising, 0, delta=0.05) == 20 * (PATIENCE + 1)
 
 
 def _run(blobs, **changes):
@@ -70,18 +93,20 @@ def _run(blobs, **changes):
             return records, done.value
 
 
-def _replayed(result, rounds) -> int | None:
+def _replayed(result) -> int | None:
     history = result.last.history
     scores = [float(np.mean(d)) for d in history["val_dice"]]
-    return early_stop_iteration(history["val_iteration"], scores, rounds)
+    return early_stop_iteration(history["val_iteration"], scores,
+                                last_phase_start(result.last.train_config))
 
 
 def test_a_run_whose_validation_is_flat_ends_early(blobs):
-    """On the easy blobs held-out Dice saturates near 0.96 within 30 steps."""
+    """On the easy blobs held-out Dice rises by less than 0.005 over 4 validations after 50
+    steps; the last phase begins at 45 (three quarters of 60)."""
     records, result = _run(blobs)
     end = result.ended_early
-    assert end is not None and end < 60 and not result.stopped
-    assert end == _replayed(result, []) == result.last.iteration == len(records)
+    assert end is not None and 45 < end < 60 and not result.stopped
+    assert end == _replayed(result) == result.last.iteration == len(records)
     assert result.last.history["ended_early"] == {"iteration": end, "reason": ENDED_EARLY_REASON}
     assert records[-1].ended_early and records[-1].eta_s == 0
     assert not any(r.ended_early for r in records[:-1])
@@ -97,4 +122,4 @@ def test_early_stop_waits_for_the_last_self_training_round(blobs):
     _, result = _run(blobs, self_training=2)  # rounds at 30 and 45
     assert result.last.history["self_training"] == [30, 45]
     end = result.ended_early
-    assert end is not None and 45 < end < 60 and end == _replayed(result, [30, 45])
+    assert end is not None and 45 < end < 60 and end == _replayed(result)

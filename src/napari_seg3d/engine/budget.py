@@ -105,25 +105,21 @@ def about(seconds: float) -> str:
     return f"about {text} minute{'s' if text != '1' else ''}"
 
 
-def validations_between(done: int, total: int, every: int) -> int:
-    """Validations after step ``done`` up to ``total``: every ``every`` steps and at the end."""
-    return (total // every - done // every) + (total % every != 0)
-
-
-def rounds_after(config: TrainConfig, total: int, done: int) -> int:
-    """Self-training rounds still to come after ``done`` steps of a run of ``total``."""
-    from .training.schedule import self_training_starts
-
-    return sum(r > done for r in self_training_starts(dataclasses.replace(config,
-                                                                          iterations=total)))
+def _with_total(config: TrainConfig, total: int) -> TrainConfig:
+    return fixed_config(config, total) if config.minutes is not None else \
+        dataclasses.replace(config, iterations=int(total))
 
 
 def remaining_seconds(config: TrainConfig, total: int, done: int, costs: Costs) -> float:
-    """Expected seconds from step ``done`` to the end of a run of ``total`` steps."""
-    every = config.validate_every or default_validate_every(total)
-    return ((total - done) * costs.step_s
-            + validations_between(done, total, every) * costs.validation_s
-            + rounds_after(config, total, done) * costs.round_s)
+    """Expected seconds from step ``done`` to the end of a run of ``total`` steps: the steps, the
+    validations (:func:`.training.schedule.validates_after`) and the self-training rounds."""
+    from .training.schedule import self_training_starts, validates_after
+
+    cfg = _with_total(config, total)
+    validations = sum(validates_after(cfg, i) for i in range(done + 1, total + 1))
+    rounds = sum(r > done for r in self_training_starts(cfg))
+    return ((total - done) * costs.step_s + validations * costs.validation_s
+            + rounds * costs.round_s)
 
 
 def budget_total(config: TrainConfig, done: int, spent_s: float, costs: Costs,
@@ -132,13 +128,11 @@ def budget_total(config: TrainConfig, done: int, spent_s: float, costs: Costs,
     after ``done`` steps and ``spent_s`` seconds: as many as fit, at least ``floor`` (and
     ``done``), at most the cap."""
     cap, budget = config.iterations, 60.0 * config.minutes
-    fits = lambda n: spent_s + remaining_seconds(config, n, done, costs) <= budget
-    lo, hi = done, cap  # the largest n in [done, cap] that fits (the cost grows with n)
-    if fits(hi):
-        lo = hi
-    while hi - lo > 1:
-        mid = (lo + hi) // 2
-        lo, hi = (mid, hi) if fits(mid) else (lo, mid)
+    # the steps alone bound it; the validations (their interval follows the total) and the
+    # rounds take some back: the largest total below that bound that fits
+    bound = min(cap, done + int(max(0.0, budget - spent_s) / max(costs.step_s, 1e-9)))
+    lo = next((n for n in range(bound, done, -1)
+               if spent_s + remaining_seconds(config, n, done, costs) <= budget), done)
     return max(done, min(cap, max(floor, lo)))
 
 

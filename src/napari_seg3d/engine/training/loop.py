@@ -16,8 +16,9 @@ from ..budget import FIX_AFTER, RunEstimate
 from ..interrupt import Interrupted, interruptible
 from ..model_file import SegmentationModel
 from ..threads import compute_threads
-from .early_stop import ENDED_EARLY_REASON, EarlyStop, last_phase_start
+from .early_stop import ENDED_EARLY_REASON, EarlyStop
 from .prefetch import Prefetcher
+from .schedule import eta, last_phase_start, self_training_starts, validates_after
 from .selection import ModelSelection
 from .step import make_batch, train_step, validate
 from .timing import fix_run
@@ -130,20 +131,16 @@ class _Phases:
     total is fixed (they follow from it)."""
 
     def __init__(self, config) -> None:
-        from .schedule import self_training_starts
-
         self.rounds = self_training_starts(config)
         self.selection = ModelSelection(self.rounds)
-        self.early = EarlyStop(last_phase_start(self.rounds)) if config.early_stop else None
+        self.early = EarlyStop(last_phase_start(config)) if config.early_stop else None
 
     def refix(self, config) -> None:
         """Follow a total fixed after the first steps (before any round or kept model)."""
-        from .schedule import self_training_starts
-
         self.rounds = self_training_starts(config)
         self.selection.rounds = tuple(self.rounds)
         if self.early is not None:
-            self.early.start = last_phase_start(self.rounds)
+            self.early.start = last_phase_start(config)
 
     def ends_early(self, iteration: int, val_dice) -> bool:
         """After a validation: True when the held-out strokes stopped improving in the last
@@ -167,7 +164,6 @@ def _step(trainer: Trainer, loop: _Loop, pf, net, optimizer, scaler, it: int) ->
 
 def training_loop(trainer: Trainer) -> Generator[TrainProgress, np.ndarray | None, TrainResult]:
     from .progress import TrainProgress, TrainResult
-    from .schedule import eta
 
     cfg, dev, m = trainer.config, trainer.device, trainer.model
     net = m.network.to(dev).train()
@@ -201,8 +197,7 @@ def training_loop(trainer: Trainer) -> Generator[TrainProgress, np.ndarray | Non
                         phases.refix(trainer.config)
                     cfg = trainer.config
                     val_dice, is_best = None, False
-                    if loop.done == cfg.iterations or (cfg.validate_every
-                                                       and loop.done % cfg.validate_every == 0):
+                    if validates_after(cfg, loop.done):
                         val_dice, is_best = _checkpoint(trainer, loop, phases.selection,
                                                         val_patches, optimizer, loop.done)
                         if loop.done < cfg.iterations and phases.ends_early(loop.done, val_dice):
