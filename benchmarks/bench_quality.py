@@ -140,6 +140,7 @@ def train_config(case: Case, iterations: int | None, seed: int, args, plain: boo
     ``plain``: the network alone."""
     settings = {"iterations": iterations, "minutes": getattr(args, "minutes", None),
                 "seed": seed, "device": args.device, "amp": not args.no_amp, "dims": dims,
+                "early_stop": not getattr(args, "no_early_stop", False),
                 **(PLAIN if plain else {})}
     return plan_training(case.image.shape, case.labels, voxel_size=case.voxel_size,
                          settings=settings).train_config
@@ -339,6 +340,8 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--minutes", type=float, default=None,
                    help="time budget of ours when --iterations is not given (default: the "
                         "command line's, 3 minutes on a CPU, 1 on a GPU)")
+    p.add_argument("--no-early-stop", action="store_true",
+                   help="train ours to the last step (as the old 800-iteration default did)")
     p.add_argument("--device", choices=("auto", "cpu", "cuda"), default="auto")
     p.add_argument("--threads", type=int, default=None, help="torch CPU threads")
     p.add_argument("--no-amp", action="store_true",
@@ -473,7 +476,8 @@ def main(argv: list[str] | None = None) -> int:
     if note:
         print(note)
     record = {"benchmark": "quality", **env, **load.summary(), "seeds": args.seeds,
-              "iterations": args.iterations, "minutes": args.minutes, "plain": PLAIN,
+              "iterations": args.iterations, "minutes": args.minutes,
+              "early_stop": not args.no_early_stop, "plain": PLAIN,
               "precision": precision_name(device, not args.no_amp),
               "total_seconds": total, "volumes": figures}
     if al_records:
