@@ -234,8 +234,9 @@ def build_parser() -> argparse.ArgumentParser:
                         "from the voxels it is sure of (0 = off; default "
                         f"{TrainConfig().self_training})")
     t.add_argument("--no-early-stop", dest="early_stop", action="store_false", default=None,
-                   help="train to the last step (default: end early when, after the last "
-                        "self-training round began, the held-out strokes stop improving)")
+                   help="train to the last step (default: end early when, in the last quarter "
+                        "of the run and after the last self-training round, the held-out strokes "
+                        "stop improving)")
     t.add_argument("--device", choices=["auto", "cpu", "cuda", "mps"])
     t.add_argument("--seed", type=int, help="default 0")
     t.add_argument("--no-amp", dest="amp", action="store_false", default=None,

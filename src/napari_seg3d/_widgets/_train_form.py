@@ -186,10 +186,10 @@ class TrainForm(QWidget):
         self.device_combo.currentTextChanged.connect(self.budget.set_device)
         self.early_stop_check = QCheckBox(checked=TrainConfig().early_stop)
         self.early_stop_check.setToolTip(
-            "End the run early when, after the last self-training round began (from the start "
-            "without self-training), the held-out strokes have stopped improving: the best "
-            f"validation Dice rose by at most {MIN_DELTA:g} over the last {PATIENCE} "
-            "validations.")
+            "End the run early when, in its last quarter and after the last self-training "
+            "round, the held-out strokes have stopped improving: the best validation Dice rose "
+            f"by at most {MIN_DELTA:g} over the last {PATIENCE} validations (there every "
+            "fortieth of the run).")
         self.seed_spin = QSpinBox(minimum=0, maximum=2**31 - 1, value=0)
         self.val_spin = QDoubleSpinBox(minimum=0.0, maximum=0.5, decimals=2, value=0.15,
                                        singleStep=0.05)
