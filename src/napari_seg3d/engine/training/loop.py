@@ -162,8 +162,21 @@ def _step(trainer: Trainer, loop: _Loop, pf, net, optimizer, scaler, it: int) ->
     return loss
 
 
+def _progress(loop: _Loop, cfg, loss: float, voxels: int, val_dice, is_best: bool,
+              threads: int) -> TrainProgress:
+    """The record of the step just done."""
+    from .progress import TrainProgress
+
+    left = 0 if loop.ended_early else cfg.iterations - loop.done
+    return TrainProgress(
+        iteration=loop.done, iterations=cfg.iterations, loss=loss, learning_rate=loop.lr,
+        voxels_per_s=voxels / loop.step_time, eta_s=eta(loop.step_time, left),
+        data_wait=loop.wait, val_dice=val_dice, is_best=is_best, preview=loop.preview,
+        threads=threads, estimate=loop.estimate, ended_early=loop.ended_early is not None)
+
+
 def training_loop(trainer: Trainer) -> Generator[TrainProgress, np.ndarray | None, TrainResult]:
-    from .progress import TrainProgress, TrainResult
+    from .progress import TrainResult
 
     cfg, dev, m = trainer.config, trainer.device, trainer.model
     net = m.network.to(dev).train()
@@ -202,14 +215,8 @@ def training_loop(trainer: Trainer) -> Generator[TrainProgress, np.ndarray | Non
                                                         val_patches, optimizer, loop.done)
                         if loop.done < cfg.iterations and phases.ends_early(loop.done, val_dice):
                             loop.ended_early = loop.done
-                    progress = TrainProgress(
-                        iteration=loop.done, iterations=cfg.iterations, loss=loss,
-                        learning_rate=loop.lr, voxels_per_s=voxels / loop.step_time,
-                        eta_s=0.0 if loop.ended_early else eta(loop.step_time,
-                                                              cfg.iterations - loop.done),
-                        data_wait=loop.wait, val_dice=val_dice, is_best=is_best,
-                        preview=loop.preview, threads=threads.threads, estimate=loop.estimate,
-                        ended_early=loop.ended_early is not None)
+                    progress = _progress(loop, cfg, loss, voxels, val_dice, is_best,
+                                         threads.threads)
                     _call_loggers(trainer, "log", progress)
                     update = yield progress
                     loop.preview, patches = _take_update(trainer, pf, update, loop.done,
