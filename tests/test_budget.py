@@ -8,13 +8,22 @@ import dataclasses
 import pytest
 import torch
 
-from napari_seg3d.engine import TrainConfig, Trainer, default_model_config, load_model, save_model
+from napari_seg3d.engine import (
+    TrainConfig,
+    Trainer,
+    budget,
+    default_model_config,
+    load_model,
+    save_model,
+)
 from napari_seg3d.engine.budget import (
     FIX_AFTER,
     FLOOR,
+    MIN_SELF_TRAINING_STEPS,
     Costs,
     RunEstimate,
     about,
+    budget_config,
     budget_total,
     fixed_config,
     remaining_seconds,
@@ -118,7 +127,19 @@ def test_invalid_budgets_are_refused(changes, message):
 
 # --- a run with a budget ----------------------------------------------------------------------
 
-def test_the_budget_fixes_the_total_once_from_the_measured_steps(blobs):
+def test_a_budget_too_short_for_self_training_trains_on_the_strokes_alone():
+    cfg = _budget_config(minutes=1.0, iterations=800, self_training=2)
+    long = budget_config(cfg, 5, 1.0, Costs(0.05, 0.1, 1.0))
+    assert long.iterations >= MIN_SELF_TRAINING_STEPS and long.self_training == 2
+    short = budget_config(cfg, 5, 1.0, Costs(0.5, 1.0, 5.0))
+    with_rounds = budget_total(cfg, 5, 1.0, Costs(0.5, 1.0, 5.0))
+    assert with_rounds < MIN_SELF_TRAINING_STEPS and short.self_training == 0
+    assert short.iterations > with_rounds  # the rounds' time goes to steps
+    assert short == fixed_config(dataclasses.replace(cfg, self_training=0), short.iterations)
+
+
+def test_the_budget_fixes_the_total_once_from_the_measured_steps(blobs, monkeypatch):
+    monkeypatch.setattr(budget, "MIN_SELF_TRAINING_STEPS", 0)  # rounds even in a short run
     cfg = _budget_config(self_training=2, self_training_forest=False)
     trainer = _trainer(blobs, cfg)
     records, result = _run(trainer)
@@ -126,9 +147,9 @@ def test_the_budget_fixes_the_total_once_from_the_measured_steps(blobs):
     total = totals[-1]
     assert totals == [400] * (FIX_AFTER - 1) + [total] * (len(records) - FIX_AFTER + 1)
     assert FLOOR <= total <= 400 and len(records) == total  # the cap until fixed, then fixed
-    budget = result.last.history["budget"]
-    costs = Costs(budget["step_seconds"], budget["validation_seconds"], budget["round_seconds"])
-    assert budget["iterations"] == total == budget_total(cfg, FIX_AFTER, budget["spent_seconds"],
+    record = result.last.history["budget"]
+    costs = Costs(record["step_seconds"], record["validation_seconds"], record["round_seconds"])
+    assert record["iterations"] == total == budget_total(cfg, FIX_AFTER, record["spent_seconds"],
                                                          costs)
     assert costs.step_s > 0 and costs.validation_s > 0 and costs.round_s > 0
     for model in (result.last, result.best, trainer.model):  # the model files record the total
@@ -136,6 +157,7 @@ def test_the_budget_fixes_the_total_once_from_the_measured_steps(blobs):
     assert [r.estimate is not None for r in records] == [i >= FIX_AFTER for i in
                                                          range(1, total + 1)]
     assert records[-1].estimate.iterations == total and records[-1].estimate.minutes == 0.05
+    assert not records[-1].estimate.without_self_training
     for r in records:  # the schedule follows the fixed total, also in the steps before it
         assert r.learning_rate == pytest.approx(learning_rate_at(r.iteration - 1, total, 3e-3))
     every = result.last.train_config.validate_every

@@ -30,6 +30,10 @@ FLOOR = 50  # a budget run's fewest steps, however slow the machine
 WARMUP_STEPS = 2  # not timed
 MEASURED_STEPS = 3
 FIX_AFTER = WARMUP_STEPS + MEASURED_STEPS  # steps of a session before its total is fixed
+# A budget run whose total would come below this trains on the strokes alone, its rounds' time
+# given to steps: rounds on a network this young teach it its own mistakes (neurites, 100 steps:
+# the thin class's Dice 0.36 without rounds, 0.01 with them; benchmarks/README.md).
+MIN_SELF_TRAINING_STEPS = 200
 # A self-training round, estimated before it runs: the whole-volume prediction costs about what
 # its windows' forwards cost at the speed of the timed validation (measured 0.3 to 1x on the
 # bench_quality volumes), and the forest (features, fit, prediction) about a second plus
@@ -74,20 +78,24 @@ class RunEstimate:
         step_s: measured seconds per step.
         seconds: expected wall time of the whole run (this session), from the Trainer's creation.
         minutes: the time budget the total was fixed from; None when the iterations were given.
+        without_self_training: the budget was too short for self-training rounds.
     """
 
     iterations: int
     step_s: float
     seconds: float
     minutes: float | None = None
+    without_self_training: bool = False
 
     def describe(self) -> str:
         """``"Training for about 3 minutes (≈ 620 iterations at 0.29 s each)"``."""
         if self.minutes is not None:
             floor = (f"; {FLOOR} is the fewest a time budget of {self.minutes:g} minutes gets"
                      if self.iterations == FLOOR and self.seconds > 60 * self.minutes else "")
+            alone = ("; too few for self-training: on the strokes alone"
+                     if self.without_self_training else "")
             return (f"Training for {about(self.seconds)} (≈ {self.iterations} iterations at "
-                    f"{self.step_s:.2g} s each{floor})")
+                    f"{self.step_s:.2g} s each{floor}{alone})")
         return (f"Training {self.iterations} iterations: {about(self.seconds)} "
                 f"({self.step_s:.2g} s each)")
 
@@ -134,6 +142,17 @@ def budget_total(config: TrainConfig, done: int, spent_s: float, costs: Costs,
     lo = next((n for n in range(bound, done, -1)
                if spent_s + remaining_seconds(config, n, done, costs) <= budget), done)
     return max(done, min(cap, max(floor, lo)))
+
+
+def budget_config(config: TrainConfig, done: int, spent_s: float, costs: Costs) -> TrainConfig:
+    """The config of a budget run once its first ``done`` steps are timed: its total fixed by
+    :func:`budget_total`, without self-training when that total is below
+    :data:`MIN_SELF_TRAINING_STEPS` (the total then planned again without the rounds)."""
+    total = budget_total(config, done, spent_s, costs)
+    if config.self_training and total < MIN_SELF_TRAINING_STEPS:
+        config = dataclasses.replace(config, self_training=0)
+        total = budget_total(config, done, spent_s, costs)
+    return fixed_config(config, total)
 
 
 def fixed_config(config: TrainConfig, total: int) -> TrainConfig:

@@ -14,8 +14,7 @@ from ..budget import (
     WARMUP_STEPS,
     Costs,
     RunEstimate,
-    budget_total,
-    fixed_config,
+    budget_config,
     remaining_seconds,
     round_seconds,
 )
@@ -54,14 +53,15 @@ def fix_run(trainer: Trainer, done: int, step_times, val_patches) -> RunEstimate
     cfg, history = trainer.config, trainer.model.history
     spent = time.perf_counter() - trainer.created
     if cfg.minutes is not None:
-        total = budget_total(cfg, done, spent, costs)
-        trainer.config = trainer.model.train_config = fixed_config(cfg, total)
-        history["budget"] = {"minutes": cfg.minutes, "cap": cfg.iterations, "iterations": total,
-                             "fixed_after": done, "spent_seconds": spent,
-                             "step_seconds": costs.step_s,
+        trainer.config = trainer.model.train_config = budget_config(cfg, done, spent, costs)
+        history["budget"] = {"minutes": cfg.minutes, "cap": cfg.iterations,
+                             "iterations": trainer.config.iterations,
+                             "self_training": trainer.config.self_training, "fixed_after": done,
+                             "spent_seconds": spent, "step_seconds": costs.step_s,
                              "validation_seconds": costs.validation_s,
                              "round_seconds": costs.round_s}
     history["step_seconds"] = costs.step_s
     new = trainer.config
     seconds = spent + remaining_seconds(new, new.iterations, done, costs)
-    return RunEstimate(new.iterations, costs.step_s, seconds, cfg.minutes)
+    return RunEstimate(new.iterations, costs.step_s, seconds, cfg.minutes,
+                       without_self_training=new.self_training < cfg.self_training)
