@@ -11,15 +11,9 @@ import numpy as np
 from _strokes import add_strokes, candidates, random_starts, uncertain_starts
 from _volumes import CLASS_NAMES, make_volume
 
-from napari_seg3d.engine import (
-    TrainConfig,
-    Trainer,
-    default_batch_size,
-    default_model_config,
-    propose_patch_size,
-    run_to_end,
-)
+from napari_seg3d.engine import TrainConfig, Trainer, default_model_config, run_to_end
 from napari_seg3d.engine.metrics import dice_scores
+from napari_seg3d.engine.plan import plan_training
 from napari_seg3d.engine.prediction.uncertainty import uncertainty_map
 from napari_seg3d.engine.training.scribbles import simulate_scribbles
 
@@ -120,13 +114,17 @@ def run_seg3d_forest(case: Case, seed: int) -> np.ndarray:
 PLAIN = {"smoothness": 0.0, "self_training": 0}  # the network on the strokes alone
 
 
-def train_config(case: Case, iterations: int, seed: int, args, plain: bool = False,
+def train_config(case: Case, iterations: int | None, seed: int, args, plain: bool = False,
                  dims: int = 3) -> TrainConfig:
-    """The command line's training settings for ``case``; ``plain``: the network alone."""
-    extra = PLAIN if plain else {}
-    return TrainConfig(patch_size=propose_patch_size(case.image.shape, case.voxel_size, dims=dims),
-                       batch_size=default_batch_size(dims), iterations=iterations, seed=seed,
-                       device=args.device, amp=not args.no_amp, **extra)
+    """The command line's training settings for ``case`` (its plan: ``iterations`` steps, or
+    with None the time budget ``args.minutes``, the command line's default when that is None);
+    ``plain``: the network alone."""
+    settings = {"iterations": iterations, "minutes": getattr(args, "minutes", None),
+                "seed": seed, "device": args.device, "amp": not args.no_amp, "dims": dims,
+                "early_stop": not getattr(args, "no_early_stop", False),
+                **(PLAIN if plain else {})}
+    return plan_training(case.image.shape, case.labels, voxel_size=case.voxel_size,
+                         settings=settings).train_config
 
 
 def train(image: np.ndarray, labels: np.ndarray, cfg: TrainConfig, voxel_size, *, init=None,
@@ -144,8 +142,13 @@ def train(image: np.ndarray, labels: np.ndarray, cfg: TrainConfig, voxel_size, *
             log(f"  {tag} it {p.iteration}/{p.iterations} loss {p.loss:.3f} val Dice {dice} "
                 f"({time.perf_counter() - t0:.0f} s)")
 
-    return run_to_end(Trainer(image, labels, cfg, voxel_size=voxel_size, init=init,
-                              model_config=model_config).run(), show).best
+    result = run_to_end(Trainer(image, labels, cfg, voxel_size=voxel_size, init=init,
+                                model_config=model_config).run(), show)
+    _RUNS.append(result)
+    return result.best
+
+
+_RUNS: list = []  # the TrainResult of every training, for the steps it took
 
 
 def run_ours(case: Case, args, seed: int, plain: bool = False) -> np.ndarray:
@@ -186,7 +189,13 @@ def run_method(method: str, case: Case, args) -> dict:
         pred = run_ours(case, args, case.seed, plain=method == "plain")
     seconds = time.perf_counter() - t0
     dice = dice_scores(pred, case.truth, case.classes)
-    return {"dice": dice, "mean_dice": float(np.nanmean(dice)), "seconds": seconds}
+    record = {"dice": dice, "mean_dice": float(np.nanmean(dice)), "seconds": seconds}
+    if "forest" not in method and _RUNS:
+        run = _RUNS[-1]
+        record.update(iterations=run.last.iteration, planned=run.last.train_config.iterations,
+                      ended_early=run.ended_early,
+                      step_seconds=run.last.history.get("step_seconds"))
+    return record
 
 
 # --- active learning -----------------------------------------------------------------------------

@@ -248,7 +248,7 @@ def run_train(args) -> dict:
         preload = (psutil.Process().memory_info().rss - before) / MiB
     image, _, strokes = load_nuclei()
     cfg = TrainConfig(patch_size=args.patch, iterations=args.iterations, device="cpu",
-                      seed=args.seed)
+                      seed=args.seed, early_stop=False)  # every step, for the drift
     mc = default_model_config(1, 2, args.patch, base_filters=args.base_filters, levels=args.levels)
     trainer = Trainer(image, strokes, cfg, model_config=mc)
     warmup = max(10, round(args.warmup * args.iterations) // 10 * 10)

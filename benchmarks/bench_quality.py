@@ -5,6 +5,7 @@ against the dense ground truth, on the nuclei sample and on synthetic volumes ma
 purpose (thin anisotropic neurites; classes told apart by texture only, see ``_volumes.py``).
 
     python benchmarks/bench_quality.py --threads 1                      # 3 volumes x 3 methods
+    python benchmarks/bench_quality.py --iterations 800 --methods ours  # the old default
     python benchmarks/bench_quality.py --volumes neurites --iterations 100 --methods forest,ours
     python benchmarks/bench_quality.py --active-learning --methods ""   # uncertainty vs random
     python benchmarks/bench_quality.py --figures                        # PNGs of the volumes
@@ -33,7 +34,7 @@ from _quality_methods import (
 )
 from _volumes import VOLUMES
 
-from napari_seg3d.engine import TrainConfig
+from napari_seg3d.engine.budget import ITERATIONS_CAP
 
 ALL_VOLUMES = ("nuclei",) + VOLUMES
 FIGURE_DIR = Path(__file__).parent / "images"
@@ -48,9 +49,11 @@ Notes:
   fit + predict.
 - our forest: the plugin's own forest (engine/training/forest.py: its features, at most 20000
   voxels a class, 100 trees), what the Train widget's instant preview and self-training use.
-- ours: TrainConfig defaults as the command line builds them (patch from propose_patch_size,
-  --iterations, seed, device), the best model of the run predicts the volume; time = training +
-  prediction. ours (plain): the same without the edge-aware smoothness loss and self-training
+- ours: the command line's plan (plan_training: patch, batch, network; --iterations steps, or
+  else the time budget, --minutes or the default 3 minutes on a CPU and 1 on a GPU, with early
+  stop), the best model of the run predicts the volume; time = training + prediction; steps =
+  the iterations trained (mean over seeds; 'early' counts the runs that ended early).
+  ours (plain): the same without the edge-aware smoothness loss and self-training
   (smoothness=0, self_training=0: the network on the strokes alone).
 - ours 2.5D: the same defaults with --dims 2 (a 2D U-Net trained on slices along z, y and x,
   patch and batch size from propose_patch_size / default_batch_size), trained once per volume
@@ -117,8 +120,14 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
                         "empty: none")
     p.add_argument("--seeds", default="0", type=lambda t: [int(s) for s in t.split(",")],
                    help="comma-separated; each seed changes strokes, synthetic volume, training")
-    p.add_argument("--iterations", type=int, default=TrainConfig().iterations,
-                   help="training iterations of ours (default: the command line's)")
+    p.add_argument("--iterations", type=int, default=None,
+                   help="training iterations of ours (default: the command line's plan, a time "
+                        "budget)")
+    p.add_argument("--minutes", type=float, default=None,
+                   help="time budget of ours when --iterations is not given (default: the "
+                        "command line's, 3 minutes on a CPU, 1 on a GPU)")
+    p.add_argument("--no-early-stop", action="store_true",
+                   help="train ours to the last step (as the old 800-iteration default did)")
     p.add_argument("--device", choices=("auto", "cpu", "cuda"), default="auto")
     p.add_argument("--threads", type=int, default=None, help="torch CPU threads")
     p.add_argument("--no-amp", action="store_true",
@@ -146,6 +155,13 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     return args
 
 
+def steps_text(args) -> str:
+    if args.iterations is not None:
+        return f"{args.iterations} iterations"
+    minutes = args.minutes if args.minutes is not None else "the default"
+    return f"time budget {minutes} minutes (at most {ITERATIONS_CAP} iterations)"
+
+
 def dice_text(values) -> str:
     return " / ".join("-" if not np.isfinite(v) else f"{v:.3f}" for v in values)
 
@@ -154,9 +170,12 @@ def summarise(runs: list[dict]) -> dict:
     """Mean over seeds of the Dice per class, mean Dice and seconds; the worst seed's mean Dice."""
     dice = np.array([r["dice"] for r in runs], float)
     means = [r["mean_dice"] for r in runs]
+    steps = [r["iterations"] for r in runs if "iterations" in r]
     return {"dice": np.nanmean(dice, axis=0).tolist(), "mean_dice": float(np.mean(means)),
             "min_mean_dice": float(np.min(means)),
-            "seconds": float(np.mean([r["seconds"] for r in runs])), "per_seed": runs}
+            "seconds": float(np.mean([r["seconds"] for r in runs])),
+            "steps": float(np.mean(steps)) if steps else None,
+            "ended_early": sum(r.get("ended_early") is not None for r in runs), "per_seed": runs}
 
 
 def quality(args) -> tuple[list[list], dict]:
@@ -186,7 +205,9 @@ def quality(args) -> tuple[list[list], dict]:
             row = [name, METHODS[method], dice_text(s["dice"]), s["mean_dice"]]
             if len(args.seeds) > 1:
                 row.append(s["min_mean_dice"])
-            rows.append(row + [s["seconds"], float(np.mean(annotated))])
+            steps = "-" if s["steps"] is None else f"{s['steps']:.0f}" + (
+                f" ({s['ended_early']} early)" if s["ended_early"] else "")
+            rows.append(row + [s["seconds"], steps, float(np.mean(annotated))])
     return rows, figures
 
 
@@ -212,7 +233,7 @@ def main(argv: list[str] | None = None) -> int:
 
     env = machine(device)
     print(f"Segmentation quality from sparse strokes: {len(args.seeds)} seed(s) "
-          f"{args.seeds}, ours {args.iterations} iterations, device {device.type}, "
+          f"{args.seeds}, ours {steps_text(args)}, device {device.type}, "
           f"{precision_name(device, not args.no_amp)}")
     print(f"{env['device_name']}, {env['cpu_count']} CPUs, torch {torch.__version__} "
           f"({env['torch_threads']} threads); total {total:.0f} s")
@@ -221,7 +242,7 @@ def main(argv: list[str] | None = None) -> int:
         headers = ["volume", "method", "Dice per class", "mean Dice"]
         if len(args.seeds) > 1:
             headers.append("min over seeds")
-        print(table(headers + ["wall time s", "annotated %"], rows))
+        print(table(headers + ["wall time s", "steps", "annotated %"], rows))
         for name, f in figures.items():
             print(f"  {name}: classes {' / '.join(f['classes'])}")
         print(NOTES)
@@ -241,7 +262,8 @@ def main(argv: list[str] | None = None) -> int:
     if note:
         print(note)
     record = {"benchmark": "quality", **env, **load.summary(), "seeds": args.seeds,
-              "iterations": args.iterations, "plain": PLAIN,
+              "iterations": args.iterations, "minutes": args.minutes,
+              "early_stop": not args.no_early_stop, "plain": PLAIN,
               "precision": precision_name(device, not args.no_amp),
               "total_seconds": total, "volumes": figures}
     if al_records:

@@ -22,6 +22,7 @@ The last line printed is one JSON object with every checkpoint.
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import sys
 import time
 
@@ -62,7 +63,7 @@ class _TruthAtValidation:
 
 def run_case(name: str, seed: int, iterations: int, args) -> dict:
     case = load_case(name, seed)
-    cfg = train_config(case, iterations, seed, args)
+    cfg = dataclasses.replace(train_config(case, iterations, seed, args), early_stop=False)
     logger = _TruthAtValidation(case)
     trainer = Trainer(case.image, case.labels, cfg, voxel_size=case.voxel_size, loggers=[logger])
     t0 = time.perf_counter()

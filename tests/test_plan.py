@@ -3,6 +3,8 @@ run, and the command line and the Train widget get the same run from the same in
 
 from __future__ import annotations
 
+import dataclasses
+
 import numpy as np
 import pytest
 from napari.utils._proxies import PublicOnlyProxy
@@ -25,8 +27,10 @@ def _strokes(values=(1, 2)) -> np.ndarray:
 def test_defaults_are_planned_from_the_image():
     plan = plan_training(SHAPE, _strokes(), voxel_size=(2.0, 1.0, 1.0))
     cfg, mc = plan.train_config, plan.model_config
-    assert cfg.patch_size == (8, 8, 8) and cfg.batch_size == 2 and cfg.iterations == 800
-    assert cfg.validate_every == 50 and plan.start_iteration == 0
+    assert cfg.patch_size == (8, 8, 8) and cfg.batch_size == 2 and plan.start_iteration == 0
+    # no iterations given: the default time budget (a CPU here), at most 800 steps, validations
+    # planned once the total is fixed
+    assert (cfg.minutes, cfg.iterations, cfg.validate_every) == (3.0, 800, 0)
     assert mc.kwargs["out_channels"] == 2 and mc.kwargs["base_filters"] == 16
     assert mc.kwargs["spatial_dims"] == 3 and mc.architecture == "unet"
 
@@ -87,12 +91,15 @@ def test_network_settings_are_the_config_file_keys():
     assert set(setting_names()) == {f for f in TrainConfig().to_dict()} | set(NETWORK_SETTINGS)
 
 
-@pytest.mark.parametrize("network", ["3D U-Net", "2.5D: 2D U-Net on z, y, x slices"])
+@pytest.mark.parametrize(("network", "steps"), [
+    ("3D U-Net", "iterations"), ("2.5D: 2D U-Net on z, y, x slices", "iterations"),
+    ("3D U-Net", "minutes")])
 def test_the_command_line_and_the_train_widget_plan_the_same_run(make_napari_viewer, qtbot,
-                                                                 tmp_path, network):
+                                                                 tmp_path, network, steps):
     """The same image, voxel size, strokes and settings, through ``napari-seg3d train`` and
     through the Train widget with its proposed values untouched: the same training settings and
-    the same network."""
+    the same network. With a time budget each run fixes its own total from its own speed:
+    everything else is the same."""
     from napari_seg3d._widgets.train import TrainWidget
 
     image = np.random.default_rng(1).normal(size=SHAPE).astype(np.float32)
@@ -101,9 +108,10 @@ def test_the_command_line_and_the_train_widget_plan_the_same_run(make_napari_vie
     write_volume(tmp_path / "image.tif", image, voxel_size=voxel)
     write_volume(tmp_path / "labels.tif", strokes)
     dims = ["--dims", "2"] if network.startswith("2.5D") else []
+    count = ["--iterations", "3"] if steps == "iterations" else ["--minutes", "0.1"]
     assert main(["train", "--image", str(tmp_path / "image.tif"), "--labels",
-                 str(tmp_path / "labels.tif"), "--out", str(tmp_path / "cli.pt"), "--iterations",
-                 "3", "--no-report", "--quiet", *dims]) == 0
+                 str(tmp_path / "labels.tif"), "--out", str(tmp_path / "cli.pt"), *count,
+                 "--no-report", "--quiet", *dims]) == 0
     cli = load_model(tmp_path / "cli.pt")
 
     viewer = make_napari_viewer()
@@ -112,11 +120,22 @@ def test_the_command_line_and_the_train_widget_plan_the_same_run(make_napari_vie
     viewer.window.add_dock_widget(widget)
     widget.network_combo.setCurrentText(network)
     assert widget.dims == (2 if dims else 3)
-    widget.iterations_spin.setValue(3)
+    if steps == "iterations":
+        widget.iterations_spin.setValue(3)
+    else:
+        assert widget.iterations_spin.value() == 0  # auto: the time budget decides
+        widget.minutes_spin.setValue(0.1)
     layer = widget.new_annotation_layer()
     layer.data = strokes.copy()
     assert widget.start_training()
     qtbot.waitUntil(lambda: widget.worker is None, timeout=60_000)
     gui = widget.last_model
+    if steps == "minutes":  # the totals follow from each run's speed
+        assert gui.history["budget"]["minutes"] == cli.history["budget"]["minutes"] == 0.1
+        for model in (gui, cli):
+            assert model.train_config.iterations == model.history["budget"]["iterations"]
+        gui.train_config = dataclasses.replace(gui.train_config,
+                                               iterations=cli.train_config.iterations,
+                                               validate_every=cli.train_config.validate_every)
     assert gui.train_config == cli.train_config
     assert gui.model_config.to_dict() == cli.model_config.to_dict()

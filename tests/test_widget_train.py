@@ -385,7 +385,9 @@ def test_advanced_settings_reach_the_config(viewer):
     defaults = TrainConfig()
     fresh = TrainWidget(PublicOnlyProxy(viewer))
     viewer.window.add_dock_widget(fresh)
-    assert fresh.iterations_spin.value() == defaults.iterations
+    assert fresh.iterations_spin.value() == 0 and fresh.iterations_spin.text() == "auto"
+    assert fresh.minutes_spin.value() == 3.0  # this machine has no GPU: the CPU's budget
+    assert fresh.early_stop_check.isChecked() is defaults.early_stop
     assert fresh.smoothness_spin.value() == defaults.smoothness
     assert fresh.self_training_spin.value() == defaults.self_training
     widget = make_widget(viewer)
@@ -393,9 +395,11 @@ def test_advanced_settings_reach_the_config(viewer):
     widget.self_training_spin.setValue(3)
     assert fresh.amp_check.isChecked() is defaults.amp
     widget.amp_check.setChecked(False)
+    widget.early_stop_check.setChecked(False)
     cfg = widget.settings()
     assert (cfg["smoothness"], cfg["self_training"], cfg["iterations"], cfg["amp"]) == \
         (0.0, 3, 6, False)
+    assert cfg["minutes"] is None and cfg["early_stop"] is False  # iterations given: no budget
 
 
 def test_training_report_is_shown_and_saved(qtbot, viewer, blobs, shown, tmp_path):

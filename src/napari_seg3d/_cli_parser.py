@@ -18,6 +18,7 @@ def _command(sub, name: str, summary: str) -> argparse.ArgumentParser:
 
 def build_parser() -> argparse.ArgumentParser:
     from .engine import DEVICES, LOSSES, MODELS, PLANES, PredictConfig, TrainConfig
+    from .engine.budget import DEFAULT_MINUTES, ITERATIONS_CAP
     from .engine.prediction.blocks import DEFAULT_BLOCK_SHAPE
 
     p = argparse.ArgumentParser(prog="napari-seg3d", description=DESCRIPTION, epilog=EPILOG)
@@ -31,7 +32,13 @@ def build_parser() -> argparse.ArgumentParser:
     t.add_argument("--out", required=True, help="model file to write (the best model)")
     t.add_argument("--config", metavar="FILE.yaml",
                    help="training settings from a YAML file (options given here win over it)")
-    t.add_argument("--iterations", type=int, help=f"default {TrainConfig().iterations}")
+    t.add_argument("--iterations", type=int,
+                   help="exactly this many training steps (wins over --minutes; with --resume: "
+                        "steps added); default: a time budget")
+    t.add_argument("--minutes", type=float, metavar="M",
+                   help="time budget: as many steps as fit in M minutes at the speed measured "
+                        f"in the first steps, at most {ITERATIONS_CAP} (default "
+                        f"{DEFAULT_MINUTES['cpu']:g} on a CPU, {DEFAULT_MINUTES['gpu']:g} on a GPU)")
     t.add_argument("--patch-size", type=int, nargs=3, metavar=("Z", "Y", "X"))
     t.add_argument("--batch-size", type=int, help="default 2 (3D), 8 (2D slices)")
     t.add_argument("--learning-rate", type=float, help="default 0.003")
@@ -55,6 +62,10 @@ def build_parser() -> argparse.ArgumentParser:
                    help="rounds in the second half of the run in which the network also learns "
                         "from the voxels it is sure of (0 = off; default "
                         f"{TrainConfig().self_training})")
+    t.add_argument("--no-early-stop", dest="early_stop", action="store_false", default=None,
+                   help="train to the last step (default: end early when, in the last quarter "
+                        "of the run and after the last self-training round, the held-out strokes "
+                        "stop improving)")
     t.add_argument("--device", choices=DEVICES)
     t.add_argument("--seed", type=int, help="default 0")
     t.add_argument("--no-amp", dest="amp", action="store_false", default=None,

@@ -2,7 +2,9 @@
 ``napari-seg3d info MODEL --config`` writes the one that reproduces a model's run.
 
 The file is a flat mapping of :class:`TrainConfig` fields plus the network's ``architecture``,
-``dims`` (3, or 2 for a 2D network on slices), ``base_filters`` and ``levels``; every key is optional. Options given on the command line win over the file.
+``dims`` (3, or 2 for a 2D network on slices), ``base_filters`` and ``levels``; every key is optional. Options given on the command line win over the file. ``iterations`` wins over
+``minutes`` (a time budget) in the same file; on the command line, ``--minutes`` replaces the
+file's ``iterations`` and ``--iterations`` its ``minutes``.
 """
 
 from __future__ import annotations
@@ -83,6 +85,10 @@ def model_config_yaml(model) -> str:
 
     settings = model.train_config.to_dict()
     settings.pop("device", None)  # where to run is the machine's business, not the run's
+    if settings.get("minutes") is not None:  # a budget not fixed yet: iterations is its cap
+        settings.pop("iterations")
+        if not settings.get("validate_every"):
+            settings.pop("validate_every")
     kwargs = model.model_config.kwargs
     settings["architecture"] = model.model_config.architecture
     settings["dims"] = model.dims
@@ -90,4 +96,10 @@ def model_config_yaml(model) -> str:
     settings["levels"] = int(kwargs["levels"]) if "levels" in kwargs else None
     header = (f"# napari-seg3d training settings of a model trained {model.iteration} iterations;\n"
               "# napari-seg3d train --image IMAGE --labels LABELS --out MODEL --config THIS.yaml\n")
+    budget = model.history.get("budget")
+    if budget and model.train_config.minutes is None:
+        header += (f"# iterations: {budget['iterations']} were fixed by a time budget of "
+                   f"{budget['minutes']:g} minutes ({budget['step_seconds']:.2g} s a step); to plan "
+                   f"them again from this machine's speed, replace that line by "
+                   f"minutes: {budget['minutes']:g}\n")
     return header + yaml.safe_dump(settings, sort_keys=False)

@@ -7,7 +7,6 @@ Errors a user can cause end with one line on stderr and exit code 2 (1 for anyth
 from __future__ import annotations
 
 import argparse
-import contextlib
 import json
 import logging
 import sys
@@ -48,6 +47,7 @@ def _train(args: argparse.Namespace) -> int:
 def _train_checked(args: argparse.Namespace, file: dict) -> int:
     from ._cli_checks import check_room, check_truth
     from ._cli_outputs import last_path, report_path
+    from ._cli_training import plan_line, run_training, signals_held
     from ._config_file import setting_names
     from .engine import Trainer, load_model
     from .engine.io import read_volume
@@ -70,6 +70,10 @@ def _train_checked(args: argparse.Namespace, file: dict) -> int:
     # the command line wins over the file; what neither sets is planned (or, with --resume and
     # --fine-tune, comes from the model file)
     settings = {name: setting(name) for name in setting_names()}
+    if args.minutes is not None and args.iterations is None:  # the command line wins: a
+        settings["iterations"] = None                           # budget over the file's steps
+    if args.iterations is not None:
+        settings["minutes"] = None
     plan = plan_training(image.data.shape, labels, channels=_channels(image.data),
                          voxel_size=voxel, settings=settings, init=init, resume=bool(args.resume))
     cfg, start = plan.train_config, plan.start_iteration
@@ -80,12 +84,18 @@ def _train_checked(args: argparse.Namespace, file: dict) -> int:
         from .engine.training.tensorboard import TensorBoardLogger
 
         trainer.loggers.append(TensorBoardLogger(args.tensorboard))
-    result = _run_training(trainer, cfg.iterations, start, quiet=args.quiet)
+    if not args.quiet:
+        print(plan_line(cfg, trainer.device.type, start), file=sys.stderr)
+    result = run_training(trainer, cfg.iterations, start, quiet=args.quiet)
     out = Path(args.out)
     last = last_path(out)
-    with _signals_held("Saving the models: Ctrl-C takes effect once both are written..."):
+    with signals_held("Saving the models: Ctrl-C takes effect once both are written..."):
         save_models([(result.best, out), (result.last, last)])  # both new, or both as before
     best = result.best.history.get("best_val_dice")
+    if result.ended_early:
+        total = result.last.train_config.iterations
+        print(f"Ended early at iteration {result.ended_early} of {total}: the held-out strokes "
+              "stopped improving (--no-early-stop trains to the end).")
     print(f"Saved the best model to {out} and the last one (to resume) to {last}.")
     if not args.no_report:
         from ._report import save_report, training_report
@@ -99,74 +109,6 @@ def _train_checked(args: argparse.Namespace, file: dict) -> int:
         _print_truth_dice(result.best, image.data, args.truth, args)
     image.close()
     return 0
-
-
-@contextlib.contextmanager
-def _signals_held(message: str):
-    """Hold Ctrl-C (SIGINT) and SIGTERM until the block ends, then raise KeyboardInterrupt: a
-    save cut short would lose the whole run. Does nothing outside the main thread."""
-    import signal
-
-    held: list[int] = []
-
-    def hold(signum, frame):
-        if not held:
-            print(message, file=sys.stderr)
-        held.append(signum)
-
-    try:
-        previous = {s: signal.signal(s, hold) for s in (signal.SIGINT, signal.SIGTERM)}
-    except ValueError:  # not the main thread
-        yield
-        return
-    try:
-        yield
-    finally:
-        for s, handler in previous.items():
-            signal.signal(s, handler)
-    if held:
-        raise KeyboardInterrupt
-
-
-def _run_training(trainer, total: int, start: int, *, quiet: bool):
-    """Run the training generator under a tqdm bar; the first Ctrl-C (or SIGTERM, which cluster
-    schedulers send before a time limit) stops training cleanly and the models are saved; a
-    second Ctrl-C interrupts."""
-    import signal
-
-    from tqdm import tqdm
-
-    from ._cli_run import SignalCount
-
-    def stop(signum, frame):
-        if signum == signal.SIGINT and signals.count(signum) > 1:  # two Ctrl-C at once
-            raise KeyboardInterrupt
-        tqdm.write("Stopping now: the models of the last finished step are saved (Ctrl-C "
-                   "again to abort)...", file=sys.stderr)
-        trainer.request_stop()
-        signal.signal(signal.SIGINT, previous)
-
-    from .engine import run_to_end
-
-    signals = SignalCount.start()
-    previous = signal.signal(signal.SIGINT, stop)
-    previous_term = signal.signal(signal.SIGTERM, stop)
-    try:
-        with tqdm(total=total, initial=start, unit="it", desc="train", disable=quiet) as bar:
-            return run_to_end(trainer.run(), lambda p: _show_progress(bar, p))
-    finally:
-        signal.signal(signal.SIGINT, previous)
-        signal.signal(signal.SIGTERM, previous_term)
-        signals.stop()
-
-
-def _show_progress(bar, p) -> None:
-    """One training iteration on the tqdm bar: loss, speed, threads, validation Dice."""
-    bar.update(1)
-    post = {"loss": f"{p.loss:.3f}", "vox/s": f"{p.voxels_per_s:.3g}", "threads": p.threads}
-    if p.val_dice is not None:
-        post["val_dice"] = " ".join(f"{d:.3f}" for d in p.val_dice)
-    bar.set_postfix(post, refresh=False)
 
 
 def _print_truth_dice(model, image, truth_spec, args) -> None:

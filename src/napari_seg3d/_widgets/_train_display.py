@@ -65,6 +65,8 @@ class TrainingDisplay:
         self._rendering = True
         try:
             parts = [f"Iteration {p.iteration}/{p.iterations}", f"loss {p.loss:.4f}"]
+            if p.estimate is not None:  # known once the first steps are timed
+                parts.insert(0, p.estimate.describe())
             if self.history[3]:
                 parts.append("val Dice " + _dice_text(self.history[3][-1], names))
             parts += [f"{p.voxels_per_s / 1e6:.2f} Mvoxel/s", f"ETA {_duration(p.eta_s)}"]
@@ -78,6 +80,8 @@ class TrainingDisplay:
                 self._last_plot = now
                 self.plot.set_data(*self.history, names)
             # last: napari's progress bar processes events
+            if self._bar is not None and self._bar.total != p.iterations - job.start_iteration:
+                self._bar.total = p.iterations - job.start_iteration  # a time budget's, fixed
             _layers.advance(self._bar, p.iteration - job.start_iteration)
         finally:
             self._rendering = False
@@ -87,6 +91,9 @@ class TrainingDisplay:
         best = result.best.history.get("best_val_dice")
         how = f"Stopped at iteration {result.last.iteration}" if result.stopped else \
             f"Trained {result.last.iteration} iterations"
+        if result.ended_early:
+            how = (f"Ended early at iteration {result.ended_early} of "
+                   f"{result.last.train_config.iterations} (validation stopped improving)")
         quality = ("best val Dice " + _dice_text(best, result.best.class_names)
                    + f" (iteration {result.best.iteration})") if best else \
             "no validation set (paint more strokes on more slices to get one)"

@@ -35,7 +35,9 @@ from ..engine import (
 )
 from ..engine.models import MODELS
 from ..engine.plan import patch_edge
+from ..engine.training.early_stop import MIN_DELTA, PATIENCE
 from . import _layers
+from ._budget_box import BudgetBox
 from ._class_table import ClassTable
 from ._plot import TrainingPlot
 
@@ -134,10 +136,11 @@ class TrainForm(QWidget):
         form.addRow("Network", self.network_combo)
         form.addRow("2.5D planes", self.planes_combo)
         form.addRow("Patch size", row)
-        self.iterations_spin = QSpinBox(minimum=1, maximum=1_000_000,
-                                        value=TrainConfig().iterations, singleStep=100)
+        self.budget = BudgetBox()
+        self.iterations_spin = self.budget.iterations_spin  # 0: auto, the time budget decides
+        self.minutes_spin = self.budget.minutes_spin
+        form.addRow("Iterations", self.budget)
         self.batch_spin = QSpinBox(minimum=1, maximum=256, value=default_batch_size(3))
-        form.addRow("Iterations", self.iterations_spin)
         form.addRow("Batch size", self.batch_spin)
         self.network_combo.currentTextChanged.connect(self._on_network_changed)
         self.planes_combo.setEnabled(False)
@@ -181,6 +184,13 @@ class TrainForm(QWidget):
         self.loss_combo.addItems(LOSSES)
         self.device_combo = QComboBox()
         self.device_combo.addItems(list(DEVICES))
+        self.device_combo.currentTextChanged.connect(self.budget.set_device)
+        self.early_stop_check = QCheckBox(checked=TrainConfig().early_stop)
+        self.early_stop_check.setToolTip(
+            "End the run early when, in its last quarter and after the last self-training "
+            "round, the held-out strokes have stopped improving: the best validation Dice rose "
+            f"by at most {MIN_DELTA:g} over the last {PATIENCE} validations (there every "
+            "fortieth of the run).")
         self.seed_spin = QSpinBox(minimum=0, maximum=2**31 - 1, value=0)
         self.val_spin = QDoubleSpinBox(minimum=0.0, maximum=0.5, decimals=2, value=0.15,
                                        singleStep=0.05)
@@ -218,6 +228,7 @@ class TrainForm(QWidget):
                          ("Learning rate", self.lr_spin), ("Loss", self.loss_combo),
                          ("Edge-aware smoothness", self.smoothness_spin),
                          ("Self-training rounds", self.self_training_spin),
+                         ("Early stop", self.early_stop_check),
                          ("Device", self.device_combo), ("CPU threads", self.threads_spin),
                          ("Mixed precision", self.amp_check), ("Seed", self.seed_spin),
                          ("Validation fraction", self.val_spin),
@@ -230,7 +241,8 @@ class TrainForm(QWidget):
         """What the form sets, for :func:`~napari_seg3d.engine.plan.plan_training`."""
         return dict(
             patch_size=tuple(s.value() for s in self.patch_spins),
-            batch_size=self.batch_spin.value(), iterations=self.iterations_spin.value(),
+            batch_size=self.batch_spin.value(), **self.budget.steps(),
+            early_stop=self.early_stop_check.isChecked(),
             learning_rate=self.lr_spin.value(), loss=self.loss_combo.currentText(),
             device=self.device_combo.currentText(), seed=self.seed_spin.value(),
             validation_fraction=self.val_spin.value(), smoothness=self.smoothness_spin.value(),
@@ -248,8 +260,7 @@ class TrainForm(QWidget):
         if resume:
             if last_model is None:
                 raise AnnotationError("There is no training to continue: train a model first.")
-            return {"iterations": self.iterations_spin.value(),
-                    "device": self.device_combo.currentText()}, last_model
+            return {**self.budget.steps(), "device": self.device_combo.currentText()}, last_model
         return self.settings(), model if self.fine_tune_check.isChecked() else None
 
     # --- the layers chosen ------------------------------------------------------------------------

@@ -11,6 +11,7 @@ from typing import TYPE_CHECKING
 import numpy as np
 
 from ..engine import AnnotationError, Trainer, TrainerUpdate
+from ..engine.budget import ITERATIONS_CAP
 from ..engine.plan import plan_training
 from ..engine.training.instant import painted_values
 from ..engine.training.sampling import class_values_of
@@ -210,4 +211,15 @@ def new_job(image_layer, annotation_layer, settings: dict, init: SegmentationMod
 
     start = init.iteration if resume else 0
     return TrainJob(make_trainer, annotation_layer, image_layer.name, start,
-                    start + int(settings["iterations"]), new_model=init is None)
+                    _provisional_total(settings, init, resume), new_model=init is None)
+
+
+def _provisional_total(settings: dict, init: SegmentationModel | None, resume: bool) -> int:
+    """The run's total for the progress bar until the run reports it (a time budget fixes it
+    after the first steps): the iterations given, a stopped run's own total, else the cap."""
+    start = init.iteration if resume else 0
+    if settings.get("iterations"):
+        return start + int(settings["iterations"])
+    if resume and start < init.train_config.iterations:
+        return init.train_config.iterations
+    return start + ITERATIONS_CAP

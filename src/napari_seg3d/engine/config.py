@@ -7,6 +7,8 @@ import operator
 from dataclasses import dataclass, field
 from typing import Any
 
+from .errors import SettingError
+
 LOSSES = ("ce_dice", "ce", "dice", "focal", "focal_dice", "bce", "bce_dice")
 DEVICES = ("auto", "cpu", "cuda", "mps")
 # How a 2D network (2.5D) predicts a volume: along z; along z, y and x; or along the three axes
@@ -35,7 +37,14 @@ class ModelConfig:
 
 @dataclass(frozen=True)
 class TrainConfig:
-    """Every training setting. Defaults suit a small 3D volume on a CPU or a GPU."""
+    """Every training setting. Defaults suit a small 3D volume on a CPU or a GPU.
+
+    ``minutes``: a time budget. None: exactly ``iterations`` steps. Set: ``iterations`` is a
+    cap, and the training loop fixes the total from the speed of its first steps (see
+    :mod:`.budget`), replacing this config by one with that total and no budget, so a saved
+    model always holds the steps its run was planned for. ``early_stop``: end the run when, in
+    its last phase, the held-out strokes stop improving (see :mod:`.training.early_stop`).
+    """
 
     patch_size: tuple[int, int, int] = (32, 64, 64)
     batch_size: int = 2
@@ -55,6 +64,8 @@ class TrainConfig:
     pseudo_threshold: float = 0.9
     self_training_forest: bool = True
     planes: str = "three"
+    minutes: float | None = None
+    early_stop: bool = True
 
     def __post_init__(self) -> None:
         """Check every field (type and range, see :func:`.schema.train_rules`): a wrong one
@@ -63,6 +74,10 @@ class TrainConfig:
 
         for name, rule in train_rules().items():
             object.__setattr__(self, name, rule(name, getattr(self, name)))
+        if self.validate_every < 1 and self.minutes is None:
+            raise SettingError("validate_every must be at least 1 (0, with a time budget: a "
+                               f"tenth of the run once its total is fixed), got "
+                               f"{self.validate_every}.")
 
     def to_dict(self) -> dict[str, Any]:
         return _plain(dataclasses.asdict(self))

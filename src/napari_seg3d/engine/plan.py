@@ -5,7 +5,7 @@ The command line and the Train widget only collect what the user set and call
 :func:`plan_training`, so the same inputs give the same run::
 
     plan = plan_training(image.shape, labels, voxel_size=(2.0, 0.5, 0.5),
-                         settings={"iterations": 300})
+                         settings={"minutes": 2})  # or {"iterations": 300}
     trainer = Trainer(image, labels, plan.train_config, model_config=plan.model_config)
 """
 
@@ -18,6 +18,12 @@ from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
+from .budget import (
+    ITERATIONS_CAP,
+    default_minutes,
+    default_validate_every,
+    steps_for_minutes,
+)
 from .config import ModelConfig, TrainConfig
 from .devices import resolve_device
 from .models import MODELS, anisotropic_pooling
@@ -59,7 +65,9 @@ def plan_training(image_shape, labels=None, *, channels: int = 1, voxel_size=Non
         voxel_size: ``(z, y, x)``, or None for isotropic voxels.
         settings: what the user set: any :class:`TrainConfig` field and the network settings
             of :data:`NETWORK_SETTINGS`; everything else is planned. With ``init``, settings not
-            given come from the model's own training settings.
+            given come from the model's own training settings. ``iterations`` (exactly that
+            many steps) wins over ``minutes`` (a time budget); with neither, the run has the
+            default budget of the device (see :func:`_steps`).
         init: a model to fine-tune, or with ``resume`` to continue exactly (``iterations`` then
             counts the steps added).
         resume: continue ``init`` exactly.
@@ -92,14 +100,12 @@ def plan_training(image_shape, labels=None, *, channels: int = 1, voxel_size=Non
         patch = tuple(settings.get("patch_size") or propose_patch_size(
             shape, voxel_size, dims=dims, max_edge=patch_edge(device)))
     start = init.iteration if (init is not None and resume) else 0
-    run = int(settings.get("iterations", TrainConfig().iterations))
-    given = {k: v for k, v in settings.items()
-             if k in base.to_dict() and k not in ("patch_size", "iterations", "device")}
+    steps = _steps(settings, base, init, resume, device)
+    given = {k: v for k, v in settings.items() if k in base.to_dict()
+             and k not in ("patch_size", "iterations", "minutes", "validate_every", "device")}
     if init is None:
         given.setdefault("batch_size", default_batch_size(dims))
-    given.setdefault("validate_every", default_validate_every(run))
-    cfg = dataclasses.replace(base, patch_size=patch, iterations=start + run, device=device,
-                              **given)
+    cfg = dataclasses.replace(base, patch_size=patch, device=device, **steps, **given)
     model_config = None
     if init is None:
         model_config = default_model_config(
@@ -125,18 +131,53 @@ def output_channels(labels, loss: str) -> int:
     return len(np.unique(labels[labels > 0]))
 
 
-def patch_edge(device: str = "auto") -> int:
-    """The largest y/x edge of a proposed training patch on ``device``."""
+def device_kind(device: str = "auto") -> str:
+    """``"gpu"`` or ``"cpu"``: where ``device`` (``auto``: the GPU when there is one) runs."""
     try:
         kind = resolve_device(device).type
     except ValueError:  # an unavailable device: the trainer says so; plan as on a CPU
         kind = "cpu"
-    return PATCH_EDGE["gpu" if kind in ("cuda", "mps") else "cpu"]
+    return "gpu" if kind in ("cuda", "mps") else "cpu"
 
 
-def default_validate_every(iterations: int) -> int:
-    """A tenth of the run, between 5 and 50 steps."""
-    return int(np.clip(iterations // 10, 5, 50))
+def patch_edge(device: str = "auto") -> int:
+    """The largest y/x edge of a proposed training patch on ``device``."""
+    return PATCH_EDGE[device_kind(device)]
+
+
+def _steps(settings, base: TrainConfig, init, resume: bool, device: str) -> dict[str, Any]:
+    """The ``iterations``, ``minutes`` and ``validate_every`` of a run (see :func:`plan_training`).
+
+    Iterations given: exactly that many steps (added to a resumed run's), no budget. Else a
+    resumed run stopped before its total continues to it (exactly, as planned); a resumed run
+    that had ended gets the steps of the budget at the step time it recorded; a new or
+    fine-tuned run gets the budget (``minutes``, or :func:`.budget.default_minutes` of the
+    device) and at most :data:`.budget.ITERATIONS_CAP` steps, its total fixed as it trains."""
+    start = init.iteration if (init is not None and resume) else 0
+    every = settings.get("validate_every")
+    if "iterations" in settings:
+        run = int(settings["iterations"])
+        own = base.validate_every if resume and base.validate_every else None
+        return {"iterations": start + run, "minutes": None,
+                "validate_every": every or own or default_validate_every(run)}
+    if resume and start < base.iterations:
+        return {"iterations": base.iterations, "minutes": base.minutes,
+                "validate_every": every if every is not None else base.validate_every}
+    minutes = settings.get("minutes")
+    minutes = float(default_minutes(device_kind(device)) if minutes is None else minutes)
+    if not 0 < minutes < float("inf"):
+        raise ValueError(f"The time budget must be a positive number of minutes, got {minutes}.")
+    if resume:
+        step_s = init.history.get("step_seconds")
+        if not step_s:
+            raise ValueError("This model file does not record how long a step took, so a time "
+                             "budget cannot plan the steps to add: give the iterations to add "
+                             "(--iterations, or the Iterations box).")
+        run = steps_for_minutes(minutes, float(step_s))
+        return {"iterations": start + run, "minutes": None,
+                "validate_every": every or base.validate_every or default_validate_every(run)}
+    return {"iterations": ITERATIONS_CAP, "minutes": minutes,
+            "validate_every": every if every is not None else 0}
 
 
 def window_for(patch_size, dims: int, shape) -> tuple[int, int, int]:

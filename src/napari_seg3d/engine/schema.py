@@ -147,7 +147,7 @@ def train_rules() -> dict[str, Callable[[str, Any], Any]]:
         "seed": _rule(whole, 0, 2**32 - 1),
         "amp": boolean,
         "validation_fraction": _rule(number, 0.0, 0.5),
-        "validate_every": _rule(whole, 1),
+        "validate_every": _rule(whole, 0),  # 0: a tenth of a budget run (see TrainConfig)
         "random_patch_fraction": _rule(number, 0.0, 1.0),
         "augment": boolean,
         "smoothness": _rule(number, 0.0, 100.0),
@@ -155,7 +155,20 @@ def train_rules() -> dict[str, Callable[[str, Any], Any]]:
         "pseudo_threshold": _rule(number, 0.5, 1.0),
         "self_training_forest": boolean,
         "planes": _rule(choice, PLANES, "planes"),
+        "minutes": minutes,
+        "early_stop": boolean,
     }
+
+
+def minutes(name: str, value: Any) -> float | None:
+    """A time budget: None (none) or a positive finite number of minutes."""
+    if value is None:
+        return None
+    try:
+        return number(name, value, above=0.0)
+    except SettingError:
+        raise SettingError(f"The time budget must be a positive number of minutes, got "
+                           f"{shown(value)}.") from None
 
 
 def network_rules() -> dict[str, Callable[[str, Any], Any]]:

@@ -86,10 +86,10 @@ def settings_text(settings: dict[str, Any]) -> str:
 
 def is_validation_step(config, progress: TrainProgress) -> bool:
     """Whether the loop validated at this step (also when no stroke is held out, so there is no
-    Dice): every ``config.validate_every`` iterations and at the last."""
-    step = progress.iteration
-    return (progress.val_dice is not None or step % config.validate_every == 0
-            or step == progress.iterations)
+    Dice): see :func:`.schedule.validates_after`."""
+    from .schedule import validates_after
+
+    return progress.val_dice is not None or validates_after(config, progress.iteration)
 
 
 def choose_slice(index: np.ndarray) -> int:

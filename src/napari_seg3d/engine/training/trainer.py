@@ -9,6 +9,7 @@ from __future__ import annotations
 import copy
 import logging
 import threading
+import time
 from typing import Generator
 
 import numpy as np
@@ -52,7 +53,9 @@ class Trainer:
     Args:
         image: ``(Z, Y, X)`` or ``(C, Z, Y, X)``; numpy array, memmap or h5py dataset.
         labels: ``(Z, Y, X)`` integer annotations.
-        config: every training setting.
+        config: every training setting. With a time budget (``config.minutes``) the run
+            replaces it once, after its first steps, by the config of the total fixed then
+            (``trainer.config`` and the model's ``train_config``; see :mod:`..budget`).
         model_config: the network; default :func:`default_model_config`.
         init: a model to start from (fine-tuning) or, with ``resume=True``, to continue exactly.
         loggers: objects with ``log(trainer, progress)`` and ``close()``, called in the training
@@ -63,6 +66,7 @@ class Trainer:
     def __init__(self, image, labels, config: TrainConfig, *, model_config: ModelConfig | None = None,
                  class_names=None, voxel_size=None, init: SegmentationModel | None = None,
                  resume: bool = False, loggers=()) -> None:
+        self.created = time.perf_counter()  # a time budget counts from here
         shape, channels = _image_shape(image)
         labels = np.asarray(labels)
         if labels.shape != shape:
