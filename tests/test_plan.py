@@ -134,8 +134,11 @@ def test_the_command_line_and_the_train_widget_plan_the_same_run(make_napari_vie
         assert gui.history["budget"]["minutes"] == cli.history["budget"]["minutes"] == 0.1
         for model in (gui, cli):
             assert model.train_config.iterations == model.history["budget"]["iterations"]
+            # a run too short for self-training rounds goes without them (budget.py)
+            assert model.train_config.self_training == model.history["budget"]["self_training"]
         gui.train_config = dataclasses.replace(gui.train_config,
                                                iterations=cli.train_config.iterations,
-                                               validate_every=cli.train_config.validate_every)
+                                               validate_every=cli.train_config.validate_every,
+                                               self_training=cli.train_config.self_training)
     assert gui.train_config == cli.train_config
     assert gui.model_config.to_dict() == cli.model_config.to_dict()

@@ -302,8 +302,8 @@ def test_predict_volume_given_the_wrong_thing_says_what_to_pass(model, case):
                                "model.predict(volume)",
         "a path": "The volume 'image.tif' is a file name, not an array: read it first",
         "an unavailable device": "was asked for, but",
-        "batch_size 2.5": "batch_size must be a whole number of at least 1, got 2.5.",
-        "an unknown device": "Unknown device 'tpu'; choose one of auto, cpu, cuda, mps.",
+        "batch_size 2.5": "batch_size must be a positive integer, got 2.5.",
+        "an unknown device": "Unknown device 'tpu'; choose one of auto, cpu, cuda, mps (or cuda:N",
     }[case]
     if case == "a SegmentationModel":
         net = model

@@ -75,9 +75,9 @@ class TrainConfig:
         for name, rule in train_rules().items():
             object.__setattr__(self, name, rule(name, getattr(self, name)))
         if self.validate_every < 1 and self.minutes is None:
-            raise SettingError("validate_every must be at least 1 (0, with a time budget: a "
-                               f"tenth of the run once its total is fixed), got "
-                               f"{self.validate_every}.")
+            raise SettingError(f"validate_every must be a whole number of at least 1, got "
+                               f"{self.validate_every}. (0, with a time budget only: a tenth "
+                               "of the run once its total is fixed.)")
 
     def to_dict(self) -> dict[str, Any]:
         return _plain(dataclasses.asdict(self))

@@ -176,16 +176,31 @@ def _voxel_size(voxel: Any) -> None:
 
 
 def _history(history: Any) -> None:
-    """Lists of numbers (NaN allowed: a class absent from the validation strokes), or None."""
+    """Plain records: numbers (NaN allowed: a class absent from the validation strokes), None,
+    true/false, in lists (the curves) and mappings (a time budget's record, an early stop's,
+    whose values may also be short texts), at most three levels deep; or None."""
     if history is None:
         return
     for key, value in _mapping("history", history).items():
-        if value is None:
-            continue
-        for item in _list(f"history.{key}", value):
-            for v in item if isinstance(item, (list, tuple)) else [item]:
-                if isinstance(v, bool) or not isinstance(v, (int, float)):
-                    raise SettingError(f"history.{key} must hold numbers, got {shown(v)}.")
+        _record(f"history.{key}", value, 3)
+
+
+def _record(name: str, value: Any, depth: int, named: bool = False) -> None:
+    if value is None or isinstance(value, (bool, int, float)):
+        return
+    if named and isinstance(value, str) and len(value) <= 200:  # a record's reason
+        return
+    if depth > 0 and isinstance(value, (list, tuple)):
+        for item in value:
+            _record(name, item, depth - 1)
+        return
+    if depth > 0 and isinstance(value, dict):
+        for k, v in value.items():
+            if not isinstance(k, str):
+                raise SettingError(f"{name} must hold named records, got the key {shown(k)}.")
+            _record(f"{name}.{k}", v, depth - 1, named=True)
+        return
+    raise SettingError(f"{name} must hold numbers, got {shown(value)}.")
 
 
 def _network_shapes(arch: str, kwargs: dict[str, Any],
