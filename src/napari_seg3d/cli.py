@@ -30,7 +30,7 @@ def _train(args: argparse.Namespace) -> int:
     from ._cli_outputs import check_train_outputs
     from ._config_file import read_config, setting_names
     from .engine.errors import writable_folder
-    from .engine.io._folders import missing_folders, remove_empty
+    from .engine.io import missing_folders, remove_empty
 
     check_train_outputs(args)  # nothing it writes may land on an input: refused before reading
     check_options(args, setting_names())  # types and ranges, --out, before anything is read

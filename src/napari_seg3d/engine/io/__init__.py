@@ -10,6 +10,7 @@ region-by-region writing (:class:`ChunkedWriter`) in :mod:`._chunked`, temporari
 
 from ..errors import VolumeError
 from ._chunked import ChunkedWriter
+from ._folders import missing_folders, remove_empty
 from ._hdf5 import VOXEL_ATTRS
 from ._paths import (
                      DEFAULT_KEY,
@@ -25,5 +26,5 @@ from ._volume import Volume, list_datasets, output_path, read_volume, write_volu
 __all__ = [
     "DEFAULT_KEY", "HDF5_SUFFIXES", "SUFFIXES", "TIFF_SUFFIXES", "VOXEL_ATTRS", "ZARR_SUFFIXES",
     "ChunkedWriter", "Volume", "VolumeError", "VoxelSize", "list_datasets", "output_path",
-    "read_volume", "split_path", "write_volume",
+    "missing_folders", "read_volume", "remove_empty", "split_path", "write_volume",
 ]
