@@ -161,6 +161,7 @@ def _print_truth_dice(model, image, truth_spec, args) -> None:
 def _predict(args: argparse.Namespace) -> int:
     from tqdm import tqdm
 
+    from ._cli_instances import instances_stage  # --instances (issue 15)
     from .engine import load_model
     from .engine.prediction.batch import (
         FileProgress,
@@ -175,8 +176,9 @@ def _predict(args: argparse.Namespace) -> int:
     inputs = expand_inputs(args.inputs, args.pattern)
     if not inputs:
         raise ValueError("No input volumes found; name TIFF, HDF5, zarr or .npy files or a folder.")
-    output_paths(args.out, inputs, args.format, model_file=args.model,  # refused before any file
-                 probabilities=args.probabilities, uncertainty=args.uncertainty)
+    outs = output_paths(args.out, inputs, args.format, model_file=args.model,  # refused first
+                        probabilities=args.probabilities, uncertainty=args.uncertainty)
+    add_instances = instances_stage(args, model, inputs, outs)  # --instances: refused first too
     options = dict(fmt=args.format, overwrite=args.overwrite, overlap=args.overlap, tta=args.tta,
                    probabilities=args.probabilities, uncertainty=args.uncertainty,
                    batch_size=args.batch_size, device=args.device,
@@ -188,6 +190,8 @@ def _predict(args: argparse.Namespace) -> int:
                                              **options)
     else:
         gen = iter_predict_files(model, inputs, args.out, model_file=args.model, **options)
+    if add_instances is not None:  # --instances: <stem>_instances.<ext> after each file's labels
+        gen = add_instances(gen)
     failed = done = 0
     with tqdm(total=len(inputs), unit="file", desc="predict", disable=args.quiet) as bar:
         for item in gen:  # the bar counts files, and the windows (or blocks) of the current one
@@ -239,6 +243,7 @@ def _command(sub, name: str, summary: str) -> argparse.ArgumentParser:
 
 
 def build_parser() -> argparse.ArgumentParser:
+    from ._cli_instances import add_instance_arguments  # --instances (issue 15)
     from .engine.config import LOSSES, PLANES, TrainConfig
     from .engine.models import MODELS
     from .engine.prediction.blocks import DEFAULT_BLOCK_SHAPE
@@ -327,6 +332,7 @@ def build_parser() -> argparse.ArgumentParser:
                         "unless trained with --no-amp)")
     r.add_argument("--device", default="auto", choices=["auto", "cpu", "cuda", "mps"])
     r.add_argument("--overwrite", action="store_true", help="replace existing outputs")
+    add_instance_arguments(r)  # --instances CLASS and its options (issue 15)
     r.set_defaults(func=_predict)
 
     i = _command(sub, "info", "print what a model file holds")
