@@ -33,8 +33,8 @@ from qtpy.QtWidgets import (
 )
 
 from ..engine import ModelFileError, Seg3DError, load_model, resolve_device
+from . import _instances, _layer_files, _layers, _predict_outputs
 from . import _large_prediction as _large
-from . import _layer_files, _layers, _predict_outputs
 from ._session import SESSION
 
 if TYPE_CHECKING:
@@ -147,6 +147,7 @@ class PredictWidget(QWidget):
                          ("Device", self.device_combo)):
             form.addRow(label, w)
         form.addRow("Large predictions folder", folder_row)
+        self.instances = _instances.InstancesOption(form, self.probabilities_check)  # issue 15
         layout.addLayout(form)
         row = QHBoxLayout()
         self.predict_button, self.cancel_button = QPushButton("Predict"), QPushButton("Cancel")
@@ -390,6 +391,8 @@ class PredictWidget(QWidget):
             if self._stores is not None:
                 self._publish(job)
             self._report(job)
+            self.instances.after(self.viewer, job.complete, self._image_name, self.layer,
+                                 self.probabilities_layer)  # <image> instances (issue 15)
         if bar is not None:
             bar.close()
 
@@ -439,6 +442,7 @@ class PredictWidget(QWidget):
         self.cancel_button.setEnabled(busy)
         model = self.current_model()
         self.planes_combo.setEnabled(model is not None and model.dims == 2)
+        self.instances.set_model(model)  # its classes in the Instances combo (issue 15)
 
 
 def _problem(model, image) -> str | None:
