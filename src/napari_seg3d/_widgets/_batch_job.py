@@ -7,6 +7,7 @@ from pathlib import Path
 
 from ..engine import ModelFileError, SegmentationModel, errors, load_model
 from ..engine.prediction.batch import iter_predict_files
+from ._batch_instances import InstancesChoice
 
 
 @dataclass(frozen=True)
@@ -22,6 +23,7 @@ class BatchJob:
     overlap: float
     tta: bool
     planes: str | None = None  # 2D (2.5D) models: fast, three or best; None: as trained
+    instances: InstancesChoice | None = None  # <name>_instances.<fmt> too (issue 15)
 
 
 def run_batch_job(job: BatchJob):
@@ -32,11 +34,15 @@ def run_batch_job(job: BatchJob):
     except ModelFileError as exc:
         return str(exc)
     planes = job.planes if model.dims == 2 else None  # 3D networks have no planes
+    try:  # issue 15: instances of a class the model has
+        add_instances = job.instances and job.instances.stage(model, job.out_dir, job.inputs)
+    except ValueError as exc:
+        return str(exc)
     try:
-        return (yield from iter_predict_files(model, job.inputs, job.out_dir, fmt=job.fmt,
-                                              overwrite=job.overwrite, overlap=job.overlap,
-                                              tta=job.tta, planes=planes,
-                                              model_file=job.model_path))
+        gen = iter_predict_files(model, job.inputs, job.out_dir, fmt=job.fmt,
+                                 overwrite=job.overwrite, overlap=job.overlap, tta=job.tta,
+                                 planes=planes, model_file=job.model_path)
+        return (yield from (add_instances(gen) if add_instances else gen))
     except errors.OutputError as exc:  # an output would land on an input: nothing was written
         return str(exc)
 
