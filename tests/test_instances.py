@@ -183,3 +183,34 @@ def test_no_objects_at_all_is_perfect_and_none_predicted_is_zero():
     truth[1, 1, 1] = 1
     s = instance_scores(empty, truth)
     assert (s.f1, s.recall, s.precision) == (0.0, 0.0, 1.0) and np.isnan(s.mean_iou)
+
+
+# --- the file side: classes, probabilities, settings -----------------------------------------
+
+def test_a_class_by_value_or_name_and_its_probability_channel():
+    from napari_seg3d.engine.prediction.instance_files import class_probability, class_value_of
+
+    values, names = (1, 5, 9), ("background", "Nucleus", "membrane")
+    assert class_value_of(values, names, "5") == (5, 1)
+    assert class_value_of(values, names, " nucleus ") == (5, 1)
+    assert class_value_of(values, names, 9) == (9, 2)
+    with pytest.raises(ValueError, match=r"no class 'cell'.*1 \(background\), 5 \(Nucleus\)"):
+        class_value_of(values, names, "cell")
+    probs = np.random.default_rng(0).random((3, 2, 3, 4), dtype=np.float32)
+    np.testing.assert_array_equal(class_probability(probs, 2), probs[2])
+    sigmoid = probs[:1]  # a one-output model: p is the probability of its second class
+    np.testing.assert_array_equal(class_probability(sigmoid, 1), sigmoid[0])
+    np.testing.assert_allclose(class_probability(sigmoid, 0), 1 - sigmoid[0])
+
+
+@pytest.mark.parametrize(("kwargs", "words"), [
+    ({"method": "watershed"}, "Unknown instance method 'watershed'; choose one of distance, "
+                              + "probability, components."),
+    ({"min_size": -1}, "must be 0 or more voxels"),
+    ({"diameter": -2.0}, "must be positive"),
+])
+def test_instance_settings_are_checked(kwargs, words):
+    from napari_seg3d.engine.prediction.instance_files import InstanceConfig
+
+    with pytest.raises(ValueError, match=words):
+        InstanceConfig(2, **kwargs)
