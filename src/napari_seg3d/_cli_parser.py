@@ -18,6 +18,7 @@ def _command(sub, name: str, summary: str) -> argparse.ArgumentParser:
 
 def build_parser() -> argparse.ArgumentParser:
     from .engine import DEVICES, LOSSES, MODELS, PLANES, PredictConfig, TrainConfig
+    from ._cli_instances import add_instance_arguments
     from .engine.budget import DEFAULT_MINUTES, ITERATIONS_CAP
     from .engine.prediction.blocks import DEFAULT_BLOCK_SHAPE
 
@@ -114,6 +115,7 @@ def build_parser() -> argparse.ArgumentParser:
                         "unless trained with --no-amp)")
     r.add_argument("--device", default="auto", choices=DEVICES)
     r.add_argument("--overwrite", action="store_true", help="replace existing outputs")
+    add_instance_arguments(r)  # --instances CLASS and its options
 
     i = _command(sub, "info", "print what a model file holds")
     i.add_argument("model")

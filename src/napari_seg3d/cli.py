@@ -125,6 +125,7 @@ def _print_truth_dice(model, image, truth_spec, args) -> None:
 def _predict(args: argparse.Namespace) -> int:
     from tqdm import tqdm
 
+    from ._cli_instances import instances_stage
     from ._cli_run import stop_between
     from .engine import PredictConfig, load_model
     from .engine.prediction.batch import (
@@ -144,8 +145,9 @@ def _predict(args: argparse.Namespace) -> int:
     inputs = expand_inputs(args.inputs, args.pattern)
     if not inputs:
         raise ValueError("No input volumes found; name TIFF, HDF5, zarr or .npy files or a folder.")
-    output_paths(args.out, inputs, args.format, model_file=args.model,  # refused before any file
-                 probabilities=args.probabilities, uncertainty=args.uncertainty)
+    outs = output_paths(args.out, inputs, args.format, model_file=args.model,  # refused first
+                        probabilities=args.probabilities, uncertainty=args.uncertainty)
+    add_instances = instances_stage(args, model, inputs, outs)  # --instances: refused first too
     if args.scheduler:
         from .engine.prediction.distributed import iter_predict_files_distributed
 
@@ -154,6 +156,8 @@ def _predict(args: argparse.Namespace) -> int:
     else:
         gen = iter_predict_files(model, inputs, args.out, config, fmt=args.format,
                                  overwrite=args.overwrite, model_file=args.model)
+    if add_instances is not None:  # --instances: <stem>_instances.<ext> after each file's labels
+        gen = add_instances(gen)
     failed = done = 0
     with tqdm(total=len(inputs), unit="file", desc="predict", disable=args.quiet) as bar:
         for item in stop_between(gen, STOPPING):  # files, and the windows of the current one

@@ -27,7 +27,7 @@ from qtpy.QtWidgets import (
 
 from ..engine import DEVICES, PredictConfig, resolve_device
 from ..engine.prediction import disk_stores
-from . import _layers
+from . import _instances, _layers
 from ._export import add_export_button
 from ._session import SESSION
 
@@ -85,6 +85,7 @@ class PredictForm(QWidget):
                          ("Device", self.device_combo)):
             form.addRow(label, w)
         form.addRow("Large predictions folder", folder_row)
+        self.instances = _instances.InstancesOption(form, self.probabilities_check)
         layout.addLayout(form)
         row = QHBoxLayout()
         self.predict_button, self.cancel_button = QPushButton("Predict"), QPushButton("Cancel")

@@ -40,6 +40,7 @@ from ..engine.prediction.batch import (
 )
 from ..engine.prediction.jobs import BatchJob, run_batch_job
 from . import _layers
+from ._batch_instances import BatchInstances
 from ._batch_progress import BatchProgress, file_progress_text, summary_text
 from ._session import SESSION
 
@@ -207,6 +208,7 @@ class BatchPredictWidget(QWidget):
         self._overlap.setValue(PredictConfig().overlap)
         self._tta = QCheckBox("Test-time augmentation (mirrored passes, 4x slower)")
         self._planes = _layers.planes_combo()
+        self._instances = BatchInstances()  # <name>_instances.<format> (issue 15)
 
         self._run_button, self._cancel_button = QPushButton("Run"), QPushButton("Cancel")
         self._run_button.clicked.connect(self.run)
@@ -231,6 +233,7 @@ class BatchPredictWidget(QWidget):
         form.addRow("Window overlap", self._overlap)
         form.addRow(self._tta)
         form.addRow("2.5D planes", self._planes)
+        form.addRow(self._instances.row)
         layout = QVBoxLayout(self)
         layout.addLayout(form)
         layout.addWidget(_row(self._run_button, self._cancel_button))
@@ -240,7 +243,7 @@ class BatchPredictWidget(QWidget):
         self._form_widgets = [self._inputs, self._pattern, add_files, add_folder, remove,
                               self._model_choice, self._model_path, browse_model, self._out_dir,
                               browse_out, self._format, self._overwrite, self._overlap, self._tta,
-                              self._planes]
+                              self._planes, self._instances.row]
 
     def _job(self) -> BatchJob:
         inputs = expand_inputs(self.inputs(), self._pattern.text().strip() or "*")
@@ -258,14 +261,15 @@ class BatchPredictWidget(QWidget):
                 raise ModelFileError("No model chosen: choose a model file or a model trained "
                                      "in this session.")
             model_path = Path(text).expanduser()
-        out_dir = self._out_dir.text().strip()
+        out_dir, outs = self._out_dir.text().strip(), None
         if out_dir:  # an output that would land on an input refuses the run before it starts
-            output_paths(Path(out_dir).expanduser(), inputs, self._format.currentText(),
-                         model_file=model_path)
+            outs = output_paths(Path(out_dir).expanduser(), inputs, self._format.currentText(),
+                                model_file=model_path)
         config = replace(FILE_DEFAULTS, overlap=float(self._overlap.value()),
                          tta=self._tta.isChecked(), planes=_layers.planes_choice(self._planes))
         return BatchJob(inputs, model, model_path, writable_folder(out_dir),
-                        self._format.currentText(), self._overwrite.isChecked(), config)
+                        self._format.currentText(), self._overwrite.isChecked(), config,
+                        self._instances.choice(inputs, outs, model_path))
 
     def _set_busy(self, busy: bool) -> None:
         for widget in self._form_widgets:

@@ -231,6 +231,8 @@ class PredictWidget(PredictForm):
             if self._stores is not None:
                 self._publish(job)
             self._report(job)
+            self.instances.after(self.viewer, job.complete, self._image_name, self.layer,
+                                 self.probabilities_layer)  # <image> instances (issue 15)
         if bar is not None:
             bar.close()
 
@@ -280,6 +282,7 @@ class PredictWidget(PredictForm):
         self.cancel_button.setEnabled(busy)
         model = self.current_model()
         self.planes_combo.setEnabled(model is not None and model.dims == 2)
+        self.instances.set_model(model)  # its classes in the Instances combo (issue 15)
 
 
 def _warn_voxel_size(model, image) -> None:

@@ -12,7 +12,7 @@ import dataclasses
 from collections.abc import Generator
 from dataclasses import dataclass, fields
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
@@ -23,6 +23,9 @@ from .batch import FileProgress, FileResult, iter_predict_files
 from .disk_stores import DiskStores
 from .sliding_window import RegionDone
 from .uncertainty import uncertainty_map
+
+if TYPE_CHECKING:
+    from .instance_files import InstancesChoice
 
 
 @dataclass(frozen=True)
@@ -118,6 +121,7 @@ class BatchJob:
     fmt: str
     overwrite: bool
     config: PredictConfig
+    instances: InstancesChoice | None = None  # also <name>_instances.<fmt> of one class
 
 
 def run_batch_job(job: BatchJob,
@@ -129,9 +133,13 @@ def run_batch_job(job: BatchJob,
     except ModelFileError as exc:
         return str(exc)
     config = job.config if model.dims == 2 else dataclasses.replace(job.config, planes=None)
+    try:  # instances of a class the model has
+        add_instances = job.instances and job.instances.stage(model, job.out_dir, job.inputs)
+    except ValueError as exc:
+        return str(exc)
     try:
-        return (yield from iter_predict_files(model, job.inputs, job.out_dir, config,
-                                              fmt=job.fmt, overwrite=job.overwrite,
-                                              model_file=job.model_path))
+        gen = iter_predict_files(model, job.inputs, job.out_dir, config, fmt=job.fmt,
+                                 overwrite=job.overwrite, model_file=job.model_path)
+        return (yield from (add_instances(gen) if add_instances else gen))
     except OutputError as exc:  # an output would land on an input: nothing was written
         return str(exc)
