@@ -112,14 +112,18 @@ def _train_checked(args: argparse.Namespace, file: dict) -> int:
 
 
 def _print_truth_dice(model, image, truth_spec, args) -> None:
+    """Dice of ``model`` against ``--truth``, predicted and compared block by block (neither
+    volume is loaded whole)."""
     from .engine.io import read_volume
-    from .engine.metrics import dice_scores
+    from .engine.metrics import dice_of_regions
+    from .engine.prediction.blocks import DEFAULT_BLOCK_SHAPE
 
-    truth = read_volume(truth_spec).data
-    pred = model.predict(np.asarray(image), device=args.device)
-    scores = dice_scores(pred, truth, model.class_values)
+    with read_volume(truth_spec, lazy=True) as truth:
+        regions = model.iter_predict(image, device=args.device, block_shape=DEFAULT_BLOCK_SHAPE)
+        scores = dice_of_regions(regions, truth.data, model.class_values)
     print("Dice against the ground truth: " + ", ".join(
-        f"{n} {d:.3f}" for n, d in zip(model.class_names, scores)) + f"; mean {np.mean(scores):.3f}")
+        f"{n} {d:.3f}" for n, d in zip(model.class_names, scores)) +
+        f"; mean {np.nanmean(scores):.3f}")
 
 
 def _predict(args: argparse.Namespace) -> int:

@@ -18,6 +18,22 @@ def dice_from_counts(overlap: int, predicted: int, true: int) -> float:
     return float("nan") if denom == 0 else 2.0 * overlap / denom
 
 
+def dice_of_regions(regions, truth, class_values) -> list[float]:
+    """Dice of each class value over a volume predicted region by region: ``regions`` yields
+    ``(slices, labels)`` pairs (or records with ``.slices`` and ``.labels``) that tile the
+    volume, ``truth`` is any array-like read one region at a time, so neither volume needs to
+    fit in memory. The same figures as :func:`dice_scores` of the whole volumes."""
+    values = list(class_values)
+    counts = np.zeros((len(values), 3), np.int64)  # overlap, predicted, true
+    for region in regions:
+        slices, labels = (region.slices, region.labels) if hasattr(region, "slices") else region
+        t = np.asarray(truth[tuple(slices)])
+        for i, v in enumerate(values):
+            p, q = labels == v, t == v
+            counts[i] += (int((p & q).sum()), int(p.sum()), int(q.sum()))
+    return [dice_from_counts(*map(int, c)) for c in counts]
+
+
 def dice_scores(prediction: np.ndarray, truth: np.ndarray, class_values) -> list[float]:
     """Dice of each class value between two ``(Z, Y, X)`` label volumes (NaN if absent in both)."""
     out = []
