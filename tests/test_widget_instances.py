@@ -7,9 +7,9 @@ from conftest import run_to_end
 from napari.utils._proxies import PublicOnlyProxy
 
 from napari_seg3d._widgets import _instances
-from napari_seg3d._widgets import _large_prediction as large
 from napari_seg3d._widgets.predict import PredictWidget
 from napari_seg3d.engine import TrainConfig, Trainer, default_model_config
+from napari_seg3d.engine.prediction import disk_stores as large
 from napari_seg3d.engine.prediction.instances import instances
 
 WAIT_MS = 30_000
