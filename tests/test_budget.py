@@ -119,7 +119,7 @@ def test_the_estimate_says_about_how_long():
 @pytest.mark.parametrize(("changes", "message"), [
     ({"minutes": 0.0}, "time budget must be a positive number"),
     ({"minutes": -1.0}, "time budget must be a positive number"),
-    ({"minutes": None, "validate_every": 0}, "validate_every must be at least 1")])
+    ({"minutes": None, "validate_every": 0}, "validate_every must be a whole number of at least 1")])
 def test_invalid_budgets_are_refused(changes, message):
     with pytest.raises(ValueError, match=message):
         _budget_config(**changes)
