@@ -6,7 +6,9 @@ from __future__ import annotations
 import io
 from pathlib import Path
 
+import numpy as np
 from napari.qt.threading import thread_worker
+from napari.utils.notifications import show_error
 from qtpy.QtGui import QPixmap
 from qtpy.QtWidgets import (
     QDialog,
@@ -20,6 +22,7 @@ from qtpy.QtWidgets import (
 )
 
 from .._report import training_report
+from . import _layers
 
 
 def _png(model, image, labels, title: str) -> bytes:
@@ -74,3 +77,40 @@ class ReportDialog(QDialog):
                                               f"{self.name}.report.png", "PNG image (*.png)")
         if path:
             self.save_to(path)
+
+
+class ReportActions:
+    """The Train widget's *Report* button: the report of its model on the chosen layers, built
+    in a worker thread and shown in a window (:attr:`report_dialog`)."""
+
+    def show_report(self) -> bool:
+        """Build the training report of the model on the chosen layers in a worker thread, then
+        show it in a window (:attr:`report_dialog`); False (after a notification) if none."""
+        image, annotations = self.image_layer(), self.annotation_layer()
+        if self.model is None or image is None or annotations is None:
+            show_error("The report needs a model (train or load one) and the image and "
+                       "annotation layers chosen above.")
+            return False
+        labels = np.array(_layers.layer_array(annotations), copy=True)
+        if labels.shape != _layers.spatial_shape(image):
+            show_error("The annotation layer does not have the image's size.")
+            return False
+        name = f"{image.name} model"
+        self.status.setText("Making the training report...")
+        self._report_worker = start_report(
+            self.model, _layers.layer_array(image), labels, name,
+            lambda png: self._on_report(png, name), self._on_report_error)
+        self._update_buttons()
+        return True
+
+    def _on_report(self, png: bytes, name: str) -> None:
+        self._report_worker = None
+        self.report_dialog = ReportDialog(png, name, self)
+        self.report_dialog.show()
+        self.status.setText(f"Training report of '{name}' shown in its own window.")
+        self._update_buttons()
+
+    def _on_report_error(self, error: BaseException) -> None:
+        self._report_worker = None
+        show_error(_layers.error_message(error, "The training report"))
+        self._update_buttons()

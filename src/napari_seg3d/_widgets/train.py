@@ -25,7 +25,7 @@ from . import _layer_files, _layers
 from ._export import add_export_button
 from ._forest_job import forest_job_for, warm_up_forest
 from ._labels_warning import labels_confirmed
-from ._report_dialog import ReportDialog, start_report
+from ._report_dialog import ReportActions, ReportDialog
 from ._session import SESSION
 from ._train_display import TrainingDisplay
 from ._train_form import TrainForm
@@ -48,7 +48,7 @@ STROKE_PREVIEW_MS = 1000
 FOREST_POLL_MS = 30  # how often the instant random-forest preview's new records are looked for
 
 
-class TrainWidget(TrainForm):
+class TrainWidget(ReportActions, TrainForm):
     """Train a segmentation network on sparse annotations of the selected image.
 
     Public for scripts, tests and the demo: :meth:`new_annotation_layer`,
@@ -369,40 +369,6 @@ class TrainWidget(TrainForm):
         self.status.setText(f"Loaded {Path(path).name}: classes {list(model.class_names)}, "
                             f"{model.iteration} iterations trained. Train fine-tunes it.")
         return model
-
-    # --- training report --------------------------------------------------------------------------
-
-    def show_report(self) -> bool:
-        """Build the training report of the model on the chosen layers in a worker thread, then
-        show it in a window (:attr:`report_dialog`); False (after a notification) if none."""
-        image, annotations = self.image_layer(), self.annotation_layer()
-        if self.model is None or image is None or annotations is None:
-            show_error("The report needs a model (train or load one) and the image and "
-                       "annotation layers chosen above.")
-            return False
-        labels = np.array(_layers.layer_array(annotations), copy=True)
-        if labels.shape != _layers.spatial_shape(image):
-            show_error("The annotation layer does not have the image's size.")
-            return False
-        name = f"{image.name} model"
-        self.status.setText("Making the training report...")
-        self._report_worker = start_report(
-            self.model, _layers.layer_array(image), labels, name,
-            lambda png: self._on_report(png, name), self._on_report_error)
-        self._update_buttons()
-        return True
-
-    def _on_report(self, png: bytes, name: str) -> None:
-        self._report_worker = None
-        self.report_dialog = ReportDialog(png, name, self)
-        self.report_dialog.show()
-        self.status.setText(f"Training report of '{name}' shown in its own window.")
-        self._update_buttons()
-
-    def _on_report_error(self, error: BaseException) -> None:
-        self._report_worker = None
-        show_error(_layers.error_message(error, "The training report"))
-        self._update_buttons()
 
     def _save_dialog(self) -> None:
         image = self.image_combo.currentText() or "model"
