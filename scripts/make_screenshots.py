@@ -3,7 +3,8 @@
     .venv/bin/python scripts/make_screenshots.py [--out docs/images] [--iterations 150]
 
 Without a display it starts Xvfb itself. It runs the workflow of the guide on the bundled nuclei
-sample: annotate.png (annotation layer ready to paint), training.png (live loss/Dice plot),
+sample: annotate.png (annotation layer ready to paint), docked.png (the Train, Predict and Batch
+predict widgets docked together, before training), training.png (live loss/Dice plot),
 demo.png (sample + prediction, for the README), prediction-streaming.png (a larger volume half
 predicted, seen from the side so the z-slabs that already arrived show), batch.png (the Batch
 predict widget after three files, one of them corrupt). About 2.5 minutes on 2 idle CPU cores,
@@ -155,6 +156,16 @@ def run(out: Path, iterations: int) -> int:
         layout(viewer, app, [dock_train], [440])
         viewer.reset_view()
         shoot(viewer, app, out / "annotate.png")
+
+        # --- docked.png: the three widgets in one dock area (the class table keeps its rows,
+        # the plot waits with plain axes)
+        extra = [viewer.window.add_plugin_dock_widget(PLUGIN, name)[0]
+                 for name in ("Predict", "Batch predict")]
+        layout(viewer, app, [dock_train], [440])
+        shoot(viewer, app, out / "docked.png")
+        for dock in extra:
+            viewer.window.remove_dock_widget(dock)
+        layout(viewer, app, [dock_train], [440])
 
         # --- training.png: training with the live plot and the live preview ----------------------
         train.iterations_spin.setValue(iterations)

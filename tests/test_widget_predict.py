@@ -229,3 +229,30 @@ def test_the_displayed_slice_is_filled_first(qtbot, viewer, blobs, model, shown)
     assert all(not r[0].start <= 11 < r[0].stop for r in regions[1:])
     np.testing.assert_array_equal(viewer.layers["blobs prediction"].data,
                                   model.predict(blobs[0], device="cpu"))
+
+
+def test_the_background_class_is_transparent_and_the_others_keep_their_colours(qtbot, viewer,
+                                                                                model, shown):
+    """A class named "background" lets the image show through; the other classes have the
+    colours the annotation layer gives their values, in the viewer and in the report."""
+    from napari.layers import Labels
+
+    from napari_seg3d._report import class_colors
+
+    named = copy.deepcopy(model)
+    named.class_names = ("background", "blob")
+    widget = make_widget(viewer, named)
+    predict(qtbot, widget)
+    layer = viewer.layers["blobs prediction"]
+    bg, blob = named.class_values
+    def alpha(value):  # napari gives None for its own background value
+        color = layer.get_color(value)
+        return 0.0 if color is None else float(color[3])
+
+    assert alpha(bg) == 0 and alpha(0) == 0
+    annotations = Labels(np.zeros((2, 2, 2), np.uint8))  # a new layer's default colours
+    np.testing.assert_allclose(layer.get_color(blob), annotations.get_color(blob), atol=1e-6)
+    np.testing.assert_allclose(class_colors([blob])[0], annotations.get_color(blob), atol=1e-6)
+    widget.set_model(model)  # default names: every class drawn
+    predict(qtbot, widget)
+    assert alpha(bg) == 1 and alpha(blob) == 1

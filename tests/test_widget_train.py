@@ -429,3 +429,26 @@ def test_architecture_choice_builds_that_network(qtbot, viewer, blobs, shown):
     assert not shown["error"], shown["error"]
     assert widget.model.model_config.architecture == "unetpp"
     assert type(widget.model.network).__name__ == "UNetPlusPlus"
+
+
+def test_the_plot_waits_with_plain_axes_and_the_class_table_keeps_three_rows(
+        qtbot, viewer, blobs, shown):
+    """Docked beside the Predict and Batch widgets, the class table still shows three rows;
+    before the first step the plot shows plain axes and a hint, not matplotlib's +-0.05."""
+    from napari_seg3d._widgets.batch import BatchPredictWidget
+    from napari_seg3d._widgets.predict import PredictWidget
+
+    widget = make_widget(viewer)
+    for other in (PredictWidget, BatchPredictWidget):
+        viewer.window.add_dock_widget(other(PublicOnlyProxy(viewer)))
+    annotated(widget, blobs[2])
+    table = widget.class_table
+    qtbot.waitUntil(lambda: table.rowCount() == 3, timeout=WAIT_MS)  # two classes + next
+    rows = sum(table.rowHeight(r) for r in range(3)) + table.horizontalHeader().height()
+    assert table.minimumHeight() >= rows
+    plot = widget.plot
+    assert plot._hint is not None and plot.loss_axes.get_xlim() == (0, 100)
+    assert plot.loss_axes.get_ylim() == (0, 1)
+    train(qtbot, widget)
+    assert not shown["error"], shown
+    assert plot._hint is None and plot.loss_axes.get_xlim()[1] >= 6

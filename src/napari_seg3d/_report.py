@@ -15,8 +15,6 @@ from matplotlib.backends.backend_agg import FigureCanvasAgg
 from matplotlib.colors import ListedColormap
 from matplotlib.figure import Figure
 
-_CLASS_COLORS = ("#1f77b4", "#ff7f0e", "#2ca02c", "#d62728", "#9467bd", "#8c564b", "#e377c2")
-
 
 def report_slices(labels: np.ndarray, count: int = 3) -> list[int]:
     """The ``count`` z indices with the most painted voxels (held-out first among equals)."""
@@ -41,17 +39,24 @@ def _plane(image, z: int) -> np.ndarray:
     return np.asarray(image[z] if image.ndim == 3 else image[0, z], np.float32)
 
 
+def class_colors(values) -> list:
+    """The RGBA colour napari's Labels layers give each label value (the annotations' and the
+    prediction's colours in the viewer)."""
+    from napari.utils.colormaps import label_colormap
+
+    return [tuple(c) for c in label_colormap(49, seed=0.5).map(np.asarray(values, np.int64))]
+
+
 def _overlay(ax, labels2d: np.ndarray, values) -> None:
     lut = {v: i + 1 for i, v in enumerate(values)}
     index = np.zeros(labels2d.shape, int)
     for v, i in lut.items():
         index[labels2d == v] = i
-    colors = ["none"] + [_CLASS_COLORS[i % len(_CLASS_COLORS)] for i in range(len(values))]
-    ax.imshow(np.ma.masked_equal(index, 0), cmap=ListedColormap(colors[1:]), alpha=0.55,
-              vmin=1, vmax=max(len(values), 1), interpolation="nearest")
+    ax.imshow(np.ma.masked_equal(index, 0), cmap=ListedColormap(class_colors(values) or ["none"]),
+              alpha=0.55, vmin=1, vmax=max(len(values), 1), interpolation="nearest")
 
 
-def _curves(ax, history: dict, names) -> None:
+def _curves(ax, history: dict, names, colors) -> None:
     loss = np.asarray(history.get("loss", []), float)
     if loss.size:
         ax.plot(np.arange(1, loss.size + 1), loss, color="0.7", lw=0.6, label="loss")
@@ -67,7 +72,7 @@ def _curves(ax, history: dict, names) -> None:
         twin = ax.twinx()
         its = history.get("val_iteration", [])
         for k in range(dice.shape[1]):
-            twin.plot(its, dice[:, k], "o-", ms=3, color=_CLASS_COLORS[k % len(_CLASS_COLORS)],
+            twin.plot(its, dice[:, k], "o-", ms=3, color=colors[k % len(colors)],
                       label=f"val Dice {names[k]}")
         twin.set_ylim(0, 1.02)
         twin.set_ylabel("validation Dice")
@@ -94,7 +99,8 @@ def training_report(model, image, labels, *, title: str = "", device=None) -> Fi
     fig = Figure(figsize=(10, 3 + 3 * len(slices)), dpi=90)
     FigureCanvasAgg(fig)
     grid = fig.add_gridspec(1 + len(slices), 3, height_ratios=[0.8] + [1] * len(slices))
-    _curves(fig.add_subplot(grid[0, :]), model.history, model.class_names)
+    _curves(fig.add_subplot(grid[0, :]), model.history, model.class_names,
+            class_colors(model.class_values))
     planes = {z: _plane(image, z) for z in slices}
     lo, hi = np.percentile(np.concatenate([p.ravel() for p in planes.values()]), (0.5, 99.5))
     for row, z in enumerate(slices, start=1):

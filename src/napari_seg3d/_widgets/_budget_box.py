@@ -37,6 +37,7 @@ class BudgetBox(QWidget):
             "on a GPU.")
         self.label = QLabel()
         self.label.setWordWrap(True)
+        self.label.setMinimumHeight(2 * self.label.fontMetrics().lineSpacing() + 2)  # 2 lines
         row = QHBoxLayout()
         row.setContentsMargins(0, 0, 0, 0)
         row.addWidget(self.iterations_spin)
@@ -70,7 +71,6 @@ class BudgetBox(QWidget):
             self.label.setText(f"Train runs exactly {n} iterations (no time budget).")
             return
         where = "a GPU" if self._kind == "gpu" else "the CPU"
-        self.label.setText(
-            f"Train runs for about {self.minutes_spin.value():g} minutes on {where}: as many "
-            f"iterations as fit, at most {ITERATIONS_CAP}, fixed from the speed of the first "
-            "steps.")
+        self.label.setText(  # short: two lines in a narrow dock (the tooltips say the rest)
+            f"Train runs for about {self.minutes_spin.value():g} minutes on {where} (at most "
+            f"{ITERATIONS_CAP} iterations).")

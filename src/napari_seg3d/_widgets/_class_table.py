@@ -19,6 +19,9 @@ class ClassTable(QTableWidget):
         self.horizontalHeader().setSectionResizeMode(1, QHeaderView.ResizeMode.Stretch)
         self.verticalHeader().setVisible(False)
         self.setMaximumHeight(130)
+        # room for three rows however many widgets share the dock (was squeezed to one)
+        self.setMinimumHeight(self.horizontalHeader().sizeHint().height()
+                              + 3 * self.verticalHeader().defaultSectionSize() + 4)
         self.names: dict[int, str] = {}
         self._values: set[int] | None = None  # the values painted, None: count them again
         self.itemChanged.connect(self._on_edit)
@@ -36,6 +39,11 @@ class ClassTable(QTableWidget):
         self.show_values(self._values or (), layer)
         if layer is not None:
             layer.metadata["class_names"] = dict(self.names)
+
+    def classes(self) -> tuple[list[int], list[str]]:
+        """The values painted (as last counted) and their names."""
+        values = sorted(self._values or ())
+        return values, [self.name(v) for v in values]
 
     def add_painted(self, value: int) -> None:
         """Follow a value just painted (shown at the next :meth:`refresh`)."""

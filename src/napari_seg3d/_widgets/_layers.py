@@ -111,6 +111,23 @@ def make_annotation_layer(viewer: napari.viewer.Viewer, image: Image) -> Labels:
     return layer
 
 
+BACKGROUND_NAMES = ("background", "bg")  # class names drawn transparent over the image
+
+
+def show_classes(layer: Labels, class_values, class_names) -> None:
+    """Colour a prediction like the annotations (napari's default colour of each label value)
+    and draw a class named "background" transparent, so that the image shows through it."""
+    from napari.utils.colormaps import DirectLabelColormap, label_colormap
+
+    base = label_colormap(49, seed=0.5)  # what a new Labels layer (the annotations) uses
+    clear = np.zeros(4, np.float32)
+    colors = {0: clear, None: clear}
+    for value, name in zip(class_values, tuple(class_names) + ("",) * len(class_values)):
+        hidden = str(name).strip().lower() in BACKGROUND_NAMES
+        colors[int(value)] = clear if hidden else base.map(np.array([int(value)]))[0]
+    layer.colormap = DirectLabelColormap(color_dict=colors)
+
+
 def output_labels_layer(viewer: napari.viewer.Viewer, name: str, like, dtype, role: str,
                         *, reuse_names: tuple[str, ...] = (), **kwargs) -> Labels:
     """A zeroed Labels layer ``name`` over the grid of ``like``: an existing layer of that name

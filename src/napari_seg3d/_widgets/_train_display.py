@@ -30,8 +30,10 @@ class TrainingDisplay:
             the plot, from the first iteration of a resumed run on.
     """
 
-    def __init__(self, viewer, status: QLabel, plot: TrainingPlot) -> None:
+    def __init__(self, viewer, status: QLabel, plot: TrainingPlot, classes=None) -> None:
         self.viewer, self.status, self.plot = viewer, status, plot
+        self.classes = classes  # () -> (values, names) of the classes painted, or None
+        self._colored = None  # the classes the preview layer is coloured for
         self._last_plot = 0.0
         self.history: tuple[list, list, list, list] = ([], [], [], [])
         self._bar = None
@@ -78,7 +80,8 @@ class TrainingDisplay:
             now = time.monotonic()
             if now - self._last_plot >= PLOT_INTERVAL_S:  # a matplotlib draw costs ~50 ms here
                 self._last_plot = now
-                self.plot.set_data(*self.history, names)
+                values = job.trainer.model.class_values if job.trainer is not None else ()
+                self.plot.set_data(*self.history, names, values)
             # last: napari's progress bar processes events
             if self._bar is not None and self._bar.total != p.iterations - job.start_iteration:
                 self._bar.total = p.iterations - job.start_iteration  # a time budget's, fixed
@@ -146,13 +149,20 @@ class TrainingDisplay:
                                                 opacity=0.5)
             writer = self._preview_writer = _layers.RegionWriter(layer, interval=0.1)
             self._network, self._forest = None, None
+            self._colored = None
+        classes = self.classes() if self.classes is not None else None
+        if classes is not None and classes != self._colored:  # strokes' colours, bg clear
+            _layers.show_classes(writer.layer, *classes)
+            self._colored = classes
         return writer
 
     def finish(self, job: TrainJob | None, names: tuple[str, ...]) -> None:
         """Draw the whole history, show the last preview and close the progress bar (last: it
         processes events)."""
         bar, self._bar = self._bar, None
-        self.plot.set_data(*self.history, names)
+        trainer = None if job is None else job.trainer
+        self.plot.set_data(*self.history, names, () if trainer is None else
+                           trainer.model.class_values)
         if self._preview_writer is not None:
             self._preview_writer.close()
         if bar is not None:

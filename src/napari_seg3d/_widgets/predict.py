@@ -146,6 +146,7 @@ class PredictWidget(PredictForm):
                       f"result is written to {stores.path('labels')} and shown while it is "
                       "written.")
         self.layer.metadata["model"] = self.model_combo.currentText()
+        _layers.show_classes(self.layer, model.class_values, model.class_names)
 
     def _start(self, job: PredictJob, image_name: str) -> None:
         self._job = job

@@ -65,7 +65,8 @@ class TrainWidget(ReportActions, TrainForm):
         self.result: TrainResult | None = None
         self.preview_interval_s = 2.5
         self._job: TrainJob | None = None
-        self._display = TrainingDisplay(self.viewer, self.status, self.plot)
+        self._display = TrainingDisplay(self.viewer, self.status, self.plot,
+                                        self.class_table.classes)
         self._image_name = ""
         self._report_worker = None
         self.report_dialog: ReportDialog | None = None
