@@ -135,7 +135,8 @@ def main() -> None:
         strokes = strokes_of(volume, truth, args.seed)
         labels, probability, train_s = class_prediction(image, strokes, voxel, args, args.seed)
         dice = dice_scores(labels, (truth > 0) + 1, [OBJECT])[0]
-        header.append(f"{volume}: shape {image.shape}, voxel {voxel}, {int(truth.max())} true "
+        true = len(np.unique(truth[truth > 0]))  # ids need not be consecutive
+        header.append(f"{volume}: shape {image.shape}, voxel {voxel}, {true} true "
                       f"objects; model Dice of the object class {dice:.3f} ({args.iterations} "
                       f"iterations, {train_s:.0f} s to train and predict)")
         true_classes = ((truth > 0) + 1).astype(np.uint8)
