@@ -19,7 +19,7 @@ import h5py
 import numpy as np
 from _scale_volumes import CLASS_NAMES, GENERATORS, VOXEL_SIZE
 
-from napari_seg3d.engine.scribbles import stroke
+from napari_seg3d.engine.training.scribbles import stroke
 
 VERSION = 1  # bump when a generator or the strokes change: cached files are then made again
 SLAB = 16  # z slices generated at once (the content does not depend on it)

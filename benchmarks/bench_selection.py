@@ -29,7 +29,7 @@ import time
 import numpy as np
 import torch
 from _common import json_line, machine, table
-from bench_quality import load_case, train_config
+from _quality_methods import load_case, train_config
 
 from napari_seg3d.engine import Trainer
 from napari_seg3d.engine.metrics import dice_scores
