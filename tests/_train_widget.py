@@ -1,6 +1,7 @@
 """The Train widget tests' shared parts: a viewer with blobs, a tiny widget, notifications caught."""
 
 import pytest
+from conftest import catch_notifications
 from napari.utils._proxies import PublicOnlyProxy
 
 from napari_seg3d._widgets import train as train_module
@@ -12,10 +13,7 @@ WAIT_MS = 30_000
 @pytest.fixture
 def shown(monkeypatch):
     """Notifications the widget shows, by kind."""
-    out = {"error": [], "warning": [], "info": []}
-    for kind in out:
-        monkeypatch.setattr(train_module, f"show_{kind}", out[kind].append)
-    return out
+    return catch_notifications(monkeypatch, train_module)
 
 
 @pytest.fixture

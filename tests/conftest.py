@@ -67,3 +67,12 @@ def drain(gen) -> tuple[list, object]:
 def run_to_end(gen):
     """Drive a generator to its end; its return value."""
     return drain(gen)[1]
+
+
+def catch_notifications(monkeypatch, module, kinds=("error", "warning", "info")) -> dict:
+    """The notifications a widget module shows, by kind: its ``show_<kind>`` functions replaced
+    by lists that collect the messages."""
+    out = {kind: [] for kind in kinds}
+    for kind, messages in out.items():
+        monkeypatch.setattr(module, f"show_{kind}", messages.append)
+    return out

@@ -3,7 +3,7 @@ prediction (real viewer, tiny model trained on the CPU)."""
 
 import numpy as np
 import pytest
-from conftest import run_to_end
+from conftest import catch_notifications, run_to_end
 from napari.utils._proxies import PublicOnlyProxy
 
 from napari_seg3d._widgets import _instances
@@ -32,10 +32,7 @@ def model(blobs):
 
 @pytest.fixture
 def shown(monkeypatch):
-    out = {"error": [], "info": []}
-    for kind, messages in out.items():
-        monkeypatch.setattr(_instances, f"show_{kind}", messages.append)
-    return out
+    return catch_notifications(monkeypatch, _instances, ("error", "info"))
 
 
 @pytest.fixture

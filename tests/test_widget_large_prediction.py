@@ -9,6 +9,7 @@ from pathlib import Path
 import dask.array as da
 import numpy as np
 import pytest
+from conftest import catch_notifications
 import torch
 import zarr
 from napari.utils._proxies import PublicOnlyProxy
@@ -58,10 +59,7 @@ def expected(model, blobs):
 
 @pytest.fixture
 def shown(monkeypatch):
-    out = {"error": [], "warning": [], "info": []}
-    for kind, messages in out.items():
-        monkeypatch.setattr(predict_module, f"show_{kind}", messages.append)
-    return out
+    return catch_notifications(monkeypatch, predict_module)
 
 
 @pytest.fixture

@@ -5,7 +5,7 @@ import threading
 
 import numpy as np
 import pytest
-from conftest import run_to_end
+from conftest import catch_notifications, run_to_end
 from napari.utils._proxies import PublicOnlyProxy
 
 from napari_seg3d._widgets import predict as predict_module
@@ -39,10 +39,7 @@ def model(blobs):
 
 @pytest.fixture
 def shown(monkeypatch):
-    out = {"error": [], "warning": [], "info": []}
-    for kind in out:
-        monkeypatch.setattr(predict_module, f"show_{kind}", out[kind].append)
-    return out
+    return catch_notifications(monkeypatch, predict_module)
 
 
 @pytest.fixture
