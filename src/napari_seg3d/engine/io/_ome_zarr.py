@@ -27,6 +27,17 @@ def is_ome_zarr(path: Path) -> bool:
     return location is not None and "multiscales" in location.root_attrs
 
 
+def readable_image(path: Path) -> bool:
+    """Whether ``path`` is an OME-Zarr image that can be opened: NGFF multiscales metadata
+    that ome-zarr-py reads, supported axes and a full-resolution array that exists."""
+    try:
+        read_image(path)
+    except Exception as e:  # noqa: BLE001 - any failure: not an image napari-seg3d opens
+        log.debug("Cannot open %s as an OME-Zarr image: %s", path, e)
+        return False
+    return True
+
+
 def _location(path: Path) -> Any:
     from ome_zarr.io import parse_url
 
@@ -117,10 +128,15 @@ def pyramid_layers(path: Path) -> list[tuple[Any, dict[str, Any], str]]:
         names = axis_names(node)
         voxel = voxel_size(node, names)
         is_label = node.load(Label) is not None
+        levels = list(node.data)
+        if is_label and "c" in names and int(levels[0].shape[names.index("c")]) == 1:
+            c = names.index("c")  # the labels of a channel image: shown like one channel
+            levels = [level[(slice(None),) * c + (0,)] for level in levels]
+            names = [n for n in names if n != "c"]
         kwargs: dict[str, Any] = {"name": node.metadata.get("name") or Path(path).name,
-                                  "multiscale": len(node.data) > 1,
+                                  "multiscale": len(levels) > 1,
                                   "metadata": {"path": str(path)}}
-        data = node.data if len(node.data) > 1 else node.data[0]
+        data = levels if len(levels) > 1 else levels[0]
         spatial = [n for n in names if n in SPATIAL]
         if "c" in names and not is_label:
             kwargs["channel_axis"] = names.index("c")
