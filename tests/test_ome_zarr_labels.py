@@ -101,6 +101,18 @@ def test_napari_shows_the_labels_of_a_channel_image_like_one_channel(channels,
     assert tuple(labels.scale) == VOXEL
 
 
+def test_instances_of_an_ome_zarr_output_come_from_its_ngff_labels(channels, tmp_path):
+    folder, _ = channels
+    assert main(["predict", str(folder / "c.ome.zarr"), "--model", str(folder / "model.pt"),
+                 "--out", str(tmp_path), "--format", "ome-zarr", "--instances", "2",
+                 "--instance-method", "components", "--quiet", "--device", "cpu"]) == 0
+    ids = read_volume(tmp_path / "c_instances.zarr")
+    labels = read_volume(folder / "t" / "c_labels.tif").data
+    assert ids.voxel_size == VOXEL and ids.data.shape == SHAPE
+    assert 0 < (labels == 2).sum() < labels.size  # objects, and background
+    np.testing.assert_array_equal(ids.data > 0, labels == 2)
+
+
 def _ome_image(path):
     write_channel_image(path, np.zeros((1, *SHAPE), np.float32))
 

@@ -1,7 +1,7 @@
 """OME-Zarr outputs from the GUI (real viewer, tiny CPU model): the Predict widget's large
 predictions and Batch predict write ``<name>_labels.ome.zarr``, the image with the segmentation
 as NGFF labels, that ome-zarr-py reads back and ome-zarr-models validates; Batch takes
-``.ome.zarr`` folders as inputs and refuses what the command line refuses."""
+``.ome.zarr`` folders as inputs and writes the instances of their NGFF labels."""
 
 from __future__ import annotations
 
@@ -21,7 +21,7 @@ from ome_zarr_models.v05 import Image
 from napari_seg3d._widgets import batch as batch_module
 from napari_seg3d._widgets import predict as predict_module
 from napari_seg3d._widgets._session import Session
-from napari_seg3d._widgets.batch import OME_ZARR_INSTANCES, BatchPredictWidget
+from napari_seg3d._widgets.batch import BatchPredictWidget
 from napari_seg3d._widgets.predict import PredictWidget
 from napari_seg3d.engine import (
     SegmentationModel,
@@ -197,14 +197,21 @@ def test_batch_predicts_ome_zarr_folders_into_ome_zarr(qtbot, batch_widget, imag
                                   model.predict(image, device="cpu"))
 
 
-def test_batch_refuses_ome_zarr_with_instances_before_writing(qtbot, batch_widget, image, model,
-                                                              shown, tmp_path):
+def test_batch_writes_the_instances_of_an_ome_zarr_output(qtbot, batch_widget, image, model,
+                                                          shown, tmp_path):
     batch_widget.set_inputs([write_ome_image(tmp_path / "a.ome.zarr", image)])
     batch_widget.set_model_path(save_model(model, tmp_path / "model.pt"))
     batch_widget.set_output_dir(tmp_path / "out")
     batch_widget.set_options(fmt="ome-zarr")
     batch_widget._instances.check.setChecked(True)
     batch_widget._instances.class_edit.setText("blob")
+    batch_widget._instances.method_combo.setCurrentText("connected components")
     batch_widget.run()
-    assert batch_widget.worker is None and shown["error"] == [OME_ZARR_INSTANCES]
-    assert not (tmp_path / "out").exists()
+    qtbot.waitUntil(lambda: batch_widget.worker is None, timeout=WAIT_MS)
+    assert [r.status for r in batch_widget.results] == ["done"], batch_widget.results
+    assert not shown["error"], shown
+    labels = np.asarray(labels_of(tmp_path / "out" / "a_labels.ome.zarr").data[0])
+    ids = read_volume(tmp_path / "out" / "a_instances.zarr")  # from the NGFF labels
+    assert ids.voxel_size == SCALE and ids.data.shape == image.shape
+    assert 0 < (labels == 2).sum() < labels.size  # objects, and background
+    np.testing.assert_array_equal(ids.data > 0, labels == 2)

@@ -46,9 +46,6 @@ from ._session import SESSION
 
 MODEL_FILE = "Model file"
 FORMATS = ("tif", "h5", "zarr", "ome-zarr")
-#: what the CLI refuses as ``--format ome-zarr --instances``, in the words of this form
-OME_ZARR_INSTANCES = ("The ome-zarr format cannot be combined with Instances; choose the zarr "
-                      "or h5 format for those, or untick Instances.")
 _INPUT_FILTER = "Volumes (" + " ".join(f"*{s}" for s in SUFFIXES) + ");;All files (*)"
 
 
@@ -102,9 +99,9 @@ class BatchPredictWidget(QWidget):
     def set_options(self, *, fmt: str | None = None, overwrite: bool | None = None,
                     pattern: str | None = None, overlap: float | None = None,
                     tta: bool | None = None, planes: str | None = None) -> None:
-        """Set any of: output format (``"tif"``/``"h5"``/``"zarr"``/``"ome-zarr"``), overwrite existing outputs, the
-        folder pattern, the window overlap, test-time augmentation, the planes of 2.5D models
-        (``"fast"``, ``"three"``, ``"best"`` or ``"as trained"``)."""
+        """Set any of: output format (``"tif"``/``"h5"``/``"zarr"``/``"ome-zarr"``), overwrite
+        existing outputs, the folder pattern, the window overlap, test-time augmentation, the
+        planes of 2.5D models (``"fast"``, ``"three"``, ``"best"`` or ``"as trained"``)."""
         if fmt is not None:
             if fmt not in FORMATS:
                 raise ValueError(f"Unknown format {fmt!r}; choose one of {', '.join(FORMATS)}.")
@@ -275,8 +272,6 @@ class BatchPredictWidget(QWidget):
                 raise ModelFileError("No model chosen: choose a model file or a model trained "
                                      "in this session.")
             model_path = Path(text).expanduser()
-        if self._format.currentText() == "ome-zarr" and self._instances.check.isChecked():
-            raise ValueError(OME_ZARR_INSTANCES)
         out_dir, outs = self._out_dir.text().strip(), None
         if out_dir:  # an output that would land on an input refuses the run before it starts
             outs = output_paths(Path(out_dir).expanduser(), inputs, self._format.currentText(),

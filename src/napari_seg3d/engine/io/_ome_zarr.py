@@ -113,6 +113,27 @@ def read_image(path: Path) -> tuple[Any, tuple[float, float, float] | None]:
     return array, voxel_size(node, names)
 
 
+def read_labels(path: Path, name: str) -> tuple[Any, tuple[float, float, float] | None]:
+    """The full-resolution level of the NGFF labels ``name`` of the OME-Zarr image at ``path``
+    (a lazy ``zarr.Array``, ``(Z, Y, X)``, or ``(1, Z, Y, X)`` beside a channel image) and its
+    voxel size ``(z, y, x)``.
+
+    Raises:
+        VolumeError: ``path`` has no such labels.
+    """
+    from ome_zarr.reader import Label, Multiscales, Reader
+
+    location = _location(path)
+    for node in Reader(location)() if location is not None else ():
+        if node.load(Label) is not None and node.metadata.get("name") == name:
+            names = axis_names(node)
+            first = node.load(Multiscales).datasets[0]
+            array = zarr.open_array(str(Path(path) / "labels" / name / first), mode="r")
+            return array, voxel_size(node, names)
+    raise VolumeError(f"{path} has no NGFF labels {name!r}. Predict it again with the "
+                      "ome-zarr format.")
+
+
 def pyramid_layers(path: Path) -> list[tuple[Any, dict[str, Any], str]]:
     """napari layer data of the OME-Zarr image at ``path``: the image as a multiscale layer
     (its levels as dask arrays, read lazily) and each of its NGFF labels as a Labels layer."""

@@ -7,8 +7,9 @@ metadata is written by ome-zarr-py.
 The labels have the image's axes, as NGFF asks ("each dimension of the label should be either
 the same as the corresponding dimension of the image, or 1 if that dimension of the label is
 irrelevant"): ``z, y, x`` for a ``(Z, Y, X)`` image, ``c, z, y, x`` with one channel for a
-``(C, Z, Y, X)`` one, with the image's voxel size (1 on ``c``) and as many levels as its pyramid. The store is filled under a hidden temporary name and moved
-onto its final name when complete, like every output (see :class:`.ChunkedWriter`).
+``(C, Z, Y, X)`` one, with the image's voxel size (1 on ``c``) and as many levels as its
+pyramid. The store is filled under a hidden temporary name and moved onto its final name when
+complete, like every output (see :class:`.ChunkedWriter`).
 """
 
 from __future__ import annotations
