@@ -115,12 +115,11 @@ def test_a_store_that_is_not_an_ome_zarr_image_fails_its_file_with_exit_3(worksp
     assert not (tmp_path / "o" / "bad_labels.ome.zarr").exists()
 
 
-def test_ome_zarr_with_scheduler_or_instances_is_refused_with_exit_2(workspace, tmp_path,
-                                                                      capsys):
+def test_ome_zarr_with_a_scheduler_is_refused_with_exit_2(workspace, tmp_path, capsys):
     folder, _ = workspace
     code = main(["predict", str(folder / "image.ome.zarr"), "--model", str(folder / "model.pt"),
-                 "--out", str(tmp_path / "o"), "--format", "ome-zarr", "--instances", "7",
-                 "--quiet"])
+                 "--out", str(tmp_path / "o"), "--format", "ome-zarr", "--scheduler",
+                 "tcp://127.0.0.1:1", "--quiet"])
     assert code == 2 and "cannot be combined" in capsys.readouterr().err
     assert not (tmp_path / "o").exists()
 

@@ -21,7 +21,7 @@ from typing import Any
 import h5py
 import numpy as np
 
-from .engine.io import is_ome_zarr, list_datasets, pyramid_layers, read_volume
+from .engine.io import list_datasets, pyramid_layers, read_volume, readable_image
 
 log = logging.getLogger(__name__)
 
@@ -35,7 +35,8 @@ PathLike = str | os.PathLike
 
 def get_reader(path: PathLike | Sequence[PathLike]) -> Callable[..., list[LayerData]] | None:
     """Return :func:`read_h5` if every path is an HDF5 file, :func:`read_ome_zarr` if every
-    path is an OME-Zarr image, else None (napari tries others)."""
+    path is an OME-Zarr image that opens, else None (napari tries others): a folder that is no
+    OME-Zarr image, or a damaged one, is declined here rather than failing in the reader."""
     paths = [path] if isinstance(path, (str, os.PathLike)) else list(path)
     if paths and all(_is_ome_zarr(p) for p in paths):
         return read_ome_zarr
@@ -69,7 +70,7 @@ def read_ome_zarr(path: PathLike | Sequence[PathLike]) -> list[LayerData]:
 
 def _is_ome_zarr(path: PathLike) -> bool:
     path = Path(path)
-    return path.suffix.lower() == ".zarr" and is_ome_zarr(path)
+    return path.suffix.lower() == ".zarr" and readable_image(path)
 
 
 def is_labels(key: str, dtype: np.dtype) -> bool:

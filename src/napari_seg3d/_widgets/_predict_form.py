@@ -85,6 +85,14 @@ class PredictForm(QWidget):
                          ("Device", self.device_combo)):
             form.addRow(label, w)
         form.addRow("Large predictions folder", folder_row)
+        self.disk_format_combo = QComboBox()
+        self.disk_format_combo.addItems(disk_stores.FORMATS)
+        self.disk_format_combo.setToolTip(
+            "The format of a prediction too large for memory: zarr (nuclei_labels.zarr), or "
+            "ome-zarr (nuclei_labels.ome.zarr: the image with the segmentation as NGFF labels, "
+            "with their pyramids, for other OME-Zarr tools). Probabilities and uncertainty "
+            "stay zarr.")
+        form.addRow("Large predictions format", self.disk_format_combo)
         self.instances = _instances.InstancesOption(form, self.probabilities_check)
         layout.addLayout(form)
         row = QHBoxLayout()

@@ -30,7 +30,7 @@ from qtpy.QtWidgets import (
 )
 
 from ..engine import PLANES, ModelFileError, PredictConfig, Seg3DError, errors, read_volume
-from ..engine.io import SUFFIXES
+from ..engine.io import OME_ZARR_SUFFIX, SUFFIXES, pyramid_layers
 from ..engine.prediction.batch import (
     FILE_DEFAULTS,
     FileProgress,
@@ -45,7 +45,7 @@ from ._batch_progress import BatchProgress, file_progress_text, summary_text
 from ._session import SESSION
 
 MODEL_FILE = "Model file"
-FORMATS = ("tif", "h5", "zarr")
+FORMATS = ("tif", "h5", "zarr", "ome-zarr")
 _INPUT_FILTER = "Volumes (" + " ".join(f"*{s}" for s in SUFFIXES) + ");;All files (*)"
 
 
@@ -99,9 +99,9 @@ class BatchPredictWidget(QWidget):
     def set_options(self, *, fmt: str | None = None, overwrite: bool | None = None,
                     pattern: str | None = None, overlap: float | None = None,
                     tta: bool | None = None, planes: str | None = None) -> None:
-        """Set any of: output format (``"tif"``/``"h5"``/``"zarr"``), overwrite existing outputs, the
-        folder pattern, the window overlap, test-time augmentation, the planes of 2.5D models
-        (``"fast"``, ``"three"``, ``"best"`` or ``"as trained"``)."""
+        """Set any of: output format (``"tif"``/``"h5"``/``"zarr"``/``"ome-zarr"``), overwrite
+        existing outputs, the folder pattern, the window overlap, test-time augmentation, the
+        planes of 2.5D models (``"fast"``, ``"three"``, ``"best"`` or ``"as trained"``)."""
         if fmt is not None:
             if fmt not in FORMATS:
                 raise ValueError(f"Unknown format {fmt!r}; choose one of {', '.join(FORMATS)}.")
@@ -155,20 +155,27 @@ class BatchPredictWidget(QWidget):
             rows = self._progress.selected_rows() or list(range(len(self.results)))
         layers = []
         for result in (self.results[r] for r in rows if r < len(self.results)):
-            if result.output is None or not Path(result.output).is_file():
+            if result.output is None or not Path(result.output).exists():
                 continue
             try:
-                volume = read_volume(result.output)
+                layers += self._open_result(Path(result.output))
             except Seg3DError as exc:
                 show_error(str(exc))
-                continue
-            scale = volume.voxel_size or (1.0, 1.0, 1.0)
-            layers.append(self.viewer.add_labels(volume.data, name=Path(result.output).stem,
-                                                 scale=scale,
-                                                 metadata={"path": str(result.output)}))
         if not layers:
             show_info("No result files to open: run a batch first, or select done rows.")
         return layers
+
+    def _open_result(self, path: Path) -> list[Any]:
+        """The Labels layer(s) of one output: the NGFF labels of an OME-Zarr output (lazy,
+        multiscale), else the volume."""
+        if path.name.lower().endswith(OME_ZARR_SUFFIX):
+            name = path.name[:-len(OME_ZARR_SUFFIX)]  # a_labels.ome.zarr: "a_labels"
+            return [self.viewer.add_labels(data, **{**kwargs, "name": name})
+                    for data, kwargs, kind in pyramid_layers(path) if kind == "labels"]
+        volume = read_volume(path)
+        return [self.viewer.add_labels(volume.data, name=path.stem,
+                                       scale=volume.voxel_size or (1.0, 1.0, 1.0),
+                                       metadata={"path": str(path)})]
 
     # --- the form --------------------------------------------------------------------------
 
@@ -183,6 +190,8 @@ class BatchPredictWidget(QWidget):
         add_files.clicked.connect(self._browse_inputs)
         add_folder.clicked.connect(self._browse_folder)
         remove.clicked.connect(self._remove_selected_inputs)
+        add_folder.setToolTip("A folder of volumes (searched with the pattern), or one image "
+                              "that is a folder: a .zarr store or an .ome.zarr image.")
 
         self._model_choice = QComboBox()
         self._model_choice.currentIndexChanged.connect(self._on_model_choice)
@@ -198,8 +207,10 @@ class BatchPredictWidget(QWidget):
         browse_out.clicked.connect(self._browse_out_dir)
         self._format = QComboBox()
         self._format.addItems(FORMATS)
-        self._format.setToolTip("h5 and zarr outputs are written block by block, so volumes "
-                                "larger than memory work; tif is assembled in memory.")
+        self._format.setToolTip("h5, zarr and ome-zarr outputs are written block by block, so "
+                                "volumes larger than memory work; tif is assembled in memory. "
+                                "ome-zarr writes <name>_labels.ome.zarr: the image with the "
+                                "segmentation as NGFF labels, with their pyramids.")
         self._overwrite = QCheckBox("Overwrite existing outputs")
         self._overwrite.setToolTip("Off: files whose output already exists are skipped.")
         self._overlap = QDoubleSpinBox()

@@ -170,8 +170,11 @@ class PredictWidget(PredictForm):
         try:
             opened = _layer_files.opened_files(self.viewer, ours=False).values()
             base = disk_stores.store_base(folder, image.name, source, opened)
-            return disk_stores.DiskStores(folder, base, _layers.spatial_shape(image),
-                                          model.label_lut().dtype, _layers.voxel_size(image))
+            return disk_stores.DiskStores(
+                folder, base, _layers.spatial_shape(image), model.label_lut().dtype,
+                _layers.voxel_size(image), fmt=self.disk_format_combo.currentText(),
+                image=_layers.layer_array(image),
+                classes=dict(zip(model.class_values, model.class_names)))
         except (OSError, Seg3DError) as e:
             reason = getattr(e, "strerror", None) or e
             message = (f"Cannot write the prediction of '{image.name}' into {folder} ({reason}). "

@@ -13,7 +13,8 @@ from ..errors import VolumeError
 from ._chunked import ChunkedWriter
 from ._folders import missing_folders, remove_empty
 from ._hdf5 import VOXEL_ATTRS
-from ._ome_zarr import is_ome_zarr, pyramid_layers
+from ._ome_zarr import is_ome_zarr, pyramid_layers, readable_image
+from ._ome_zarr_out import OME_ZARR_SUFFIX
 from ._paths import (
                      DEFAULT_KEY,
                      HDF5_SUFFIXES,
@@ -28,5 +29,6 @@ from ._volume import Volume, list_datasets, output_path, read_volume, write_volu
 __all__ = [
     "DEFAULT_KEY", "HDF5_SUFFIXES", "SUFFIXES", "TIFF_SUFFIXES", "VOXEL_ATTRS", "ZARR_SUFFIXES",
     "ChunkedWriter", "Volume", "VolumeError", "VoxelSize", "list_datasets", "output_path",
-    "is_ome_zarr", "missing_folders", "pyramid_layers", "read_volume", "remove_empty", "split_path", "write_volume",
+    "OME_ZARR_SUFFIX", "is_ome_zarr", "missing_folders", "pyramid_layers", "read_volume",
+    "readable_image", "remove_empty", "split_path", "write_volume",
 ]

@@ -2,9 +2,10 @@
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import os
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -29,6 +30,19 @@ from ._temps import fresh_temp, sync_file, sync_folder
 from ._tiff import write_tiff
 
 log = logging.getLogger("napari_seg3d.engine.io")
+
+
+@contextlib.contextmanager
+def writing_or_abort(writer: Any, lead: str) -> Iterator[None]:
+    """Run the block as a write (see :func:`._space.writing`: a full disk becomes one
+    sentence starting with ``lead``); on any exception ``writer.abort()`` drops what it wrote
+    before the exception goes on. Shared by :class:`ChunkedWriter` and :class:`.OmeZarrWriter`."""
+    try:
+        with writing(lead):
+            yield
+    except BaseException:
+        writer.abort()
+        raise
 
 
 class ChunkedWriter:
@@ -79,14 +93,10 @@ class ChunkedWriter:
         if self._suffix in TIFF_SUFFIXES:
             self._data = np.zeros(self.shape, self.dtype)
             return
-        try:
-            with writing(self._lead):
-                self.path.parent.mkdir(parents=True, exist_ok=True)
-                self._tmp = fresh_temp(self.path)
-                self._data = self._create(key, chunks)
-        except BaseException:
-            self.abort()
-            raise
+        with writing_or_abort(self, self._lead):
+            self.path.parent.mkdir(parents=True, exist_ok=True)
+            self._tmp = fresh_temp(self.path)
+            self._data = self._create(key, chunks)
 
     def _create(self, key: str | None, chunks: tuple[int, ...] | None) -> Any:
         if self._zarr:
@@ -122,31 +132,23 @@ class ChunkedWriter:
         disk fails here. :meth:`publish` then only moves it into place."""
         if self._done:
             raise RuntimeError(f"The writer for {self.path} is already committed or aborted.")
-        try:
-            with writing(self._lead):
-                if self._tmp is None:  # TIFF, collected in memory
-                    self.path.parent.mkdir(parents=True, exist_ok=True)
-                    self._tmp = fresh_temp(self.path)
-                    write_tiff(self._tmp, self._data, self._voxel, True)
-                self._release()
-                if not self._zarr:
-                    sync_file(self._tmp)
-        except BaseException:
-            self.abort()
-            raise
+        with writing_or_abort(self, self._lead):
+            if self._tmp is None:  # TIFF, collected in memory
+                self.path.parent.mkdir(parents=True, exist_ok=True)
+                self._tmp = fresh_temp(self.path)
+                write_tiff(self._tmp, self._data, self._voxel, True)
+            self._release()
+            if not self._zarr:
+                sync_file(self._tmp)
 
     def publish(self) -> Path:
         """Move the output written by :meth:`finish` onto its final name; returns that path."""
-        try:
-            with writing(self._lead):
-                if self._zarr:
-                    _zarr.replace(self._tmp, self.path)
-                else:
-                    os.replace(self._tmp, self.path)
-                sync_folder(self.path.parent)
-        except BaseException:
-            self.abort()
-            raise
+        with writing_or_abort(self, self._lead):
+            if self._zarr:
+                _zarr.replace(self._tmp, self.path)
+            else:
+                os.replace(self._tmp, self.path)
+            sync_folder(self.path.parent)
         self._done = True
         log.info("Wrote %s %s to %s", self.shape, self.dtype, self.path)
         return self.path

@@ -27,6 +27,17 @@ def is_ome_zarr(path: Path) -> bool:
     return location is not None and "multiscales" in location.root_attrs
 
 
+def readable_image(path: Path) -> bool:
+    """Whether ``path`` is an OME-Zarr image that can be opened: NGFF multiscales metadata
+    that ome-zarr-py reads, supported axes and a full-resolution array that exists."""
+    try:
+        read_image(path)
+    except Exception as e:  # noqa: BLE001 - any failure: not an image napari-seg3d opens
+        log.debug("Cannot open %s as an OME-Zarr image: %s", path, e)
+        return False
+    return True
+
+
 def _location(path: Path) -> Any:
     from ome_zarr.io import parse_url
 
@@ -102,6 +113,27 @@ def read_image(path: Path) -> tuple[Any, tuple[float, float, float] | None]:
     return array, voxel_size(node, names)
 
 
+def read_labels(path: Path, name: str) -> tuple[Any, tuple[float, float, float] | None]:
+    """The full-resolution level of the NGFF labels ``name`` of the OME-Zarr image at ``path``
+    (a lazy ``zarr.Array``, ``(Z, Y, X)``, or ``(1, Z, Y, X)`` beside a channel image) and its
+    voxel size ``(z, y, x)``.
+
+    Raises:
+        VolumeError: ``path`` has no such labels.
+    """
+    from ome_zarr.reader import Label, Multiscales, Reader
+
+    location = _location(path)
+    for node in Reader(location)() if location is not None else ():
+        if node.load(Label) is not None and node.metadata.get("name") == name:
+            names = axis_names(node)
+            first = node.load(Multiscales).datasets[0]
+            array = zarr.open_array(str(Path(path) / "labels" / name / first), mode="r")
+            return array, voxel_size(node, names)
+    raise VolumeError(f"{path} has no NGFF labels {name!r}. Predict it again with the "
+                      "ome-zarr format.")
+
+
 def pyramid_layers(path: Path) -> list[tuple[Any, dict[str, Any], str]]:
     """napari layer data of the OME-Zarr image at ``path``: the image as a multiscale layer
     (its levels as dask arrays, read lazily) and each of its NGFF labels as a Labels layer."""
@@ -117,10 +149,15 @@ def pyramid_layers(path: Path) -> list[tuple[Any, dict[str, Any], str]]:
         names = axis_names(node)
         voxel = voxel_size(node, names)
         is_label = node.load(Label) is not None
+        levels = list(node.data)
+        if is_label and "c" in names and int(levels[0].shape[names.index("c")]) == 1:
+            c = names.index("c")  # the labels of a channel image: shown like one channel
+            levels = [level[(slice(None),) * c + (0,)] for level in levels]
+            names = [n for n in names if n != "c"]
         kwargs: dict[str, Any] = {"name": node.metadata.get("name") or Path(path).name,
-                                  "multiscale": len(node.data) > 1,
+                                  "multiscale": len(levels) > 1,
                                   "metadata": {"path": str(path)}}
-        data = node.data if len(node.data) > 1 else node.data[0]
+        data = levels if len(levels) > 1 else levels[0]
         spatial = [n for n in names if n in SPATIAL]
         if "c" in names and not is_label:
             kwargs["channel_axis"] = names.index("c")

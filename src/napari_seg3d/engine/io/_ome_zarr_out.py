@@ -2,8 +2,14 @@
 into ``<name>.ome.zarr`` beside the image it was predicted from, as NGFF asks: the image's
 pyramid in the root group and the segmentation as the labels group ``labels/<name>``, a
 nearest-neighbour (strided) pyramid with the class names in its ``image-label`` metadata. The
-metadata is written by ome-zarr-py. The store is filled under a hidden temporary name and moved
-onto its final name when complete, like every output (see :class:`.ChunkedWriter`).
+metadata is written by ome-zarr-py.
+
+The labels have the image's axes, as NGFF asks ("each dimension of the label should be either
+the same as the corresponding dimension of the image, or 1 if that dimension of the label is
+irrelevant"): ``z, y, x`` for a ``(Z, Y, X)`` image, ``c, z, y, x`` with one channel for a
+``(C, Z, Y, X)`` one, with the image's voxel size (1 on ``c``) and as many levels as its
+pyramid. The store is filled under a hidden temporary name and moved onto its final name when
+complete, like every output (see :class:`.ChunkedWriter`).
 """
 
 from __future__ import annotations
@@ -18,6 +24,7 @@ import numpy as np
 import zarr
 
 from . import _zarr
+from ._chunked import writing_or_abort
 from ._folders import missing_folders, remove_empty
 from ._paths import voxel_tuple
 from ._space import cannot_write, check_free_space, expected_bytes, writing
@@ -30,6 +37,9 @@ LABELS_NAME = "segmentation"
 MIN_SIZE = 32  # a pyramid level is halved again while its y and x stay at least this big
 MAX_LEVELS = 5
 CHUNKS = (32, 256, 256)
+#: the ``rgba`` of the class values 1, 2, ... in the ``image-label`` ``colors`` (matplotlib tab10)
+PALETTE = ((31, 119, 180), (255, 127, 14), (44, 160, 44), (214, 39, 40), (148, 103, 189),
+           (140, 86, 75), (227, 119, 194), (127, 127, 127), (188, 189, 34), (23, 190, 207))
 
 
 def ome_writer() -> Any:
@@ -53,8 +63,8 @@ def pyramid_factors(shape: Sequence[int]) -> list[dict[str, int]]:
     return factors
 
 
-def _scale(voxel, factor: dict[str, int]) -> list[float]:
-    return [float(v) * factor[a] for v, a in zip(voxel, "zyx")]
+def _scale(voxel, factor: dict[str, int], channel: bool = False) -> list[float]:
+    return [1.0] * channel + [float(v) * factor[a] for v, a in zip(voxel, "zyx")]
 
 
 def _chunks(shape: Sequence[int]) -> tuple[int, ...]:
@@ -66,7 +76,7 @@ class OmeZarrWriter:
 
     Args:
         path: the target ``<name>.ome.zarr``.
-        shape, dtype: of the segmentation.
+        shape, dtype: of the segmentation, ``(Z, Y, X)``.
         voxel_size: ``(z, y, x)``, the scale of the full-resolution level (1 when None).
         image: the image predicted, ``(Z, Y, X)`` or ``(C, Z, Y, X)`` (read lazily, copied
             with its pyramid into the root group).
@@ -83,6 +93,7 @@ class OmeZarrWriter:
         self._image, self._classes = image, dict(classes or {})
         self._lead = cannot_write(what, self.path)
         self._factors = pyramid_factors(self.shape)
+        self._channel = image is not None and len(image.shape) == 4  # labels c, z, y, x
         self._tmp: Path | None = None
         self._done = False
         self._created = missing_folders(self.path.parent)
@@ -90,25 +101,32 @@ class OmeZarrWriter:
         if image is not None:
             needed += expected_bytes(image.shape, image.dtype, ".zarr") * 8 // 7
         check_free_space(self.path, needed, self._lead)
-        try:
-            with writing(self._lead):
-                self.path.parent.mkdir(parents=True, exist_ok=True)
-                self._tmp = fresh_temp(self.path)
-                self._root = zarr.open_group(str(self._tmp), mode="w", zarr_format=3)
-                self._labels = self._root.create_group("labels").create_group(LABELS_NAME)
-                self._level0 = self._labels.create_array(
-                    "0", shape=self.shape, dtype=self.dtype, chunks=_chunks(self.shape),
-                    fill_value=0)
-        except BaseException:
-            self.abort()
-            raise
+        with writing_or_abort(self, self._lead):
+            self.path.parent.mkdir(parents=True, exist_ok=True)
+            self._tmp = fresh_temp(self.path)
+            self._root = zarr.open_group(str(self._tmp), mode="w", zarr_format=3)
+            self._labels = self._root.create_group("labels").create_group(LABELS_NAME)
+            self._level0 = self._label_level("0", self.shape)
+
+    @property
+    def array(self) -> Any:
+        """The full-resolution labels being written (a zarr array, ``(1, Z, Y, X)`` beside a
+        ``(C, Z, Y, X)`` image, else ``(Z, Y, X)``)."""
+        return self._level0
+
+    def _label_level(self, name: str, shape: tuple[int, ...]) -> Any:
+        lead = (1,) * self._channel
+        return self._labels.create_array(name, shape=lead + shape, dtype=self.dtype,
+                                         chunks=lead + _chunks(shape), fill_value=0,
+                                         dimension_names=tuple("czyx"[1 - self._channel:]))
 
     def write(self, slices: tuple[slice, ...], block: Any) -> None:
-        """Write ``block`` into the region ``slices`` of the full-resolution labels."""
+        """Write ``block`` ``(z, y, x)`` into the region ``slices`` of the full-resolution
+        labels."""
         if self._done:
             raise RuntimeError(f"The writer for {self.path} is already committed or aborted.")
         with writing(self._lead):
-            self._level0[slices] = block
+            self._level0[(0,) * self._channel + tuple(slices)] = block
 
     def commit(self) -> Path:
         self.finish()
@@ -117,23 +135,15 @@ class OmeZarrWriter:
     def finish(self) -> None:
         """Write the image, the labels' lower levels and the metadata into the temporary
         store: what can fail on a full disk fails here."""
-        try:
-            with writing(self._lead):
-                self._write_image()
-                self._write_label_levels()
-                self._write_label_metadata()
-        except BaseException:
-            self.abort()
-            raise
+        with writing_or_abort(self, self._lead):
+            self._write_image()
+            self._write_label_levels()
+            self._write_label_metadata()
 
     def publish(self) -> Path:
         """Move the finished store onto its final name; returns that path."""
-        try:
-            with writing(self._lead):
-                _zarr.replace(self._tmp, self.path)
-        except BaseException:
-            self.abort()
-            raise
+        with writing_or_abort(self, self._lead):
+            _zarr.replace(self._tmp, self.path)
         self._done = True
         log.info("Wrote %s %s to %s", self.shape, self.dtype, self.path)
         return self.path
@@ -176,15 +186,17 @@ class OmeZarrWriter:
     def _write_label_levels(self) -> None:
         """Level k is level 0 taken every ``factor`` voxels (nearest), slab by slab in z so
         memory stays one slab of level 0."""
+        lead = (0,) * self._channel
         for k, factor in enumerate(self._factors, start=1):
             fz, fy, fx = factor["z"], factor["y"], factor["x"]
             shape = (-(-self.shape[0] // fz), -(-self.shape[1] // fy), -(-self.shape[2] // fx))
-            level = self._labels.create_array(str(k), shape=shape, dtype=self.dtype,
-                                              chunks=_chunks(shape), fill_value=0)
+            level = self._label_level(str(k), shape)
             step = max(1, CHUNKS[0])
             for z0 in range(0, shape[0], step):
                 z1 = min(shape[0], z0 + step)
-                level[z0:z1] = self._level0[z0 * fz:z1 * fz:fz, ::fy, ::fx]
+                level[(*lead, slice(z0, z1))] = self._level0[
+                    (*lead, slice(z0 * fz, z1 * fz, fz), slice(None, None, fy),
+                     slice(None, None, fx))]
 
     def _write_label_metadata(self) -> None:
         from ome_zarr.format import FormatV05
@@ -193,10 +205,19 @@ class OmeZarrWriter:
         fmt = FormatV05()
         levels = [{"z": 1, "y": 1, "x": 1}, *self._factors]
         datasets = [{"path": str(k), "coordinateTransformations":
-                     [{"type": "scale", "scale": _scale(self._voxel, f)}]}
+                     [{"type": "scale", "scale": _scale(self._voxel, f, self._channel)}]}
                     for k, f in enumerate(levels)]
-        axes = [{"name": a, "type": "space"} for a in "zyx"]
-        writer.write_multiscales_metadata(self._labels, datasets, fmt=fmt, axes=axes, name=LABELS_NAME)
+        axes = ([{"name": "c", "type": "channel"}] * self._channel
+                + [{"name": a, "type": "space"} for a in "zyx"])
+        writer.write_multiscales_metadata(self._labels, datasets, fmt=fmt, axes=axes,
+                                          name=LABELS_NAME)
         properties = [{"label-value": int(v), "name": str(n)} for v, n in self._classes.items()]
-        writer.write_label_metadata(self._root["labels"], LABELS_NAME, properties=properties or None,
-                             fmt=fmt, source={"image": "../../"})
+        colors = [{"label-value": int(v), "rgba": [*PALETTE[k % len(PALETTE)], 255]}
+                  for k, v in enumerate(self._classes)]
+        labels_group = self._root["labels"]
+        writer.write_label_metadata(labels_group, LABELS_NAME, colors=colors,
+                                    properties=properties or None, fmt=fmt,
+                                    source={"image": "../../"})
+        # NGFF 0.5 wants the version in every group's "ome" attributes; ome-zarr-py 0.18 leaves
+        # it out of the "labels" group (ome-zarr-models refuses the image without it)
+        writer.add_metadata(labels_group, {"version": fmt.version}, fmt=fmt)

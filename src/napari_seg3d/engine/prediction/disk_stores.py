@@ -8,6 +8,12 @@ temporary name (``.<name>.<token>.part``, see :class:`ChunkedWriter`) until the 
 once the worker has stopped, moves it onto its final name (``<image>_labels.zarr``) when the
 prediction is complete, or onto ``<image>_labels_partial.zarr`` when it was cancelled or failed:
 the part done is kept, and nothing half-written ever stands under the final name.
+
+With ``fmt="ome-zarr"`` the labels become ``<image>_labels.ome.zarr``: the image with the
+segmentation as NGFF labels (see :class:`.OmeZarrWriter`); the layer shows its
+full-resolution labels while they are written, :meth:`DiskStores.finish` (the worker's last
+step) writes the image and the pyramids, and a cancelled prediction is finished when it is
+published (``<image>_labels_partial.ome.zarr``). Probabilities and uncertainty stay zarr.
 """
 
 from __future__ import annotations
@@ -22,7 +28,9 @@ from typing import Any
 import numpy as np
 import zarr
 
-from ..io import ChunkedWriter, _zarr
+from ..errors import Seg3DError
+from ..io import OME_ZARR_SUFFIX, ChunkedWriter, _zarr
+from ..io._ome_zarr_out import LABELS_NAME, OmeZarrWriter
 from ..io.no_overwrite import ReadFiles
 from .blocks import DEFAULT_BLOCK_SHAPE
 
@@ -33,6 +41,7 @@ BLOCK_SHAPE = DEFAULT_BLOCK_SHAPE  # the blocks a prediction on disk is computed
 CHUNKS = (8, 256, 256)  # thin in z: a 2D view reads 8 planes of the chunks it shows
 PARTIAL = "_partial"
 ROLES = ("labels", "probabilities", "uncertainty")
+FORMATS = ("zarr", "ome-zarr")  # of the labels
 
 
 # --- when and where -------------------------------------------------------------------------------
@@ -116,9 +125,12 @@ def safe_name(text: str) -> str:
     return name or "image"
 
 
-def store_path(folder: Path, base: str, role: str, partial: bool = False) -> Path:
-    """``folder/<base>_<role>.zarr``, or ``<base>_<role>_partial.zarr``."""
-    return Path(folder) / f"{base}_{role}{PARTIAL if partial else ''}.zarr"
+def store_path(folder: Path, base: str, role: str, partial: bool = False,
+               fmt: str = "zarr") -> Path:
+    """``folder/<base>_<role>.zarr``, or ``<base>_<role>_partial.zarr``; the labels of
+    ``fmt="ome-zarr"`` end in ``.ome.zarr``."""
+    suffix = OME_ZARR_SUFFIX if fmt == "ome-zarr" and role == "labels" else ".zarr"
+    return Path(folder) / f"{base}_{role}{PARTIAL if partial else ''}{suffix}"
 
 
 def store_base(folder: Path, image_name: str, source: str | os.PathLike | None,
@@ -128,8 +140,8 @@ def store_base(folder: Path, image_name: str, source: str | os.PathLike | None,
     (links included, see :class:`.ReadFiles`)."""
     base = safe_name(image_name)
     read = ReadFiles({f"file {i}": path for i, path in enumerate([source, *opened]) if path})
-    while any(read.hit(store_path(folder, base, role, partial)) is not None
-              for role in ROLES for partial in (False, True)):
+    while any(read.hit(store_path(folder, base, role, partial, fmt)) is not None
+              for role in ROLES for partial in (False, True) for fmt in FORMATS):
         base += "_seg3d"
     return base
 
@@ -152,23 +164,33 @@ class DiskStores:
         shape: ``(Z, Y, X)`` of the image.
         label_dtype: the dtype of the painted label values.
         voxel_size: ``(z, y, x)`` stored as the ``element_size_um`` attribute, or None.
+        fmt: ``"zarr"`` or ``"ome-zarr"`` (the labels with ``image``, see the module).
+        image: the image predicted, ``(Z, Y, X)`` or ``(C, Z, Y, X)`` (``"ome-zarr"`` only).
+        classes: ``{label value: class name}`` (``"ome-zarr"`` only).
 
     Raises:
         OSError, VolumeError: the folder cannot be written to.
     """
 
     def __init__(self, folder: Path, base: str, shape: Sequence[int], label_dtype: Any,
-                 voxel_size: Sequence[float] | None = None) -> None:
-        self.folder, self.base = Path(folder), base
+                 voxel_size: Sequence[float] | None = None, *, fmt: str = "zarr",
+                 image: Any = None, classes: dict[int, str] | None = None) -> None:
+        if fmt not in FORMATS:
+            raise ValueError(f"Unknown format {fmt!r}; choose one of {', '.join(FORMATS)}.")
+        self.folder, self.base, self.fmt = Path(folder), base, fmt
         self.shape = tuple(int(s) for s in shape)
         self.voxel = tuple(voxel_size) if voxel_size and min(voxel_size) > 0 else None
-        self._writers: dict[str, ChunkedWriter] = {}
+        self._writers: dict[str, Any] = {}
         self._views: dict[str, Any] = {}
+        self._finished = False
         self.where: dict[str, Path] = {}  # where each store is now
-        self._open("labels", self.shape, label_dtype)
+        if fmt == "ome-zarr":
+            self._open_ome_zarr(label_dtype, image, classes)
+        else:
+            self._open("labels", self.shape, label_dtype)
 
     def path(self, role: str, partial: bool = False) -> Path:
-        return store_path(self.folder, self.base, role, partial)
+        return store_path(self.folder, self.base, role, partial, self.fmt)
 
     def _open(self, role: str, shape: tuple[int, ...], dtype: Any) -> None:
         writer = ChunkedWriter(self.path(role), shape, dtype, voxel_size=self.voxel,
@@ -180,6 +202,17 @@ class DiskStores:
             writer.abort()
             raise
         self._writers[role], self.where[role] = writer, tmp
+
+    def _open_ome_zarr(self, dtype: Any, image: Any, classes: dict[int, str] | None) -> None:
+        writer = OmeZarrWriter(self.path("labels"), self.shape, dtype, voxel_size=self.voxel,
+                               image=image, classes=classes)
+        try:
+            tmp = Path(writer.array.store.root)
+            self._views["labels"] = _labels_view(tmp, "r")
+        except BaseException:
+            writer.abort()
+            raise
+        self._writers["labels"], self.where["labels"] = writer, tmp
 
     def write(self, region) -> None:
         """Write a region's labels, probabilities and uncertainty (those it has). Worker only."""
@@ -193,6 +226,13 @@ class DiskStores:
             lead = (slice(None),) * (values.ndim - 3)
             self._writers[role].write(lead + tuple(region.slices), values)
 
+    def finish(self) -> None:
+        """Write what the stores need beside what the regions wrote (for ``"ome-zarr"``, the
+        image and the pyramids); the worker's last step, so :meth:`publish` only moves them."""
+        if self.fmt == "ome-zarr" and not self._finished:
+            self._finished = True
+            self._writers["labels"].finish()
+
     def views(self) -> dict[str, Any]:
         """The stores as arrays for the layers, by role: read-only while they are written,
         writable once published."""
@@ -205,8 +245,12 @@ class DiskStores:
         Returns a sentence for each store that could not be moved (it stays where it was,
         see :attr:`where`)."""
         problems = []
+        try:
+            self.finish()  # a cancelled OME-Zarr gets its image and pyramids here
+        except (OSError, Seg3DError) as e:  # the writer deleted its store
+            problems.append(str(e))
         for role in ("probabilities", "uncertainty", "labels"):
-            if role not in self._writers:
+            if role not in self._writers or not self.where[role].exists():
                 continue
             tmp, target = self.where[role], self.path(role, partial=not complete)
             try:
@@ -217,6 +261,21 @@ class DiskStores:
                 log.warning("Could not move %s to %s", tmp, target, exc_info=True)
                 problems.append(f"Could not move the {role} to {target} ({e.strerror or e}); "
                                 f"they stay in {tmp}.")
-            self._views[role] = zarr.open_array(str(self.where[role]), mode="r+")
+            if role == "labels" and self.fmt == "ome-zarr":
+                self._views[role] = _labels_view(self.where[role], "r+")
+            else:
+                self._views[role] = zarr.open_array(str(self.where[role]), mode="r+")
         self._writers.clear()
         return problems
+
+
+def _labels_view(store: Path, mode: str) -> Any:
+    """The full-resolution labels of an OME-Zarr store written by :class:`.OmeZarrWriter`,
+    ``(Z, Y, X)``: the zarr array itself, or a lazy (dask) view of its one channel beside a
+    ``(C, Z, Y, X)`` image."""
+    array = zarr.open_array(str(Path(store) / "labels" / LABELS_NAME / "0"), mode=mode)
+    if array.ndim == 3:
+        return array
+    import dask.array as da
+
+    return da.from_zarr(array)[0]

@@ -1,4 +1,5 @@
-"""Instances of predicted files: ``<stem>_instances.<ext>`` beside each ``<stem>_labels.<ext>``.
+"""Instances of predicted files: ``<stem>_instances.<ext>`` beside each ``<stem>_labels.<ext>``
+(``<stem>_instances.zarr`` beside an ``.ome.zarr``, from its NGFF labels).
 
 ``napari-seg3d predict --instances CLASS`` and *Batch predict* wrap the file predictions of
 :func:`.batch.iter_predict_files` in :func:`with_instances`: when a file's labels are written,
@@ -19,7 +20,9 @@ from pathlib import Path
 import numpy as np
 
 from ..errors import Seg3DError
-from ..io import ChunkedWriter, read_volume
+from ..io import OME_ZARR_SUFFIX, ChunkedWriter, read_volume
+from ..io._ome_zarr import read_labels
+from ..io._ome_zarr_out import LABELS_NAME
 from ..io.no_overwrite import ReadFiles, refuse_writing_over
 from .batch import FileResult
 from .instances import MAX_VOXELS, check_size, instances
@@ -131,10 +134,8 @@ def write_instances(labels_out: Path, config: InstanceConfig, voxel_default=None
         Seg3DError, ValueError, OSError: the volume is too large, a file is missing or cannot
             be written (the sentence says which).
     """
-    with read_volume(labels_out, lazy=True) as vol:
-        check_size(vol.data.shape, config.max_voxels)
-        labels = np.asarray(vol.data)
-        voxel = vol.voxel_size or voxel_default
+    labels, voxel = _read_labels(Path(labels_out), config.max_voxels)
+    voxel = voxel or voxel_default
     probability = None
     if config.needs_probability:
         with read_volume(beside(Path(labels_out), "probabilities"), lazy=True) as probs:
@@ -146,6 +147,18 @@ def write_instances(labels_out: Path, config: InstanceConfig, voxel_default=None
         writer.commit()
     log.info("%s: %d instances", spec, int(ids.max(initial=0)))
     return spec
+
+
+def _read_labels(labels_out: Path, max_voxels: int) -> tuple[np.ndarray, tuple | None]:
+    """The labels ``(Z, Y, X)`` of an output and their voxel size: the NGFF labels of an
+    ``.ome.zarr`` output (its one channel beside a channel image), else the volume."""
+    if labels_out.name.lower().endswith(OME_ZARR_SUFFIX):
+        array, voxel = read_labels(labels_out, LABELS_NAME)
+        check_size(array.shape[-3:], max_voxels)
+        return np.asarray(array[0] if array.ndim == 4 else array[...]), voxel
+    with read_volume(labels_out, lazy=True) as vol:
+        check_size(vol.data.shape, max_voxels)
+        return np.asarray(vol.data), vol.voxel_size
 
 
 def with_instances(gen: Generator, config: InstanceConfig, out_dir: str | Path,

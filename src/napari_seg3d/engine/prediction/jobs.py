@@ -79,7 +79,9 @@ class PredictJob:
 
     @property
     def complete(self) -> bool:
-        return self.windows_total > 0 and self.windows_done == self.windows_total
+        """Every window was predicted and nothing failed (the stores' last step included)."""
+        return (self.windows_total > 0 and self.windows_done == self.windows_total
+                and self.error is None)
 
     def run(self) -> Generator[PredictedRegion, None, str]:
         """Yields a :class:`PredictedRegion` per finished region (without its values when they
@@ -96,6 +98,8 @@ class PredictJob:
                 yield region
                 if self.cancelled:
                     return "cancelled"
+            if self.stores is not None:  # in the worker: an OME-Zarr copies its image here
+                self.stores.finish()
             return "done"
         finally:
             self.close()
