@@ -268,9 +268,9 @@ class PredictWidget(PredictForm):
         layer.metadata["partial"] = True
         if not layer.name.endswith(" (partial)"):
             layer.name = f"{layer.name} (partial)"
-        kept = "" if stores is None else (
+        kept = "" if stores is None or not Path(stores.where["labels"]).exists() else (
             f", kept in {stores.where['labels']}; nothing was written to "
-            f"{stores.path('labels')}")
+            f"{stores.path('labels')}")  # (a writer that failed removed its store)
         if job.cancelled:
             show_info(f"Prediction cancelled: '{layer.name}' holds only the part done so far"
                       f"{kept}.")
