@@ -96,9 +96,11 @@ def build_parser() -> argparse.ArgumentParser:
     r.add_argument("--probabilities", action="store_true", help="also write class probabilities")
     r.add_argument("--uncertainty", action="store_true",
                    help="also write DIR/<stem>_uncertainty.<ext>: 0 = sure, 1 = least sure")
-    r.add_argument("--format", default="tif", choices=["tif", "h5", "zarr", "npy"],
-                   help="output format; h5, zarr and npy are written block by block (for volumes "
-                        "larger than memory), tif is assembled in memory")
+    r.add_argument("--format", default="tif", choices=["tif", "h5", "zarr", "npy", "ome-zarr"],
+                   help="output format; h5, zarr, npy and ome-zarr are written block by block "
+                        "(for volumes larger than memory), tif is assembled in memory; ome-zarr "
+                        "writes DIR/<stem>_labels.ome.zarr, the image with the segmentation as "
+                        "NGFF labels (both as pyramids)")
     r.add_argument("--block-size", type=int, nargs=3, metavar=("Z", "Y", "X"),
                    default=list(DEFAULT_BLOCK_SHAPE),
                    help="largest block predicted at once; memory depends on Y x X "

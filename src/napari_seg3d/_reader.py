@@ -1,4 +1,8 @@
-"""napari reader for HDF5 files: every dataset of 3 or more dimensions becomes a layer.
+"""napari reader for HDF5 files and OME-Zarr images.
+
+OME-Zarr (a ``.zarr`` folder with NGFF multiscales metadata) opens as a multiscale Image layer
+(its pyramid, read lazily) scaled by its voxel size, with its NGFF labels as Labels layers.
+In HDF5 files every dataset of 3 or more dimensions becomes a layer.
 
 Integer datasets whose path names labels (``label``, ``annotation``, ``seg``, ``mask``,
 ``prediction``) open as Labels layers, the others as Image layers; the scale comes from the
@@ -17,7 +21,7 @@ from typing import Any
 import h5py
 import numpy as np
 
-from .engine.io import list_datasets, read_volume
+from .engine.io import is_ome_zarr, list_datasets, pyramid_layers, read_volume
 
 log = logging.getLogger(__name__)
 
@@ -30,8 +34,11 @@ PathLike = str | os.PathLike
 
 
 def get_reader(path: PathLike | Sequence[PathLike]) -> Callable[..., list[LayerData]] | None:
-    """Return :func:`read_h5` if every path is an HDF5 file, else None (napari tries others)."""
+    """Return :func:`read_h5` if every path is an HDF5 file, :func:`read_ome_zarr` if every
+    path is an OME-Zarr image, else None (napari tries others)."""
     paths = [path] if isinstance(path, (str, os.PathLike)) else list(path)
+    if paths and all(_is_ome_zarr(p) for p in paths):
+        return read_ome_zarr
     if not paths or not all(_is_hdf5(p) for p in paths):
         return None
     return read_h5
@@ -51,6 +58,18 @@ def read_h5(path: PathLike | Sequence[PathLike]) -> list[LayerData]:
             if len(shape) >= 3:
                 layers.append(_read_dataset(Path(file), key, shape, np.dtype(dtype)))
     return layers
+
+
+def read_ome_zarr(path: PathLike | Sequence[PathLike]) -> list[LayerData]:
+    """Read one or more OME-Zarr images: each image as a multiscale layer (lazy, scaled by its
+    voxel size), each of its NGFF labels as a Labels layer (class names in ``metadata``)."""
+    paths = [path] if isinstance(path, (str, os.PathLike)) else list(path)
+    return [layer for p in paths for layer in pyramid_layers(Path(p))]
+
+
+def _is_ome_zarr(path: PathLike) -> bool:
+    path = Path(path)
+    return path.suffix.lower() == ".zarr" and is_ome_zarr(path)
 
 
 def is_labels(key: str, dtype: np.dtype) -> bool:

@@ -146,6 +146,9 @@ def _predict(args: argparse.Namespace) -> int:
                            block_shape=tuple(args.block_size))
     model = load_model(args.model)
     model.check_config(config)  # refuses planes for a 3D model before any file
+    if args.format == "ome-zarr" and (args.scheduler or args.instances):
+        raise ValueError("--format ome-zarr cannot be combined with --scheduler or --instances; "
+                         "choose --format zarr or h5 for those.")
     inputs = expand_inputs(args.inputs, args.pattern)
     if not inputs:
         raise ValueError("No input volumes found; name TIFF, HDF5, zarr or .npy files or a folder.")

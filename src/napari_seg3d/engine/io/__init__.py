@@ -1,4 +1,5 @@
-"""Read and write volumes as TIFF, HDF5, zarr or ``.npy`` files; every write is atomic.
+"""Read and write volumes as TIFF, HDF5, zarr (OME-Zarr too) or ``.npy`` files; every write is
+atomic.
 
 An HDF5 dataset is named ``file.h5:/group/data``, an array in a zarr group ``store.zarr:/name``.
 Writes go to a hidden ``.part`` file beside the target and are moved onto it only once
@@ -12,6 +13,7 @@ from ..errors import VolumeError
 from ._chunked import ChunkedWriter
 from ._folders import missing_folders, remove_empty
 from ._hdf5 import VOXEL_ATTRS
+from ._ome_zarr import is_ome_zarr, pyramid_layers
 from ._paths import (
                      DEFAULT_KEY,
                      HDF5_SUFFIXES,
@@ -26,5 +28,5 @@ from ._volume import Volume, list_datasets, output_path, read_volume, write_volu
 __all__ = [
     "DEFAULT_KEY", "HDF5_SUFFIXES", "SUFFIXES", "TIFF_SUFFIXES", "VOXEL_ATTRS", "ZARR_SUFFIXES",
     "ChunkedWriter", "Volume", "VolumeError", "VoxelSize", "list_datasets", "output_path",
-    "missing_folders", "read_volume", "remove_empty", "split_path", "write_volume",
+    "is_ome_zarr", "missing_folders", "pyramid_layers", "read_volume", "remove_empty", "split_path", "write_volume",
 ]

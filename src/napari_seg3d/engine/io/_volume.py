@@ -16,10 +16,11 @@ import h5py
 import numpy as np
 
 from ..errors import VolumeError
-from . import _hdf5, _zarr
+from . import _hdf5, _ome_zarr, _zarr
 from ._chunked import ChunkedWriter
 from ._folders import new_folder
 from ._memory import check_memory, out_of_memory
+from ._ome_zarr_out import OME_ZARR_SUFFIX
 from ._paths import (
     DEFAULT_KEY,
     HDF5_SUFFIXES,
@@ -186,19 +187,34 @@ def write_volume(spec: str | os.PathLike, data: Any, *, voxel_size: Sequence[flo
 
 
 def output_path(out_dir: str | os.PathLike, input_spec: str | os.PathLike, fmt: str) -> Path:
-    """Return ``out_dir / "<stem>_labels.<fmt>"`` for an input (``<stem>_<key>`` for HDF5 keys).
+    """Return ``out_dir / "<stem>_labels.<fmt>"`` for an input (``<stem>_<key>`` for HDF5 keys);
+    ``fmt`` ``"ome-zarr"`` gives ``<stem>_labels.ome.zarr``.
 
     The name is sanitised (no separators, ``..`` or leading dots), so it stays inside ``out_dir``.
     """
     suffix = "." + fmt.lower().lstrip(".")
-    if suffix not in SUFFIXES:
+    if suffix == ".ome-zarr":
+        suffix = OME_ZARR_SUFFIX
+    elif suffix not in SUFFIXES:
         raise VolumeError(f"Unknown output format {fmt!r}. Use one of: "
-                          f"{', '.join(s[1:] for s in SUFFIXES)}.")
+                          f"{', '.join(s[1:] for s in SUFFIXES)}, ome-zarr.")
     path, key = split_path(input_spec)
-    name = _safe_name(path.stem)
+    name = _safe_name(stem_of(path))
     if key:
         name = "_".join(filter(None, (name, _safe_name(key.rstrip("/").rsplit("/", 1)[-1]))))
     return Path(out_dir) / f"{name or 'volume'}_labels{suffix}"
+
+
+def stem_of(path: Path) -> str:
+    """The name without its suffix, ``.ome.zarr`` counted as one: ``x.ome.zarr`` -> ``x``."""
+    if path.name.lower().endswith(OME_ZARR_SUFFIX):
+        return path.name[:-len(OME_ZARR_SUFFIX)]
+    return path.stem
+
+
+def suffix_of(path: Path) -> str:
+    """The suffix, ``.ome.zarr`` counted as one."""
+    return path.name[len(stem_of(path)):]
 
 
 def _safe_name(text: str) -> str:
@@ -240,12 +256,18 @@ def _read_hdf5(path: Path, key: str | None, lazy: bool) -> Volume:
 def _read_zarr(path: Path, key: str | None, lazy: bool) -> Volume:
     if not path.is_dir():
         raise VolumeError(f"Cannot find the zarr store {path}. Check the path and try again.")
+    ome = key in (None, "/") and (path.name.lower().endswith(".ome.zarr")
+                                  or _ome_zarr.is_ome_zarr(path))
     with _unreadable(path):
-        array = _zarr.open_array(path, key)
+        if ome:  # NGFF: the full-resolution level, the voxel size from its transformations
+            array, voxel = _ome_zarr.read_image(path)
+        else:
+            array = _zarr.open_array(path, key)
+            voxel = _zarr.voxel_size(array)
         if not lazy or array.ndim == 2:
             check_memory(path, array.shape, array.dtype)
         data = array if lazy and array.ndim != 2 else one_slice(array[...])
-    return Volume(data, _zarr.voxel_size(array), path, key)
+    return Volume(data, voxel, path, key)
 
 
 def _target_exists(path: Path, key: str | None) -> bool:

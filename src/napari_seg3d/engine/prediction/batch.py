@@ -19,6 +19,7 @@ from ..errors import Seg3DError, writable_folder
 from ..generators import run_to_end, tapped
 from ..io import ChunkedWriter, read_volume, split_path
 from ..io._folders import missing_folders, remove_empty
+from ..io._ome_zarr_out import OME_ZARR_SUFFIX, OmeZarrWriter
 from ..model_file import SegmentationModel
 from .blocks import DEFAULT_BLOCK_SHAPE
 from .output_names import beside, output_files, plan_outputs, record_outputs, written_here
@@ -64,7 +65,9 @@ def _predict_one(model: SegmentationModel, spec, out: Path, config: PredictConfi
         shape = tuple(vol.data.shape[-3:])
         check_output_space(model, out, shape, config.probabilities, config.uncertainty)  # first
         outputs = FileOutputs(out, shape, vol.voxel_size or model.voxel_size, config.probabilities,
-                              config.uncertainty, stack)
+                              config.uncertainty, stack,
+                              image=vol.data, classes=dict(zip(model.class_values,
+                                                               model.class_names)))
         for r in model.iter_predict(vol.data, config):
             outputs.add(r)
             yield FileProgress(index, total, str(spec), r.windows_done, r.windows_total)
@@ -76,8 +79,10 @@ class FileOutputs:
     block: a block's z-slabs are gathered and written in one piece when the block is done."""
 
     def __init__(self, out: Path, shape, voxel, probabilities: bool, uncertainty: bool,
-                 stack: contextlib.ExitStack) -> None:
+                 stack: contextlib.ExitStack, *, image: Any = None,
+                 classes: dict[int, str] | None = None) -> None:
         self.out, self.shape, self.voxel, self.stack = out, tuple(shape), voxel, stack
+        self.image, self.classes = image, classes  # what an OME-Zarr output holds beside
         self.want_probs, self.want_unc = probabilities, uncertainty
         self.writers: dict[str, ChunkedWriter] = {}
         self.pending: list = []
@@ -111,7 +116,12 @@ class FileOutputs:
         if self.want_unc:
             self.writers["uncertainty"] = writer(beside(self.out, "uncertainty", "/uncertainty"),
                                                  self.shape, np.float32, "uncertainty")
-        self.writers["labels"] = writer(self.out, self.shape, region.labels.dtype, "labels")
+        if self.out.name.lower().endswith(OME_ZARR_SUFFIX):  # the image and its NGFF labels
+            self.writers["labels"] = self.stack.enter_context(OmeZarrWriter(
+                self.out, self.shape, region.labels.dtype, voxel_size=self.voxel,
+                image=self.image, classes=self.classes, what=WHAT["labels"]))
+        else:
+            self.writers["labels"] = writer(self.out, self.shape, region.labels.dtype, "labels")
 
     def _flush(self) -> None:
         if not self.pending:
@@ -148,8 +158,10 @@ def iter_predict_files(model: SegmentationModel, inputs: Sequence[str | Path], o
             :data:`.DEFAULT_BLOCK_SHAPE`); ``probabilities=True`` also writes
             ``<stem>_probabilities.<fmt>``, ``uncertainty=True`` ``<stem>_uncertainty.<fmt>``
             (see :func:`uncertainty_map`; HDF5 key ``/uncertainty``).
-        fmt: ``"tif"``, ``"h5"``, ``"zarr"`` or ``"npy"``. HDF5, zarr and ``.npy`` outputs are
-            written block by block, so neither the input nor the output needs to fit in memory.
+        fmt: ``"tif"``, ``"h5"``, ``"zarr"``, ``"npy"`` or ``"ome-zarr"``. All but TIFF are
+            written block by block, so neither the input nor the output needs to fit in memory;
+            ``"ome-zarr"`` writes ``<stem>_labels.ome.zarr``, the image with the labels as NGFF
+            labels ``labels/segmentation`` (see :class:`.OmeZarrWriter`).
         overwrite: replace existing outputs; otherwise they are skipped.
         model_file: the file ``model`` was loaded from, never to be written over.
         **overrides: fields of :class:`.PredictConfig` replacing those of ``config``.

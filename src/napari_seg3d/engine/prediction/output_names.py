@@ -24,7 +24,7 @@ from pathlib import Path
 
 from ..io import HDF5_SUFFIXES, output_path, split_path
 from ..io._temps import commit_temp, fresh_temp
-from ..io._volume import _safe_name
+from ..io._volume import _safe_name, stem_of, suffix_of
 from ..io.no_overwrite import ReadFiles, file_of, refuse_writing_over, resolved
 
 log = logging.getLogger(__name__)
@@ -37,6 +37,8 @@ def beside(out: Path, what: str, key: str = "") -> str:
     """``<stem>_<what>.<ext>`` for the labels output ``<stem>_labels.<ext>``; ``key`` names the
     dataset of an HDF5 file."""
     head, _, tail = out.name.rpartition("_labels")
+    if tail.lower().endswith(".ome.zarr"):  # the companions of an OME-Zarr are plain zarr
+        tail = tail[:-len(".ome.zarr")] + ".zarr"
     path = str(out.with_name(f"{head}_{what}{tail}"))
     return f"{path}:{key}" if key and out.suffix.lower() in HDF5_SUFFIXES else path
 
@@ -128,7 +130,8 @@ def _candidates(plain: Path, spec, key: str) -> list[Path]:
         if suffix and suffix not in suffixes:
             suffixes.append(suffix)
     suffixes.append(hashlib.sha1(key.encode("utf-8", "surrogateescape")).hexdigest()[:8])
-    return [plain.with_name(f"{plain.stem}_{s}{plain.suffix}") if s else plain for s in suffixes]
+    return [plain.with_name(f"{stem_of(plain)}_{s}{suffix_of(plain)}") if s else plain
+            for s in suffixes]
 
 
 def _distinct_depth(mine: list[Path], others: list[list[Path]]) -> int:
@@ -147,7 +150,7 @@ def _numbered(candidates: list[Path]) -> Iterator[Path]:
     yield from candidates
     last, n = candidates[-1], 2
     while True:
-        yield last.with_name(f"{last.stem}_{n}{last.suffix}")
+        yield last.with_name(f"{stem_of(last)}_{n}{suffix_of(last)}")
         n += 1
 
 
