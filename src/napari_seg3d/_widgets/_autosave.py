@@ -1,36 +1,28 @@
 """Autosave for the Train widget: the strokes (a few seconds after painting, and when Train
-starts) and the latest kept model go to a session folder (see :mod:`..engine.autosave`) in a
-background thread; on the widget's start a session left by a crash is offered back.
+starts) and every model a run keeps go to a session folder (see :mod:`..engine.autosave`) from
+one background thread; a session that a crash left behind is offered back on the widget's start
+(:mod:`._autosave_offer`).
 
-Every write goes through one worker thread, in order, so closing a session (the model saved, the
-widget or window closed) always comes after the writes before it.
+The GUI thread only copies the annotation layer (at most every :data:`STROKES_DELAY_MS`); the
+compression and the writes run in the writer thread, in order, and a write that is still
+waiting is replaced by a newer one of the same kind, so a slow disk never piles up copies.
+A session ends normally (its folder deleted) when napari's window or the widget closes, or the
+Python process exits normally; only a crash leaves it behind.
 """
 
 from __future__ import annotations
 
+import atexit
 import logging
+import threading
 from concurrent.futures import Future, ThreadPoolExecutor
 from typing import TYPE_CHECKING
 
 import numpy as np
-from napari.utils.notifications import (
-    Notification,
-    NotificationSeverity,
-    notification_manager,
-    show_info,
-    show_warning,
-)
+from napari.utils.notifications import show_warning
 from qtpy.QtCore import QEvent, QObject, QTimer
 
-from ..engine import ModelFileError, load_model
-from ..engine.autosave import (
-    AutosaveSession,
-    SessionInfo,
-    discard,
-    find_unclosed_sessions,
-    restore,
-    start_session,
-)
+from ..engine.autosave import AutosaveSession, autosave_enabled, start_session
 from . import _layers
 
 if TYPE_CHECKING:
@@ -38,99 +30,161 @@ if TYPE_CHECKING:
 
 log = logging.getLogger(__name__)
 
-STROKES_DELAY_MS = 3000  # strokes are written at most this often while painting
+STROKES_DELAY_MS = 3000  # strokes are copied and written at most this often while painting
+
+_OPEN: set[AutosaveSession] = set()  # the open sessions: closed when Python exits normally
+
+
+@atexit.register
+def _close_open_sessions() -> None:  # a normal exit: nothing to offer next time
+    for session in list(_OPEN):
+        session.close()
+
+
+class Writer:
+    """One background thread running the autosave's writes in order; a write still waiting is
+    replaced by a newer one with the same key."""
+
+    def __init__(self) -> None:
+        self._pool = ThreadPoolExecutor(1, thread_name_prefix="seg3d-autosave")
+        self._lock = threading.Lock()
+        self._waiting: dict = {}
+        self._last: Future | None = None
+        self._errors: list[str] = []
+
+    def submit(self, key, fn, *args) -> None:
+        with self._lock:
+            queued = key in self._waiting
+            self._waiting[key] = (fn, args)
+            if queued:
+                return
+            try:
+                self._last = self._pool.submit(self._run, key)
+            except RuntimeError:  # shut down: Python is exiting
+                self._waiting.pop(key)
+
+    def _run(self, key) -> None:
+        with self._lock:
+            fn, args = self._waiting.pop(key)
+        try:
+            fn(*args)
+        except Exception as e:  # noqa: BLE001 - an autosave never stops the work
+            log.warning("Autosave failed: %s", e)
+            with self._lock:
+                self._errors.append(str(e))
+
+    def wait(self) -> None:
+        """Until every write handed over so far is done."""
+        last = self._last
+        if last is not None:
+            last.result()
+
+    def take_errors(self) -> list[str]:
+        with self._lock:
+            errors, self._errors = self._errors, []
+        return errors
 
 
 class Autosaver(QObject):
-    """The autosave of one Train widget (``widget``: a :class:`TrainWidget`)."""
+    """The autosave of one Train widget (``widget``: a :class:`TrainWidget`).
+
+    ``sessions`` holds one open session per (image, shape, annotation layer) painted on."""
 
     def __init__(self, widget) -> None:
         super().__init__(widget)
         self.widget = widget
-        self.session: AutosaveSession | None = None
-        self.offered: list[SessionInfo] = []  # found sessions offered on start
-        self.error: str | None = None  # the last write's failure, shown once
-        self._pool = ThreadPoolExecutor(1, thread_name_prefix="seg3d-autosave")
-        self._last: Future | None = None
-        self._watched = None  # the top-level window whose Close closes the session
+        self.enabled = autosave_enabled()
+        self.sessions: dict[tuple, AutosaveSession] = {}
+        self.writer = Writer()
+        self._reported: set[str] = set()
+        self._watched = None  # the main window, whose Close ends the sessions
         self._timer = QTimer(self, singleShot=True, interval=STROKES_DELAY_MS)
         self._timer.timeout.connect(self.save_strokes)
 
-    # --- saving -----------------------------------------------------------------------------------
+    # --- sessions ---------------------------------------------------------------------------------
 
-    def _ensure(self) -> AutosaveSession | None:
-        """The open session, started for the selected layers if there is none."""
-        if self.session is not None and not self.session.closed:
-            return self.session
+    def session_for(self, image_name: str, shape, annotation_name: str, *, scale=None,
+                    translate=None, source=None) -> AutosaveSession | None:
+        """The open session of these layers, started if there is none (None: autosave off or
+        its folder cannot be written, told once)."""
+        if not self.enabled:
+            return None
+        key = (image_name, tuple(shape), annotation_name)
+        session = self.sessions.get(key)
+        if session is None or session.closed:
+            try:
+                session = start_session(image_name, shape, annotation_name, scale=scale,
+                                        translate=translate, source=source,
+                                        class_names=self.widget.class_table.names)
+            except (OSError, ValueError) as e:
+                self._tell(str(e))
+                return None
+            self.sessions[key] = session
+            _OPEN.add(session)
+            self._watch_window()
+        return session
+
+    def current(self) -> AutosaveSession | None:
+        """The session of the selected image and annotation layer (None when they do not fit)."""
         image, ann = self.widget.image_layer(), self.widget.annotation_layer()
-        if image is None or ann is None:
+        if image is None or ann is None or not isinstance(_layers.layer_array(ann), np.ndarray):
+            return None  # a Labels layer backed by a file is saved already
+        shape = _layers.layer_array(ann).shape
+        if shape != _layers.spatial_shape(image):
             return None
         source = getattr(getattr(image, "source", None), "path", None)
-        try:
-            self.session = start_session(image.name, image.data.shape, source=source,
-                                         class_names=dict(self.widget.class_table.names),
-                                         scale=_layers.voxel_size(ann))
-        except OSError as e:
-            self._report(str(e))
-            return None
-        self._watch_window()
-        return self.session
+        return self.session_for(image.name, shape, ann.name, scale=_layers.voxel_size(ann),
+                                translate=_layers.spatial_translate(ann), source=source)
+
+    # --- saving -----------------------------------------------------------------------------------
 
     def strokes_changed(self) -> None:
         """Write the strokes a few seconds from now (one write for a burst of strokes)."""
-        if not self._timer.isActive():
+        if self.enabled and not self._timer.isActive():
             self._timer.start()
 
-    def save_strokes(self) -> None:
-        """Copy the annotation layer now and write it in the background."""
+    def save_strokes(self) -> AutosaveSession | None:
+        """Copy the selected annotation layer now and write it in the background; returns its
+        session."""
         self._timer.stop()
-        session, ann = self._ensure(), self.widget.annotation_layer()
-        if session is not None and ann is not None:
-            labels = np.array(_layers.layer_array(ann), copy=True)
-            self._submit(session.save_strokes, labels)
+        session = self.current()
+        if session is not None:
+            labels = np.array(_layers.layer_array(self.widget.annotation_layer()), copy=True)
+            self.write_strokes(session, labels)
+        self._tell_failures()
+        return session
 
-    def save_model(self, model: SegmentationModel, last: SegmentationModel | None = None,
-                   ) -> None:
-        """Write a kept model (from any thread; the training thread calls it)."""
-        session = self.session
+    def write_strokes(self, session: AutosaveSession, labels: np.ndarray) -> None:
+        names = dict(self.widget.class_table.names)
+        self.writer.submit((id(session), "strokes"), _write_strokes, session, labels, names)
+
+    def save_model(self, session: AutosaveSession | None, model: SegmentationModel | None,
+                   last: SegmentationModel | None = None) -> None:
+        """Write a kept model (from any thread: the training thread calls it)."""
         if session is not None and not session.closed and model is not None:
-            self._submit(session.save_model, model, last)
+            self.writer.submit((id(session), "model"), session.save_model, model, last)
 
-    def _submit(self, fn, *args) -> None:
-        def run():
-            try:
-                fn(*args)
-            except Exception as e:  # noqa: BLE001 - an autosave never stops the work
-                log.warning("Autosave failed: %s", e)
-                self.error = str(e)
-
-        try:
-            self._last = self._pool.submit(run)
-        except RuntimeError:  # the widget is closing
-            pass
-
-    def flush(self) -> None:
-        """Wait until every write handed over so far is done."""
-        if self._last is not None:
-            self._last.result()
-        if self.error is not None:
-            self._report(self.error)
+    def start_run(self):
+        """At Train: the strokes now; returns the job's ``on_kept`` callback and the session."""
+        session = self.save_strokes()
+        return (lambda model: self.save_model(session, model)), session
 
     def close(self) -> None:
-        """End the session normally: it is deleted, after the writes before."""
+        """End every session normally: deleted after the writes before (not waited for)."""
         self._timer.stop()
-        session, self.session = self.session, None
-        if session is not None:
-            self._submit(session.close)
-            self.flush()
+        sessions, self.sessions = list(self.sessions.values()), {}
+        for session in sessions:
+            self.writer.submit(object(), session.close)
+            _OPEN.discard(session)
 
-    def shutdown(self) -> None:
-        self.close()
-        self._pool.shutdown(wait=True)
+    def _tell_failures(self) -> None:
+        for error in self.writer.take_errors():
+            self._tell(error)
 
-    def _report(self, message: str) -> None:
-        self.error = None
-        show_warning(f"Autosave failed: {message}")
+    def _tell(self, message: str) -> None:
+        if message not in self._reported:  # once each: not every three seconds
+            self._reported.add(message)
+            show_warning(f"Autosave failed: {message}")
 
     def _watch_window(self) -> None:
         window = self.widget.window()
@@ -143,60 +197,7 @@ class Autosaver(QObject):
             self.close()
         return False
 
-    # --- sessions left by a crash -----------------------------------------------------------------
 
-    def offer(self) -> list[SessionInfo]:
-        """Tell of damaged session folders, and offer the newest found session back."""
-        found, problems = find_unclosed_sessions()
-        for problem in problems:
-            show_warning(problem)
-        self.offered = found
-        if found:
-            info = found[0]
-            notification_manager.dispatch(Notification(
-                f"napari-seg3d autosaved a training session that did not end normally: "
-                f"{info.describe()}. Restore its strokes and model?",
-                severity=NotificationSeverity.INFO,
-                actions=[("Restore", lambda *_: self.restore(info)),
-                         ("Discard", lambda *_: self.discard(info))]))
-        return found
-
-    def discard(self, info: SessionInfo) -> None:
-        discard(info)
-        self.offered = [s for s in self.offered if s.folder != info.folder]
-
-    def restore(self, info: SessionInfo):
-        """Add the strokes as a Labels layer and load the model; returns the layer or None."""
-        widget = self.widget
-        try:
-            restored = restore(info)
-            best = None if restored.model_path is None else load_model(restored.model_path)
-            last = None if restored.last_path is None else load_model(restored.last_path)
-        except (ValueError, OSError, ModelFileError) as e:
-            show_warning(f"{e} The session was not restored; its folder is {info.folder}.")
-            return None
-        layer = None
-        if restored.strokes is not None:
-            layer = widget.viewer.add_labels(
-                restored.strokes, name=f"{info.image_name} annotations (restored)",
-                scale=info.scale, metadata={_layers.ROLE: "annotations",
-                                            "image": info.image_name})
-        widget.class_table.names.update(info.class_names)
-        if widget.image_combo.findText(info.image_name) >= 0:
-            widget.image_combo.setCurrentText(info.image_name)
-        if layer is not None:
-            widget.annotation_combo.setCurrentText(layer.name)
-        if best is not None:
-            widget.use_model(best, f"{info.image_name} model (restored)")
-            if last is not None and last.optimizer_state is not None:
-                widget.last_model = last
-                widget._update_buttons()
-        opened = widget.image_combo.findText(info.image_name) >= 0
-        where = info.source or f"the image '{info.image_name}'"
-        show_info(f"Restored the session of {info.image_name}"
-                  + ("" if opened else f"; open {where} to go on training") + ".")
-        if self._ensure() is not None:  # a new session holds it now: the old one may go
-            self.save_strokes()
-            self.save_model(best, last)
-            self.discard(info)
-        return layer
+def _write_strokes(session: AutosaveSession, labels: np.ndarray, names: dict) -> None:
+    session.set_class_names(names)
+    session.save_strokes(labels)

@@ -52,6 +52,7 @@ class TrainJob:
         self.result_seen = False
         self.forest = None  # the instant random-forest preview (a ForestJob), shown first
         self.on_kept = None  # called with each model the run keeps (the autosave)
+        self.autosave_session = None  # where the autosave writes this run's models
 
     def __repr__(self) -> str:  # napari lists running workers by their function
         return f"napari-seg3d training on '{self.image_name}'"

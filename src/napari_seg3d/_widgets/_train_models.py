@@ -36,7 +36,6 @@ class ModelFiles:
             show_error(str(e))
             return None
         show_info(f"Saved the model to {out}.")
-        self.autosave.close()  # saved: nothing to restore after a crash
         return out
 
     def load_model_from(self, path) -> SegmentationModel | None:

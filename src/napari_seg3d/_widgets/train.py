@@ -22,6 +22,7 @@ from ..engine.plan import window_for
 from ..engine.threads import set_default_threads
 from . import _layers
 from ._autosave import Autosaver
+from ._autosave_offer import SessionOffer
 from ._export import add_export_button
 from ._forest_job import forest_job_for, warm_up_forest
 from ._labels_warning import labels_confirmed
@@ -72,6 +73,8 @@ class TrainWidget(ReportActions, ModelFiles, TrainForm):
         self._report_worker = None
         self.report_dialog: ReportDialog | None = None
         self.autosave = Autosaver(self)  # strokes and kept models survive a crash
+        self.session_offer = SessionOffer(self)  # and come back on the next start
+        self.layout().insertWidget(0, self.session_offer)
         self._connect_ui()
         self.export_button = add_export_button(self, lambda: self.model, self.image_layer,
                                                self.save_button)
@@ -84,7 +87,7 @@ class TrainWidget(ReportActions, ModelFiles, TrainForm):
         for layer in layers:
             layer.events.name.connect(self._refresh_layers)
         self._refresh_layers()
-        self.autosave.offer()  # a session a crash left behind
+        self.session_offer.look()  # a session a crash left behind
 
     # --- wiring -----------------------------------------------------------------------------------
 
@@ -200,8 +203,7 @@ class TrainWidget(ReportActions, ModelFiles, TrainForm):
 
     def _launch(self, job: TrainJob) -> None:
         self._job, self._image_name = job, job.image_name
-        job.on_kept = self.autosave.save_model
-        self.autosave.save_strokes()
+        job.on_kept, job.autosave_session = self.autosave.start_run()
         self._display.start(job, self.last_model)
         worker = thread_worker(job.run, start_thread=False)()
         worker.yielded.connect(self._on_progress)
@@ -245,7 +247,8 @@ class TrainWidget(ReportActions, ModelFiles, TrainForm):
             return
         self.result = result
         self.model, self.last_model = result.best, result.last
-        self.autosave.save_model(result.best, result.last)
+        if self._job is not None:
+            self.autosave.save_model(self._job.autosave_session, result.best, result.last)
         name = f"{self._image_name} model"
         SESSION.put(name, result.best)
         self.fine_tune_check.setEnabled(True)
