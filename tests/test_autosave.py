@@ -4,15 +4,11 @@ process that wrote it (``os._exit``), restored, discarded, damaged folders skipp
 import json
 import os
 import re
-import subprocess
-import sys
 import time
-from pathlib import Path
 
 import numpy as np
 import pytest
 
-import napari_seg3d
 from napari_seg3d.engine import load_model, save_model, train
 from napari_seg3d.engine import autosave as autosave_module
 from napari_seg3d.engine.autosave import (
@@ -26,30 +22,7 @@ from napari_seg3d.engine.autosave import (
     sessions_root,
     start_session,
 )
-
-SRC = Path(napari_seg3d.__file__).resolve().parents[1]
-
-# Starts sessions as the Train widget does, writes strokes (and a model), then dies as a crash
-# does: os._exit skips every clean-up (no atexit, no finally).
-_CRASH = """
-import os, sys, time
-import numpy as np
-from napari_seg3d.engine import load_model
-from napari_seg3d.engine.autosave import start_session
-strokes, model, count = sys.argv[1], sys.argv[2], int(sys.argv[3])
-labels = np.load(strokes)
-for i in range(count):
-    session = start_session(f"image {i}", labels.shape, f"image {i} annotations",
-                            class_names={1: "background", 2: "ball"}, scale=(2.0, 1.0, 1.0),
-                            translate=(4.0, 0.0, 1.0), source="/data/image.tif")
-    session.save_strokes(labels)
-    if model != "-":
-        best = load_model(model)
-        session.save_model(best, load_model(model) if i % 2 else None)
-    time.sleep(0.01)  # distinct saved times
-os._exit(1)
-"""
-
+from _autosave_crash import crash
 
 @pytest.fixture
 def root(tmp_path, monkeypatch):
@@ -81,17 +54,6 @@ def blobs_module():
     image = (truth * 1.0 + rng.normal(0, 0.2, truth.shape)).astype(np.float32)
     return image, truth + 1, simulate_scribbles(truth, slices_per_axis=2, strokes_per_class=2,
                                                 length=8, seed=0)
-
-
-def crash(tmp_path, strokes, model=None, count=1) -> None:
-    """Run the crashing writer in a new process; it must exit with status 1."""
-    np.save(tmp_path / "strokes.npy", strokes)
-    env = {**os.environ, "PYTHONPATH": os.pathsep.join([str(SRC), os.environ.get("PYTHONPATH",
-                                                                                   "")])}
-    done = subprocess.run([sys.executable, "-c", _CRASH, str(tmp_path / "strokes.npy"),
-                           str(model or "-"), str(count)], env=env, capture_output=True,
-                          text=True, timeout=300)
-    assert done.returncode == 1, done.stderr
 
 
 def test_sessions_live_where_the_environment_says(tmp_path, monkeypatch):

@@ -16,6 +16,7 @@ import atexit
 import logging
 import threading
 from concurrent.futures import Future, ThreadPoolExecutor
+from functools import partial
 from typing import TYPE_CHECKING
 
 import numpy as np
@@ -161,13 +162,14 @@ class Autosaver(QObject):
     def save_model(self, session: AutosaveSession | None, model: SegmentationModel | None,
                    last: SegmentationModel | None = None) -> None:
         """Write a kept model (from any thread: the training thread calls it)."""
-        if session is not None and not session.closed and model is not None:
-            self.writer.submit((id(session), "model"), session.save_model, model, last)
+        _save_model(self.writer, session, model, last)
 
     def start_run(self):
-        """At Train: the strokes now; returns the job's ``on_kept`` callback and the session."""
+        """At Train: the strokes now; returns the job's ``on_kept`` callback and the session.
+        (The callback holds no widget: a finished worker that napari keeps a while keeps no
+        viewer alive.)"""
         session = self.save_strokes()
-        return (lambda model: self.save_model(session, model)), session
+        return partial(_save_model, self.writer, session), session
 
     def close(self) -> None:
         """End every session normally: deleted after the writes before (not waited for)."""
@@ -196,6 +198,11 @@ class Autosaver(QObject):
         if event.type() == QEvent.Type.Close and obj is self._watched:
             self.close()
         return False
+
+
+def _save_model(writer: Writer, session: AutosaveSession | None, model, last=None) -> None:
+    if session is not None and not session.closed and model is not None:
+        writer.submit((id(session), "model"), session.save_model, model, last)
 
 
 def _write_strokes(session: AutosaveSession, labels: np.ndarray, names: dict) -> None:
