@@ -3,6 +3,7 @@
 import pytest
 from napari.utils._proxies import PublicOnlyProxy
 
+from napari_seg3d._widgets import _train_models as train_models
 from napari_seg3d._widgets import train as train_module
 from napari_seg3d._widgets.train import TrainWidget
 
@@ -15,6 +16,8 @@ def shown(monkeypatch):
     out = {"error": [], "warning": [], "info": []}
     for kind in out:
         monkeypatch.setattr(train_module, f"show_{kind}", out[kind].append)
+    for kind in ("error", "info"):  # Save model and Load model
+        monkeypatch.setattr(train_models, f"show_{kind}", out[kind].append)
     return out
 
 

@@ -147,6 +147,7 @@ def test_painting_and_training_are_autosaved_and_off_turns_it_off(root, blobs, v
     assert load_model(session.folder / "model.pt").iteration == widget.model.iteration
     np.testing.assert_array_equal(restore(session.info).strokes, layer.data)
     viewer.close()  # the main window's Close ends the session
+    qtbot.waitUntil(lambda: not widget.autosave.sessions, timeout=WAIT_MS)
     widget.autosave.writer.wait()
     assert not session.folder.exists()
     monkeypatch.setenv("NAPARI_SEG3D_AUTOSAVE", "0")

@@ -15,7 +15,9 @@ from __future__ import annotations
 import atexit
 import logging
 import threading
+import weakref
 from concurrent.futures import Future, ThreadPoolExecutor
+from contextlib import suppress
 from functools import partial
 from typing import TYPE_CHECKING
 
@@ -98,7 +100,9 @@ class Autosaver(QObject):
         self.sessions: dict[tuple, AutosaveSession] = {}
         self.writer = Writer()
         self._reported: set[str] = set()
-        self._watched = None  # the main window, whose Close ends the sessions
+        # the main window, whose Close ends the sessions: a weak reference, as napari may keep a
+        # finished worker, and so this widget, a while; the window must not stay with it
+        self._watched = lambda: None
         self._timer = QTimer(self, singleShot=True, interval=STROKES_DELAY_MS)
         self._timer.timeout.connect(self.save_strokes)
 
@@ -173,7 +177,8 @@ class Autosaver(QObject):
 
     def close(self) -> None:
         """End every session normally: deleted after the writes before (not waited for)."""
-        self._timer.stop()
+        with suppress(RuntimeError):  # the widget deleted already (napari closed)
+            self._timer.stop()
         sessions, self.sessions = list(self.sessions.values()), {}
         for session in sessions:
             self.writer.submit(object(), session.close)
@@ -190,14 +195,27 @@ class Autosaver(QObject):
 
     def _watch_window(self) -> None:
         window = self.widget.window()
-        if window is not self._watched and window is not self.widget:
+        if window is not self._watched() and window is not self.widget:
             window.installEventFilter(self)
-            self._watched = window
+            self._watched = weakref.ref(window)
 
     def eventFilter(self, obj, event) -> bool:  # noqa: N802 - Qt's name
-        if event.type() == QEvent.Type.Close and obj is self._watched:
-            self.close()
+        if event.type() == QEvent.Type.Close and obj is self._watched():
+            # after napari's own Close (it may ask); not a bound method, which Qt would drop
+            # with this object if napari deletes the widget first
+            QTimer.singleShot(0, lambda: self._closed_window())
         return False
+
+    def _closed_window(self) -> None:
+        """End the sessions if the window did close (not when its user chose to stay; if
+        napari quits first, the normal exit ends them)."""
+        try:
+            window = self._watched()
+            visible = window is not None and window.isVisible()
+        except RuntimeError:  # deleted already: closed
+            visible = False
+        if not visible:
+            self.close()
 
 
 def _save_model(writer: Writer, session: AutosaveSession | None, model, last=None) -> None:
