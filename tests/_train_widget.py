@@ -4,6 +4,7 @@ import pytest
 from conftest import catch_notifications
 from napari.utils._proxies import PublicOnlyProxy
 
+from napari_seg3d._widgets import _train_models as train_models
 from napari_seg3d._widgets import train as train_module
 from napari_seg3d._widgets.train import TrainWidget
 
@@ -13,7 +14,10 @@ WAIT_MS = 30_000
 @pytest.fixture
 def shown(monkeypatch):
     """Notifications the widget shows, by kind."""
-    return catch_notifications(monkeypatch, train_module)
+    out = catch_notifications(monkeypatch, train_module)
+    for kind in ("error", "info"):  # Save model and Load model
+        monkeypatch.setattr(train_models, f"show_{kind}", out[kind].append)
+    return out
 
 
 @pytest.fixture

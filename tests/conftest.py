@@ -1,4 +1,5 @@
-"""Test set-up: napari's config and caches in a temporary folder, Qt through Xvfb (pytest-xvfb)."""
+"""Test set-up: napari's config, caches and autosaved sessions in a temporary folder, Qt
+through Xvfb (pytest-xvfb)."""
 
 import os
 import tempfile
@@ -8,7 +9,8 @@ import numpy as np
 import pytest
 
 _tmp = Path(tempfile.mkdtemp(prefix="seg3d-tests-"))
-for var in ("XDG_CONFIG_HOME", "XDG_CACHE_HOME", "XDG_DATA_HOME", "XDG_RUNTIME_DIR"):
+for var in ("XDG_CONFIG_HOME", "XDG_CACHE_HOME", "XDG_DATA_HOME", "XDG_RUNTIME_DIR",
+            "XDG_STATE_HOME"):  # state: the Train widget's autosaved sessions
     os.environ.setdefault(var, str(_tmp / var.lower()))
     Path(os.environ[var]).mkdir(parents=True, exist_ok=True, mode=0o700)
 os.environ.setdefault("NAPARI_CONFIG", str(_tmp / "napari-settings.yaml"))

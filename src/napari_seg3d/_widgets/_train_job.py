@@ -51,6 +51,8 @@ class TrainJob:
         self.gen = None  # the training generator, for finish()
         self.result_seen = False
         self.forest = None  # the instant random-forest preview (a ForestJob), shown first
+        self.on_kept = None  # called with each model the run keeps (the autosave)
+        self.autosave_session = None  # where the autosave writes this run's models
 
     def __repr__(self) -> str:  # napari lists running workers by their function
         return f"napari-seg3d training on '{self.image_name}'"
@@ -84,6 +86,8 @@ class TrainJob:
                     progress_ = gen.send(update)
                 except StopIteration as stop:
                     return stop.value
+                if progress_.is_best and self.on_kept is not None:
+                    self.on_kept(self.trainer.kept)  # in this thread, between two steps
                 update = yield progress_
                 if update is not None:
                     self.consumed = update

@@ -9,19 +9,20 @@ records come back as the worker's ``yielded`` signal and new strokes go in throu
 from __future__ import annotations
 
 import logging
-from pathlib import Path
 from typing import TYPE_CHECKING
 
 import numpy as np
 from napari.qt.threading import thread_worker
 from napari.utils.notifications import show_error, show_info, show_warning
 from qtpy.QtCore import QTimer
-from qtpy.QtWidgets import QFileDialog, QWidget
+from qtpy.QtWidgets import QWidget
 
-from ..engine import ModelFileError, Seg3DError, Trainer, load_model, save_model
+from ..engine import Seg3DError, Trainer
 from ..engine.plan import window_for
 from ..engine.threads import set_default_threads
-from . import _layer_files, _layers
+from . import _layers
+from ._autosave import Autosaver
+from ._autosave_offer import SessionOffer
 from ._export import add_export_button
 from ._forest_job import forest_job_for, warm_up_forest
 from ._labels_warning import labels_confirmed
@@ -30,6 +31,7 @@ from ._session import SESSION
 from ._train_display import TrainingDisplay
 from ._train_form import TrainForm
 from ._train_job import TrainJob, check_layers, check_strokes, new_job
+from ._train_models import ModelFiles
 
 if TYPE_CHECKING:
     import napari
@@ -48,7 +50,7 @@ STROKE_PREVIEW_MS = 1000
 FOREST_POLL_MS = 30  # how often the instant random-forest preview's new records are looked for
 
 
-class TrainWidget(ReportActions, TrainForm):
+class TrainWidget(ReportActions, ModelFiles, TrainForm):
     """Train a segmentation network on sparse annotations of the selected image.
 
     Public for scripts, tests and the demo: :meth:`new_annotation_layer`,
@@ -70,6 +72,9 @@ class TrainWidget(ReportActions, TrainForm):
         self._image_name = ""
         self._report_worker = None
         self.report_dialog: ReportDialog | None = None
+        self.autosave = Autosaver(self)  # strokes and kept models survive a crash
+        self.session_offer = SessionOffer(self)  # and come back on the next start
+        self.layout().insertWidget(0, self.session_offer)
         self._connect_ui()
         self.export_button = add_export_button(self, lambda: self.model, self.image_layer,
                                                self.save_button)
@@ -82,6 +87,7 @@ class TrainWidget(ReportActions, TrainForm):
         for layer in layers:
             layer.events.name.connect(self._refresh_layers)
         self._refresh_layers()
+        self.session_offer.look()  # a session a crash left behind
 
     # --- wiring -----------------------------------------------------------------------------------
 
@@ -197,6 +203,7 @@ class TrainWidget(ReportActions, TrainForm):
 
     def _launch(self, job: TrainJob) -> None:
         self._job, self._image_name = job, job.image_name
+        job.on_kept, job.autosave_session = self.autosave.start_run()
         self._display.start(job, self.last_model)
         worker = thread_worker(job.run, start_thread=False)()
         worker.yielded.connect(self._on_progress)
@@ -240,6 +247,8 @@ class TrainWidget(ReportActions, TrainForm):
             return
         self.result = result
         self.model, self.last_model = result.best, result.last
+        if self._job is not None:
+            self.autosave.save_model(self._job.autosave_session, result.best, result.last)
         name = f"{self._image_name} model"
         SESSION.put(name, result.best)
         self.fine_tune_check.setEnabled(True)
@@ -274,6 +283,7 @@ class TrainWidget(ReportActions, TrainForm):
             if kind == "paint":
                 self.class_table.add_painted(int(event.source.selected_label))
             self._table_timer.start()
+            self.autosave.strokes_changed()
         job = self._job
         if job is None or self.worker is None or getattr(event, "source", None) is not \
                 job.annotation_layer:
@@ -333,57 +343,6 @@ class TrainWidget(ReportActions, TrainForm):
         if image is not None:
             self._display.show_preview(image, preview)
 
-    # --- model files ------------------------------------------------------------------------------
-
-    def save_model_to(self, path) -> Path | None:
-        """Save the best model to ``path``; returns the path, or None (after a notification)."""
-        if self.model is None:
-            show_error("There is no model yet: train or load one first.")
-            return None
-        refused = _layer_files.refusal(self.viewer, path, "the model")
-        if refused is not None:  # e.g. the image's or the annotations' own file
-            show_error(refused)
-            return None
-        try:
-            out = save_model(self.model, path)
-        except OSError as e:  # an OutputError: the sentence says where and what to do
-            show_error(str(e))
-            return None
-        show_info(f"Saved the model to {out}.")
-        return out
-
-    def load_model_from(self, path) -> SegmentationModel | None:
-        """Load a model file: it becomes the current model, and Train fine-tunes it."""
-        try:
-            model = load_model(path)
-        except ModelFileError as e:
-            show_error(str(e))
-            return None
-        self.model = self.last_model = model
-        SESSION.put(Path(path).name, model)
-        self.class_table.names.update(zip(model.class_values, model.class_names))
-        self.show_settings_of(model)
-        self.fine_tune_check.setEnabled(True)
-        self.fine_tune_check.setChecked(True)
-        self._refresh_class_table()
-        self._update_buttons()
-        self.status.setText(f"Loaded {Path(path).name}: classes {list(model.class_names)}, "
-                            f"{model.iteration} iterations trained. Train fine-tunes it.")
-        return model
-
-    def _save_dialog(self) -> None:
-        image = self.image_combo.currentText() or "model"
-        path, _ = QFileDialog.getSaveFileName(self, "Save model", f"{image} model.pt",
-                                              "napari-seg3d model (*.pt);;All files (*)")
-        if path:
-            self.save_model_to(path)
-
-    def _load_dialog(self) -> None:
-        path, _ = QFileDialog.getOpenFileName(self, "Load model", "",
-                                              "Models (*.pt *.zip *.yaml);;All files (*)")
-        if path:
-            self.load_model_from(path)
-
     def _update_buttons(self) -> None:
         busy = self.worker is not None
         self.train_button.setEnabled(not busy)
@@ -395,3 +354,7 @@ class TrainWidget(ReportActions, TrainForm):
                                       and getattr(self, "_report_worker", None) is None)
         self.load_button.setEnabled(not busy)
         self.new_layer_button.setEnabled(self.image_combo.count() > 0)
+
+    def closeEvent(self, event) -> None:  # noqa: N802 - Qt's name; a normal end: no session left
+        self.autosave.close()
+        super().closeEvent(event)

@@ -103,7 +103,7 @@ def _checkpoint(trainer: Trainer, loop: _Loop, selection: ModelSelection, val_pa
         return val_dice, False
     if val_dice is not None:
         m.history["best_val_dice"] = list(val_dice)
-    loop.best = _snapshot(trainer, iteration, optimizer)
+    loop.best = trainer.kept = _snapshot(trainer, iteration, optimizer)
     return val_dice, True
 
 

@@ -90,6 +90,7 @@ class Trainer:
             has_channels=image.ndim == 4, random_fraction=config.random_patch_fraction)
         self.loss_fn = make_loss(config.loss)
         self.loggers = list(loggers)
+        self.kept: SegmentationModel | None = None  # the model the loop kept last (autosave)
 
     def _init_new(self, image, painted, channels, model_config, class_names, voxel_size) -> None:
         k = len(painted)
