@@ -29,6 +29,7 @@ log = logging.getLogger(__name__)
 
 #: the methods a user chooses from: name -> :func:`.instances.instances` keywords
 METHODS = {
+    "auto": {"method": "watershed", "seeds": "auto"},
     "distance": {"method": "watershed", "seeds": "distance"},
     "probability": {"method": "watershed", "seeds": "probability"},
     "components": {"method": "components"},
@@ -42,7 +43,9 @@ class InstanceConfig:
     Attributes:
         class_value: the label value of the class (see :func:`class_value_of`).
         class_index: its channel in the model's probabilities.
-        method: ``"distance"`` (watershed on the distance transform), ``"probability"``
+        method: ``"auto"`` (the default: watershed on the distance transform, the pieces
+            that no neck separates merged), ``"distance"`` (watershed on the distance
+            transform), ``"probability"``
             (watershed on the class probability) or ``"components"`` (connected components).
         min_size: objects of fewer voxels are removed.
         diameter: typical object diameter in physical units; None: estimated.
@@ -51,7 +54,7 @@ class InstanceConfig:
 
     class_value: int
     class_index: int = 0
-    method: str = "distance"
+    method: str = "auto"
     min_size: int = 0
     diameter: float | None = None
     max_voxels: int = MAX_VOXELS
@@ -194,12 +197,12 @@ class InstancesChoice:
 
     Attributes:
         class_text: the class, by label value or name (resolved against the model).
-        method: ``"distance"`` or ``"components"``.
+        method: ``"auto"``, ``"distance"`` or ``"components"``.
         min_size: objects of fewer voxels are removed.
     """
 
     class_text: str
-    method: str = "distance"
+    method: str = "auto"
     min_size: int = 0
 
     def stage(self, model, out_dir: Path, inputs: Sequence[str],

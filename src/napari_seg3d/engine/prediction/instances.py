@@ -28,11 +28,13 @@ from scipy import ndimage as ndi
 from scipy.spatial import cKDTree
 
 from ..errors import VolumeError
+from ._necks import merge_without_necks
 
 log = logging.getLogger(__name__)
 
 METHODS = ("watershed", "components")
 LANDSCAPES = ("distance", "probability")
+SEEDS = ("auto",) + LANDSCAPES  # auto: the distance's seeds, pieces without a neck merged
 #: the largest volume handled in memory. Measured peaks (tracemalloc, 4.7 M voxels of touching
 #: blobs that form one cluster): components 12 bytes a voxel, watershed 32 (the distance
 #: transform and the flooding of the largest region's bounding box come on top of the labels,
@@ -46,12 +48,13 @@ PEAK_BYTES_PER_VOXEL = 32
 # (probability, 0.4 D apart, smoothed by 0.1 D; 0.25 D: 0.441). Seeds from h-maxima (maxima
 # that rise 0.02 D above the neck to a higher one) did worse there (0.802 against 0.835 for
 # the same spacing), at twice the time and three times the memory: seeds are local maxima.
-SPACING = {"distance": 0.5, "probability": 0.4}  # seeds at least this x D apart
+SPACING = {"distance": 0.5, "probability": 0.4, "auto": 0.5}  # seeds at least this x D apart
 SMOOTHING = 0.1  # the probability is smoothed by a Gaussian of sigma 0.1 D
+NECK = 0.9  # "auto": pieces whose saddle is at least 0.9 x the lower top are merged
 
 
 def instances(prediction: np.ndarray, *, class_value: int | None = None,
-              method: str = "watershed", seeds: str = "distance", surface: str | None = None,
+              method: str = "watershed", seeds: str = "auto", surface: str | None = None,
               probability: np.ndarray | None = None, voxel_size=None,
               diameter: float | None = None, min_size: int = 0, threshold: float = 0.5,
               max_voxels: int = MAX_VOXELS) -> np.ndarray:
@@ -64,9 +67,11 @@ def instances(prediction: np.ndarray, *, class_value: int | None = None,
         class_value: the label value of the class in integer ``prediction``; None: every
             nonzero voxel.
         method: ``"watershed"`` (split touching objects) or ``"components"`` (connected regions).
-        seeds: ``"distance"`` or ``"probability"``: the landscape whose maxima seed the
-            watershed.
-        surface: the landscape the watershed floods; None: that of ``seeds``.
+        seeds: ``"auto"``, ``"distance"`` or ``"probability"``: the landscape whose maxima
+            seed the watershed; ``"auto"``: the distance's, then the pieces that no neck of
+            the distance (nor dip of the probability, when given) separates are merged.
+        surface: the landscape the watershed floods; None: that of ``seeds`` (the distance
+            for ``"auto"``).
         probability: ``(Z, Y, X)`` probability of the class, needed by ``"probability"`` when
             ``prediction`` holds labels.
         voxel_size: ``(z, y, x)`` physical size of a voxel; None: 1 along every axis.
@@ -91,7 +96,7 @@ def instances(prediction: np.ndarray, *, class_value: int | None = None,
     check_size(prediction.shape, max_voxels)
     voxel = _voxel_size(voxel_size, prediction.ndim)
     mask, probability = _class_mask(prediction, class_value, probability, threshold)
-    surface = surface or seeds
+    surface = surface or ("distance" if seeds == "auto" else seeds)
     if method == "watershed" and "probability" in (seeds, surface) and probability is None:
         raise ValueError("Instances from the probability need the class probability; give "
                          "'probability', or use seeds and surface 'distance'.")
@@ -136,16 +141,18 @@ def check_size(shape, max_voxels: int = MAX_VOXELS) -> None:
 
 
 def split_region(inside: np.ndarray, probability: np.ndarray | None, voxel: np.ndarray,
-                 diameter: float, *, seeds: str = "distance", surface: str = "distance",
+                 diameter: float, *, seeds: str = "auto", surface: str = "distance",
                  min_size: int = 0) -> np.ndarray:
     """Split one connected region by a seeded watershed.
 
     Args:
         inside: bool ``(z, y, x)``, the region within its bounding box.
-        probability: the class probability over the same box, or None (``"distance"`` only).
+        probability: the class probability over the same box, or None (not for
+            ``"probability"``).
         voxel: ``(ndim,)`` voxel size.
         diameter: typical object diameter, physical units.
-        seeds: the landscape whose maxima seed the watershed.
+        seeds: the landscape whose maxima seed the watershed, or ``"auto"`` (see
+            :func:`instances`).
         surface: the landscape it floods.
         min_size: pieces of fewer voxels are merged into their neighbours.
 
@@ -162,7 +169,8 @@ def split_region(inside: np.ndarray, probability: np.ndarray | None, voxel: np.n
                            probability_landscape(inside, probability, voxel, diameter))
         return cache[name]
 
-    peaks = seed_points(landscape(seeds), inside, voxel, SPACING[seeds] * diameter)
+    top = "distance" if seeds == "auto" else seeds
+    peaks = seed_points(landscape(top), inside, voxel, SPACING[seeds] * diameter)
     if len(peaks) <= 1:
         return inside.astype(np.int32)
     flood = -landscape(surface)
@@ -176,6 +184,10 @@ def split_region(inside: np.ndarray, probability: np.ndarray | None, voxel: np.n
         pieces = watershed(flood, markers, mask=inside)
     elif len(small):
         return inside.astype(np.int32)
+    if seeds == "auto":
+        kept = [landscape("distance")] + ([] if probability is None else
+                                          [landscape("probability")])
+        pieces = merge_without_necks(pieces, kept, NECK)
     return pieces.astype(np.int32, copy=False)
 
 
@@ -308,7 +320,7 @@ def _check_names(method: str, seeds: str, surface: str | None) -> None:
     if method not in METHODS:
         raise ValueError(f"Unknown instance method {method!r}; choose one of "
                          f"{', '.join(METHODS)}.")
-    for what, name in (("seeds", seeds), ("surface", surface or seeds)):
-        if name not in LANDSCAPES:
+    for what, name, names in (("seeds", seeds, SEEDS), ("surface", surface, LANDSCAPES)):
+        if name is not None and name not in names:
             raise ValueError(f"Unknown instance {what} {name!r}; choose one of "
-                             f"{', '.join(LANDSCAPES)}.")
+                             f"{', '.join(names)}.")
