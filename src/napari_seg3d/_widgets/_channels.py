@@ -101,8 +101,9 @@ def image_input(image, extra=()) -> ImageInput:
     return out
 
 
-def mismatch(model, source: ImageInput) -> str | None:
-    """Why ``model`` cannot predict ``source`` (another number of channels), or None."""
+def mismatch(model, source: ImageInput, listed: int = 0) -> str | None:
+    """Why ``model`` cannot predict ``source`` (another number of channels), or None;
+    ``listed``: the layers under *More channels* (none: nothing to tick is suggested)."""
     if source.channels == model.in_channels:
         return None
     names = getattr(model, "channel_names", ())
@@ -112,7 +113,7 @@ def mismatch(model, source: ImageInput) -> str | None:
            f"'{source.name}' and the {ticked} layer(s) ticked under More channels give "
            f"{source.channels}")
     what = ("tick " + ("more" if ticked else f"{more} more") + " layer(s) under More channels, in "
-            "the order trained, or " if more > 0 else
+            "the order trained, or " if more > 0 and listed else
             "untick layers under More channels, or " if ticked else "")
     return (f"The model was trained on {model.in_channels}-channel images{trained} but {has}; "
             f"{what}choose another image or model.")

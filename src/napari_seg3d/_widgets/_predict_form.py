@@ -226,15 +226,15 @@ class PredictForm(QWidget):
         raise NotImplementedError
 
 
-def problem(model, source) -> str | None:
+def problem(model, source, listed: int = 0) -> str | None:
     """Why a prediction of ``source`` (an :class:`~._channels.ImageInput`) by ``model`` cannot
-    start, in a sentence, or None."""
+    start, in a sentence, or None; ``listed``: the layers under *More channels*."""
     if model is None:
         return ("There is no model: train one in the Train widget, or choose 'From file...' to "
                 "load a model file.")
     if source is None:
         return "There is no 3D image layer: open a volume (Z, Y, X) or (C, Z, Y, X) first."
-    return _channels.mismatch(model, source)
+    return _channels.mismatch(model, source, listed)
 
 
 def classes(model) -> int:

@@ -101,7 +101,7 @@ class PredictWidget(PredictForm):
             source = self.image_input()  # the Image and the channels ticked with it
         except Seg3DError as e:
             why = str(e)
-        why = why or problem(model, source)
+        why = why or problem(model, source, self.channel_picker.count())
         config = None
         if why is None:
             try:
