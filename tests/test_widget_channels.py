@@ -56,8 +56,8 @@ def predict(qtbot, widget):
 
 
 def trained_on_both(qtbot, viewer, blobs):
-    widget = make_widget(viewer)
-    widget.quick_check.setChecked(False)
+    widget = make_widget(viewer)  # with the instant random-forest preview (the default)
+    assert widget.quick_check.isChecked()
     widget.image_combo.setCurrentText("nuclei")
     assert [widget.channel_picker.item(i).text() for i in range(widget.channel_picker.count())] \
         == ["membrane"]
@@ -74,6 +74,7 @@ def test_two_channel_layers_train_and_predict(qtbot, viewer, blobs, two_channels
     assert not shown["error"], shown
     assert model.in_channels == 2 and model.channel_names == tuple(NAMES)
     assert len(model.normalization.low) == 2
+    assert viewer.layers["nuclei preview"].data.any()  # the instant preview read both too
     saved = load_model(save_model(model, tmp_path / "two.pt"))  # recorded in the file
     assert saved.in_channels == 2 and saved.channel_names == tuple(NAMES)
 
