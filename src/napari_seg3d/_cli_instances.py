@@ -11,9 +11,10 @@ from collections.abc import Callable, Generator, Sequence
 #: imports neither scipy nor scikit-image
 METHOD_NAMES = ("auto", "distance", "probability", "components")
 
-_METHOD_HELP = ("auto (default): split touching objects by a watershed on the distance to the "
-                "background, only at necks (an elongated object stays whole); distance: at "
-                "every top of the distance; probability: by a watershed on the class probability "
+_METHOD_HELP = ("auto (default): the distance or the smoothed class map, whichever fits the "
+                "objects (elongated ones are not split); distance: split touching objects by a "
+                "watershed on the distance to the background; probability: by a watershed on "
+                "the class probability "
                 "(needs --probabilities); components: connected regions only, for objects that "
                 "never touch")
 

@@ -48,11 +48,11 @@ class InstancesOption:
                               "in an '<image> instances' Labels layer.")
         self.class_combo, self.method_combo = QComboBox(), QComboBox()
         self.method_combo.addItems(list(METHODS))
-        self.method_combo.setToolTip("Watershed: splits touching objects (auto: on the distance "
-                                     "to the background, only at necks, so an elongated object "
-                                     "stays whole; distance: at every top of that distance; "
-                                     "probability: on the class probability). Connected "
-                                     "components: for objects that never touch.")
+        self.method_combo.setToolTip("Watershed: splits touching objects (distance: on the "
+                                     "distance to the background; probability: on the class "
+                                     "probability; auto: the distance, or the smoothed class map "
+                                     "where objects are elongated). Connected components: for "
+                                     "objects that never touch.")
         self.min_size_spin = QSpinBox(minimum=0, maximum=10**7, value=0, suffix=" voxels")
         self.min_size_spin.setToolTip("Objects of fewer voxels are removed.")
         for label, w in (("", self.check), ("Instances of", self.class_combo),

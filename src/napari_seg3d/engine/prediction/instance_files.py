@@ -43,10 +43,10 @@ class InstanceConfig:
     Attributes:
         class_value: the label value of the class (see :func:`class_value_of`).
         class_index: its channel in the model's probabilities.
-        method: ``"auto"`` (the default: watershed on the distance transform, the pieces
-            that no neck separates merged), ``"distance"`` (watershed on the distance
-            transform), ``"probability"``
-            (watershed on the class probability) or ``"components"`` (connected components).
+        method: ``"auto"`` (the default: the distance watershed, or on elongated objects
+            the one on the smoothed class map; see :func:`.instances.choose_seeds`),
+            ``"distance"`` (watershed on the distance transform), ``"probability"`` (watershed
+            on the class probability) or ``"components"`` (connected components).
         min_size: objects of fewer voxels are removed.
         diameter: typical object diameter in physical units; None: estimated.
         max_voxels: larger volumes are refused.
