@@ -204,8 +204,8 @@ def test_a_class_by_value_or_name_and_its_probability_channel():
 
 
 @pytest.mark.parametrize(("kwargs", "words"), [
-    ({"method": "watershed"}, "Unknown instance method 'watershed'; choose one of distance, "
-                              + "probability, components."),
+    ({"method": "watershed"}, "Unknown instance method 'watershed'; choose one of auto, "
+                              + "distance, probability, components."),
     ({"min_size": -1}, "must be 0 or more voxels"),
     ({"diameter": -2.0}, "must be positive"),
 ])

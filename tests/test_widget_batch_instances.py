@@ -51,7 +51,8 @@ def _run(widget, qtbot):
 
 
 @pytest.mark.parametrize(("method", "keywords"), [
-    ("watershed (distance)", {}), ("connected components", {"method": "components"})])
+    ("watershed (auto)", {}), ("watershed (distance)", {"seeds": "distance"}),
+    ("connected components", {"method": "components"})])
 def test_instances_are_written_beside_the_labels(widget, qtbot, tmp_path, errors, method,
                                                  keywords):
     option = widget._instances

@@ -9,10 +9,12 @@ from collections.abc import Callable, Generator, Sequence
 
 #: ``instance_files.METHODS`` (a test keeps them equal), named here so that building the parser
 #: imports neither scipy nor scikit-image
-METHOD_NAMES = ("distance", "probability", "components")
+METHOD_NAMES = ("auto", "distance", "probability", "components")
 
-_METHOD_HELP = ("distance: split touching objects by a watershed on the distance to the "
-                "background (default); probability: by a watershed on the class probability "
+_METHOD_HELP = ("auto (default): the distance or the smoothed class map, whichever fits the "
+                "objects (elongated ones are not split); distance: split touching objects by a "
+                "watershed on the distance to the background; probability: by a watershed on "
+                "the class probability "
                 "(needs --probabilities); components: connected regions only, for objects that "
                 "never touch")
 
@@ -64,7 +66,7 @@ def instances_stage(args: argparse.Namespace, model, inputs: Sequence[str], outs
                              "or leave them out.")
         return None
     value, index = class_value_of(model.class_values, model.class_names, args.instances)
-    config = InstanceConfig(value, index, method=args.instance_method or "distance",
+    config = InstanceConfig(value, index, method=args.instance_method or "auto",
                             min_size=0 if args.min_size is None else args.min_size,
                             diameter=args.object_diameter)
     if config.needs_probability and not args.probabilities:

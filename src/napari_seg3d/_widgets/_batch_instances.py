@@ -13,7 +13,8 @@ from qtpy.QtWidgets import QCheckBox, QComboBox, QHBoxLayout, QLineEdit, QSpinBo
 from ..engine.prediction.instance_files import InstancesChoice, refuse_over_inputs
 
 #: what the method combo shows -> :data:`.instance_files.METHODS`
-METHODS = {"watershed (distance)": "distance", "connected components": "components"}
+METHODS = {"watershed (auto)": "auto", "watershed (distance)": "distance",
+           "connected components": "components"}
 
 
 class BatchInstances:

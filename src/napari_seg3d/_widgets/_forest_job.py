@@ -130,17 +130,17 @@ class ForestJob:
 
 
 def forest_job_for(viewer, image_layer, annotation_layer, depth: int, width: int, *,
-                   seed: int, threads=None, device: str = "auto") -> ForestJob:
-    """The instant preview of what ``viewer`` shows of ``image_layer``: ``depth`` slices around
-    the displayed one, ``width`` voxels in y and x around the view's centre, from the strokes
-    of ``annotation_layer`` (not started)."""
+                   seed: int, threads=None, device: str = "auto", data=None) -> ForestJob:
+    """The instant preview of what ``viewer`` shows of ``image_layer`` (or of ``data``, its
+    channels stacked with others, over its grid): ``depth`` slices around the displayed one,
+    ``width`` voxels in y and x around the view's centre, from the strokes of
+    ``annotation_layer`` (not started)."""
     from ..engine import resolve_device
     from ..engine.training.views import ChannelView
     from . import _layers
 
-    data = _layers.layer_array(image_layer)
-    image = data if _layers.channels_of(image_layer) > 1 or len(data.shape) == 4 \
-        else ChannelView(data)
+    data = _layers.layer_array(image_layer) if data is None else data
+    image = data if len(data.shape) == 4 else ChannelView(data)
     return ForestJob(image, _layers.layer_array(annotation_layer),
                      _layers.view_region(image_layer, viewer, depth, width),
                      _layers.displayed_z(image_layer, viewer),

@@ -23,8 +23,8 @@ log = logging.getLogger(__name__)
 
 ROLE = "instances"
 #: what the method combo shows -> :data:`.instance_files.METHODS`
-METHODS = {"Watershed (distance)": "distance", "Watershed (probability)": "probability",
-           "Connected components": "components"}
+METHODS = {"Watershed (auto)": "auto", "Watershed (distance)": "distance",
+           "Watershed (probability)": "probability", "Connected components": "components"}
 
 
 class InstancesOption:
@@ -48,9 +48,11 @@ class InstancesOption:
                               "in an '<image> instances' Labels layer.")
         self.class_combo, self.method_combo = QComboBox(), QComboBox()
         self.method_combo.addItems(list(METHODS))
-        self.method_combo.setToolTip("Watershed: splits touching objects at their necks (on the "
-                                     "distance to the background, or on the class probability). "
-                                     "Connected components: for objects that never touch.")
+        self.method_combo.setToolTip("Watershed: splits touching objects (distance: on the "
+                                     "distance to the background; probability: on the class "
+                                     "probability; auto: the distance, or the smoothed class map "
+                                     "where objects are elongated). Connected components: for "
+                                     "objects that never touch.")
         self.min_size_spin = QSpinBox(minimum=0, maximum=10**7, value=0, suffix=" voxels")
         self.min_size_spin.setToolTip("Objects of fewer voxels are removed.")
         for label, w in (("", self.check), ("Instances of", self.class_combo),

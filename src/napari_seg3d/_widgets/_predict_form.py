@@ -27,7 +27,7 @@ from qtpy.QtWidgets import (
 
 from ..engine import DEVICES, PredictConfig, resolve_device
 from ..engine.prediction import disk_stores
-from . import _instances, _layers
+from . import _channels, _instances, _layers
 from ._export import add_export_button
 from ._session import SESSION
 
@@ -78,7 +78,9 @@ class PredictForm(QWidget):
         self.device_combo = QComboBox()
         self.device_combo.addItems(DEVICES)
         folder_row = self._build_folder_row()
+        self.channel_picker = _channels.ChannelPicker()
         for label, w in (("Model", self.model_combo), ("Image", self.image_combo),
+                         (self.channel_picker.label, self.channel_picker),
                          ("Overlap", self.overlap_spin), ("", self.tta_check),
                          ("", self.probabilities_check), ("", self.uncertainty_check),
                          ("2.5D planes", self.planes_combo), ("Batch size", self.batch_spin),
@@ -186,11 +188,38 @@ class PredictForm(QWidget):
             event.value.events.name.connect(self._refresh_images)
         names = [layer.name for layer in _layers.image_layers(self.viewer)]
         _layers.fill_combo(self.image_combo, names)
+        self.channel_picker.refresh(self.viewer, self.image_layer())
         self._update_buttons()
 
     def image_layer(self):
         layer = _layers.find_layer(self.viewer, self.image_combo.currentText())
         return layer if _layers.is_volume_image(layer) else None
+
+    def image_input(self) -> _channels.ImageInput | None:
+        """The Image and the channels ticked under *More channels*, or None without an Image;
+        raises an :class:`AnnotationError` when they do not fit together."""
+        image = self.image_layer()
+        if image is None:
+            return None
+        return _channels.image_input(image, self.channel_picker.ticked(self.viewer))
+
+    def follow_model_channels(self, model) -> None:
+        """Choose the layers a multichannel ``model`` was trained on (by their names) when they
+        are all here and the current choice gives another number of channels."""
+        names = tuple(getattr(model, "channel_names", ()) or ())
+        if model is None or model.in_channels < 2 or len(names) != model.in_channels:
+            return
+        try:
+            source = self.image_input()
+        except ValueError:
+            source = None
+        if source is not None and source.channels == model.in_channels:
+            return
+        layers = [_layers.find_layer(self.viewer, n) for n in names]
+        if all(_layers.is_volume_image(layer) and len(layer.data.shape) == 3 for layer in layers):
+            self.image_combo.setCurrentText(names[0])
+            self.channel_picker.refresh(self.viewer, self.image_layer())
+            self.channel_picker.set_ticked(names[1:])
 
     def load_model_from(self, path) -> SegmentationModel | None:  # pragma: no cover
         raise NotImplementedError  # implemented by the widget
@@ -205,18 +234,15 @@ class PredictForm(QWidget):
         raise NotImplementedError
 
 
-def problem(model, image) -> str | None:
-    """Why a prediction of ``image`` (a layer) by ``model`` cannot start, in a sentence, or None."""
+def problem(model, source, listed: int = 0) -> str | None:
+    """Why a prediction of ``source`` (an :class:`~._channels.ImageInput`) by ``model`` cannot
+    start, in a sentence, or None; ``listed``: the layers under *More channels*."""
     if model is None:
         return ("There is no model: train one in the Train widget, or choose 'From file...' to "
                 "load a model file.")
-    if image is None:
+    if source is None:
         return "There is no 3D image layer: open a volume (Z, Y, X) or (C, Z, Y, X) first."
-    channels = _layers.channels_of(image)
-    if channels != model.in_channels:
-        return (f"The model was trained on {model.in_channels}-channel images but '{image.name}' "
-                f"has {channels} channel(s); choose another image or model.")
-    return None
+    return _channels.mismatch(model, source, listed)
 
 
 def classes(model) -> int:

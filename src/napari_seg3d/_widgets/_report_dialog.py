@@ -21,6 +21,7 @@ from qtpy.QtWidgets import (
     QWidget,
 )
 
+from ..engine import Seg3DError
 from .._report import training_report
 from . import _layers
 
@@ -86,7 +87,12 @@ class ReportActions:
     def show_report(self) -> bool:
         """Build the training report of the model on the chosen layers in a worker thread, then
         show it in a window (:attr:`report_dialog`); False (after a notification) if none."""
-        image, annotations = self.image_layer(), self.annotation_layer()
+        try:
+            source = self.image_input()  # the Image and the channels ticked with it
+        except Seg3DError as e:
+            show_error(str(e))
+            return False
+        image, annotations = getattr(source, "layer", None), self.annotation_layer()
         if self.model is None or image is None or annotations is None:
             show_error("The report needs a model (train or load one) and the image and "
                        "annotation layers chosen above.")
@@ -98,7 +104,7 @@ class ReportActions:
         name = f"{image.name} model"
         self.status.setText("Making the training report...")
         self._report_worker = start_report(
-            self.model, _layers.layer_array(image), labels, name,
+            self.model, source.data, labels, name,
             lambda png: self._on_report(png, name), self._on_report_error)
         self._update_buttons()
         return True

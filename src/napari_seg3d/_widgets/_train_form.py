@@ -36,7 +36,7 @@ from ..engine import (
 from ..engine.models import MODELS
 from ..engine.plan import patch_edge
 from ..engine.training.early_stop import MIN_DELTA, PATIENCE
-from . import _layers
+from . import _channels, _layers
 from ._budget_box import BudgetBox
 from ._class_table import ClassTable
 from ._plot import TrainingPlot
@@ -69,7 +69,9 @@ class TrainForm(QWidget):
         self.image_combo = QComboBox()
         self.annotation_combo = QComboBox()
         self.new_layer_button = QPushButton("New annotation layer")
+        self.channel_picker = _channels.ChannelPicker()
         form.addRow("Image", self.image_combo)
+        form.addRow(self.channel_picker.label, self.channel_picker)
         form.addRow("Annotations", self.annotation_combo)
         form.addRow(self.new_layer_button)
         layout.addLayout(form)
@@ -272,6 +274,7 @@ class TrainForm(QWidget):
         annotations = [layer.name for layer in _layers.annotation_candidates(self.viewer)]
         image_changed = _layers.fill_combo(self.image_combo, images)
         _layers.fill_combo(self.annotation_combo, annotations)
+        self.channel_picker.refresh(self.viewer, self.image_layer())
         if image_changed:
             self._on_image_changed()
         if self.annotation_layer() is not self._listened:
@@ -282,12 +285,21 @@ class TrainForm(QWidget):
         layer = _layers.find_layer(self.viewer, self.image_combo.currentText())
         return layer if _layers.is_volume_image(layer) else None
 
+    def image_input(self) -> _channels.ImageInput | None:
+        """The Image and the channels ticked under *More channels*, or None without an Image;
+        raises an :class:`AnnotationError` when they do not fit together."""
+        image = self.image_layer()
+        if image is None:
+            return None
+        return _channels.image_input(image, self.channel_picker.ticked(self.viewer))
+
     def annotation_layer(self):
         layer = _layers.find_layer(self.viewer, self.annotation_combo.currentText())
         return layer if layer in _layers.annotation_candidates(self.viewer) else None
 
     def _on_image_changed(self, name: str = "") -> None:
         image = self.image_layer()
+        self.channel_picker.refresh(self.viewer, image)
         if image is None:
             return
         proposed = propose_patch_size(_layers.spatial_shape(image), _layers.voxel_size(image),

@@ -20,6 +20,7 @@ from . import _layers
 
 if TYPE_CHECKING:
     from ..engine import SegmentationModel, TrainProgress
+    from ._channels import ImageInput
     from ._class_table import ClassTable
 
 log = logging.getLogger(__name__)
@@ -193,15 +194,17 @@ def check_strokes(labels) -> tuple[int, ...]:
     return class_values_of(np.array(painted_values(labels), dtype=np.int64))
 
 
-def new_job(image_layer, annotation_layer, settings: dict, init: SegmentationModel | None, *,
-            resume: bool, names: ClassTable, tensorboard: str | None = None) -> TrainJob:
-    """A job training on a copy of the annotations (checked by :func:`check_layers`; copied
-    when the job is built), planned by
+def new_job(source: ImageInput, annotation_layer, settings: dict,
+            init: SegmentationModel | None, *, resume: bool, names: ClassTable,
+            tensorboard: str | None = None) -> TrainJob:
+    """A job training on ``source`` (the Image layer, and the layers stacked as its further
+    channels, their names recorded in the model) and a copy of the annotations (checked by
+    :func:`check_layers`; copied when the job is built), planned by
     :func:`~napari_seg3d.engine.plan.plan_training` from the layers and ``settings`` (the
     form's): from ``init`` (fine-tuned, or resumed exactly when ``resume``) or a new network,
     classes named by ``names``; logged to TensorBoard in the folder ``tensorboard`` when given."""
-    image = _layers.layer_array(image_layer)
-    channels = _layers.channels_of(image_layer)
+    image_layer = source.layer
+    image, channels = source.data, source.channels
     vs = _layers.voxel_size(image_layer)
     shape = _layers.spatial_shape(image_layer)
 
@@ -211,6 +214,7 @@ def new_job(image_layer, annotation_layer, settings: dict, init: SegmentationMod
         loggers = [TensorBoardLogger(tensorboard)] if tensorboard else []
         return Trainer(image, labels, plan.train_config, model_config=plan.model_config,
                        voxel_size=vs, init=init, resume=resume, loggers=loggers,
+                       channel_names=source.channel_names,
                        class_names=[names.name(v) for v in class_values_of(labels)])
 
     start = init.iteration if resume else 0

@@ -96,8 +96,12 @@ class PredictWidget(PredictForm):
         if self.worker is not None:
             show_info("A prediction is already running.")
             return False
-        model, image = self.current_model(), self.image_layer()
-        why = problem(model, image)
+        model, why, source = self.current_model(), None, None
+        try:
+            source = self.image_input()  # the Image and the channels ticked with it
+        except Seg3DError as e:
+            why = str(e)
+        why = why or problem(model, source, self.channel_picker.count())
         config = None
         if why is None:
             try:
@@ -108,12 +112,13 @@ class PredictWidget(PredictForm):
             show_error(why)
             self.status.setText(why)  # stays until the next run
             return False
+        image = source.layer  # its grid and name are the prediction's
         _warn_voxel_size(model, image)
-        data = _layers.layer_array(image)
+        data = source.data
         nbytes = disk_stores.output_bytes(_layers.spatial_shape(image), model.label_lut().dtype,
                                           classes(model), probabilities=config.probabilities,
                                           uncertainty=config.uncertainty)
-        reason = disk_stores.disk_reason(data, nbytes)
+        reason = disk_stores.disk_reason(source.probe, nbytes)
         stores = None
         if reason is not None:
             stores = self._open_stores(model, image)
@@ -287,6 +292,8 @@ class PredictWidget(PredictForm):
         model = self.current_model()
         self.planes_combo.setEnabled(model is not None and model.dims == 2)
         self.instances.set_model(model)  # its classes in the Instances combo (issue 15)
+        if not busy:
+            self.follow_model_channels(model)  # the layers a multichannel model was trained on
 
 
 def _warn_voxel_size(model, image) -> None:

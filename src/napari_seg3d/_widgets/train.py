@@ -186,17 +186,19 @@ class TrainWidget(ReportActions, ModelFiles, TrainForm):
         return True
 
     def _make_job(self, resume: bool) -> TrainJob:
-        image_layer, ann = self.image_layer(), self.annotation_layer()
+        source, ann = self.image_input(), self.annotation_layer()  # the Image + More channels
+        image_layer = None if source is None else source.layer
         check_layers(image_layer, ann)
         set_default_threads(self.threads_spin.value() or None)
         settings, init = self._run_settings(resume, self.model, self.last_model)
-        job = new_job(image_layer, ann, settings, init, resume=resume, names=self.class_table,
+        job = new_job(source, ann, settings, init, resume=resume, names=self.class_table,
                       tensorboard=self.tensorboard_edit.text().strip() or None)
         if self.quick_check.isChecked() and not resume:
             depth = window_for(settings.get("patch_size") or init.patch_size,
                                init.dims if init is not None else settings["dims"],
                                _layers.spatial_shape(image_layer))[0]
             job.forest = forest_job_for(self.viewer, image_layer, ann, depth, PREVIEW_YX,
+                                        data=source.data,
                                         seed=settings["seed"], device=settings["device"],
                                         threads=self.threads_spin.value() or None)
         return job

@@ -56,6 +56,8 @@ class SegmentationModel:
     class_names: tuple[str, ...] = ()
     voxel_size: tuple[float, float, float] | None = None
     iteration: int = 0
+    #: the names of the input channels, in order (e.g. the napari layers stacked); () unknown
+    channel_names: tuple[str, ...] = ()
     history: dict[str, list] = field(default_factory=dict)
     optimizer_state: dict | None = None
     #: the network's copies on other devices, by device: (weights stamp, network)
@@ -219,6 +221,7 @@ class SegmentationModel:
             "class_names": list(self.class_names),
             "normalization": self.normalization.to_dict(),
             "in_channels": self.in_channels,
+            "channel_names": list(self.channel_names),
             "voxel_size": None if self.voxel_size is None else list(self.voxel_size),
             "iteration": self.iteration,
             "history": self.history,
@@ -322,6 +325,7 @@ def model_from_dict(data: dict) -> SegmentationModel:
         class_names=tuple(str(n) for n in data.get("class_names", ())),
         normalization=Normalization.from_dict(data["normalization"]),
         in_channels=int(data.get("in_channels", 1)),
+        channel_names=tuple(str(n) for n in data.get("channel_names", ())),
         voxel_size=None if vs is None else tuple(float(v) for v in vs),
         iteration=int(data.get("iteration", 0)),
         history=dict(data.get("history") or {}),

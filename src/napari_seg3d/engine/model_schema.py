@@ -49,6 +49,7 @@ def check_model_data(data: Mapping[str, Any]) -> None:
                            f"(model_config.kwargs.in_channels) takes {kwargs['in_channels']}.")
     _classes(data.get("class_values"), data.get("class_names", ()), kwargs["out_channels"])
     _normalization(data.get("normalization"), channels)
+    _channel_names(data.get("channel_names", ()), channels)
     _voxel_size(data.get("voxel_size"))
     whole("iteration", data.get("iteration", 0), 0)
     _history(data.get("history"))
@@ -152,6 +153,13 @@ def _classes(values: Any, names: Any, outputs: int) -> None:
     if names and (len(names) != len(values) or not all(isinstance(n, str) for n in names)):
         raise SettingError(f"class_names must be {len(values)} names, one per class value, got "
                            f"{shown(names)}.")
+
+
+def _channel_names(names: Any, channels: int) -> None:
+    names = _list("channel_names", names if names is not None else [])
+    if names and (len(names) != channels or not all(isinstance(n, str) for n in names)):
+        raise SettingError(f"channel_names must be {channels} names, one per input channel, "
+                           f"got {shown(names)}.")
 
 
 def _normalization(norm: Any, channels: int) -> None:

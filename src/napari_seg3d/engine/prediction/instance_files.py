@@ -32,6 +32,7 @@ log = logging.getLogger(__name__)
 
 #: the methods a user chooses from: name -> :func:`.instances.instances` keywords
 METHODS = {
+    "auto": {"method": "watershed", "seeds": "auto"},
     "distance": {"method": "watershed", "seeds": "distance"},
     "probability": {"method": "watershed", "seeds": "probability"},
     "components": {"method": "components"},
@@ -45,8 +46,10 @@ class InstanceConfig:
     Attributes:
         class_value: the label value of the class (see :func:`class_value_of`).
         class_index: its channel in the model's probabilities.
-        method: ``"distance"`` (watershed on the distance transform), ``"probability"``
-            (watershed on the class probability) or ``"components"`` (connected components).
+        method: ``"auto"`` (the default: the distance watershed, or on elongated objects
+            the one on the smoothed class map; see :func:`.instances.choose_seeds`),
+            ``"distance"`` (watershed on the distance transform), ``"probability"`` (watershed
+            on the class probability) or ``"components"`` (connected components).
         min_size: objects of fewer voxels are removed.
         diameter: typical object diameter in physical units; None: estimated.
         max_voxels: larger volumes are refused.
@@ -54,7 +57,7 @@ class InstanceConfig:
 
     class_value: int
     class_index: int = 0
-    method: str = "distance"
+    method: str = "auto"
     min_size: int = 0
     diameter: float | None = None
     max_voxels: int = MAX_VOXELS
@@ -207,12 +210,12 @@ class InstancesChoice:
 
     Attributes:
         class_text: the class, by label value or name (resolved against the model).
-        method: ``"distance"`` or ``"components"``.
+        method: ``"auto"``, ``"distance"`` or ``"components"``.
         min_size: objects of fewer voxels are removed.
     """
 
     class_text: str
-    method: str = "distance"
+    method: str = "auto"
     min_size: int = 0
 
     def stage(self, model, out_dir: Path, inputs: Sequence[str],

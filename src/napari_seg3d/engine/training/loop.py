@@ -36,7 +36,8 @@ def _snapshot(trainer: Trainer, iteration: int, optimizer) -> SegmentationModel:
     return SegmentationModel(
         network=net, model_config=m.model_config, train_config=trainer.config,
         class_values=m.class_values, normalization=m.normalization, in_channels=m.in_channels,
-        class_names=m.class_names, voxel_size=m.voxel_size, iteration=iteration,
+        class_names=m.class_names, channel_names=m.channel_names, voxel_size=m.voxel_size,
+        iteration=iteration,
         history=copy.deepcopy(m.history), optimizer_state=_cpu_state(optimizer.state_dict()))
 
 

@@ -58,6 +58,7 @@ class Trainer:
             (``trainer.config`` and the model's ``train_config``; see :mod:`..budget`).
         model_config: the network; default :func:`default_model_config`.
         init: a model to start from (fine-tuning) or, with ``resume=True``, to continue exactly.
+        channel_names: the names of the image's channels, in order (recorded in the model).
         loggers: objects with ``log(trainer, progress)`` and ``close()``, called in the training
             thread after every iteration and at the end (e.g. ``tensorboard.TensorBoardLogger``);
             a logger that fails is dropped with a warning, the training goes on.
@@ -65,7 +66,7 @@ class Trainer:
 
     def __init__(self, image, labels, config: TrainConfig, *, model_config: ModelConfig | None = None,
                  class_names=None, voxel_size=None, init: SegmentationModel | None = None,
-                 resume: bool = False, loggers=()) -> None:
+                 resume: bool = False, loggers=(), channel_names=()) -> None:
         self.created = time.perf_counter()  # a time budget counts from here
         shape, channels = _image_shape(image)
         labels = np.asarray(labels)
@@ -81,6 +82,8 @@ class Trainer:
             self._init_from(init, painted, channels, resume)
         else:
             self._init_new(image, painted, channels, model_config, class_names, voxel_size)
+        if channel_names and len(channel_names) == channels:  # else those of ``init``, if any
+            self.model.channel_names = tuple(str(n) for n in channel_names)
         self.sliced = isinstance(self.model.network, SliceNetwork)  # a 2D network (2.5D)
         if self.sliced:
             self.model.network.planes = config.planes
@@ -134,6 +137,7 @@ class Trainer:
             train_config=self.config, class_values=init.class_values,
             normalization=init.normalization, in_channels=init.in_channels,
             class_names=init.class_names, voxel_size=init.voxel_size,
+            channel_names=init.channel_names,
             history=copy.deepcopy(init.history) if resume else
             {"loss": [], "val_dice": [], "val_iteration": [], "best_val_dice": None})
         self.start_iteration = init.iteration if resume else 0
