@@ -215,3 +215,39 @@ def test_batch_writes_the_instances_of_an_ome_zarr_output(qtbot, batch_widget, i
     assert ids.voxel_size == SCALE and ids.data.shape == image.shape
     assert 0 < (labels == 2).sum() < labels.size  # objects, and background
     np.testing.assert_array_equal(ids.data > 0, labels == 2)
+
+
+def test_channel_layers_go_into_the_ome_zarr_as_its_channels(qtbot, make_napari_viewer, image,
+                                                             shown, tmp_path, monkeypatch):
+    """Two Image layers ticked as the channels of one input: the OME-Zarr holds both as its
+    c axis (not the first layer alone) and labels c, z, y, x with one channel."""
+    monkeypatch.setattr(disk_stores, "MEMORY_FRACTION", 0.0)
+    second = (image.max() - image).astype(np.float32)
+    both = np.stack([image, second])
+    torch.manual_seed(0)
+    cfg = TrainConfig(patch_size=(8, 16, 16), batch_size=2, device="cpu")
+    mc = default_model_config(2, 2, cfg.patch_size, SCALE, base_filters=4, levels=2)
+    model = SegmentationModel(network=build_model(mc.architecture, **mc.kwargs).eval(),
+                              model_config=mc, train_config=cfg, class_values=(1, 2),
+                              class_names=("background", "blob"),
+                              normalization=compute_normalization(both), voxel_size=SCALE,
+                              in_channels=2, channel_names=("first", "second"))
+    viewer = make_napari_viewer()
+    viewer.add_image(both, channel_axis=0, name=["first", "second"], scale=SCALE)
+    widget = PredictWidget(PublicOnlyProxy(viewer))
+    viewer.window.add_dock_widget(widget)
+    widget.device_combo.setCurrentText("cpu")
+    widget.set_model(model)
+    widget.large_folder_edit.setText(str(tmp_path))
+    widget.disk_format_combo.setCurrentText("ome-zarr")
+    widget.image_combo.setCurrentText("first")
+    widget.channel_picker.set_ticked(["second"])
+    assert widget.start_prediction(), shown
+    qtbot.waitUntil(lambda: widget.worker is None, timeout=WAIT_MS)
+    assert not shown["error"], shown
+    final = tmp_path / "first_labels.ome.zarr"
+    node = labels_of(final)
+    assert tuple(node.data[0].shape) == (1, *image.shape)
+    np.testing.assert_array_equal(np.asarray(node.data[0])[0],
+                                  model.predict(both, device="cpu"))
+    np.testing.assert_allclose(read_volume(final, lazy=True).data[...], both)

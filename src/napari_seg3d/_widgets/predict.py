@@ -121,7 +121,7 @@ class PredictWidget(PredictForm):
         reason = disk_stores.disk_reason(source.probe, nbytes)
         stores = None
         if reason is not None:
-            stores = self._open_stores(model, image)
+            stores = self._open_stores(model, image, data)
             if stores is None:
                 return False
             config = replace(config, block_shape=disk_stores.BLOCK_SHAPE)
@@ -168,8 +168,10 @@ class PredictWidget(PredictForm):
         self._update_buttons()
         worker.start()
 
-    def _open_stores(self, model: SegmentationModel, image) -> disk_stores.DiskStores | None:
-        """The stores on disk of a prediction of ``image``, or None (the user was told why)."""
+    def _open_stores(self, model: SegmentationModel, image,
+                     data) -> disk_stores.DiskStores | None:
+        """The stores on disk of a prediction of ``image`` (its pixels, with the channels ticked
+        beside it: ``data``), or None (the user was told why)."""
         source = _predict_outputs.source_path(image)
         folder = disk_stores.choose_folder(self.large_folder_edit.text(), source)
         try:
@@ -178,7 +180,7 @@ class PredictWidget(PredictForm):
             return disk_stores.DiskStores(
                 folder, base, _layers.spatial_shape(image), model.label_lut().dtype,
                 _layers.voxel_size(image), fmt=self.disk_format_combo.currentText(),
-                image=_layers.layer_array(image),
+                image=data,
                 classes=dict(zip(model.class_values, model.class_names)))
         except (OSError, Seg3DError) as e:
             reason = getattr(e, "strerror", None) or e

@@ -178,10 +178,10 @@ class OmeZarrWriter:
         axes = "czyx" if image.ndim == 4 else "zyx"
         scale = {**({"c": 1.0} if image.ndim == 4 else {}), **dict(zip("zyx", self._voxel))}
         factors = [{**({"c": 1} if image.ndim == 4 else {}), **f} for f in self._factors]
-        ome_writer().write_image(image, self._root, scale_factors=factors, fmt=FormatV05(), axes=axes,
-                    scale=scale, name=self.path.name[:-len(OME_ZARR_SUFFIX)] or "image",
-                    storage_options={"chunks": (1,) * (image.ndim - 3)
-                                     + _chunks(image.shape[-3:])})
+        ome_writer().write_image(
+            image, self._root, scale_factors=factors, fmt=FormatV05(), axes=axes, scale=scale,
+            name=self.path.name[:-len(OME_ZARR_SUFFIX)] or "image",
+            storage_options={"chunks": (1,) * (image.ndim - 3) + _chunks(image.shape[-3:])})
 
     def _write_label_levels(self) -> None:
         """Level k is level 0 taken every ``factor`` voxels (nearest), slab by slab in z so
