@@ -24,6 +24,7 @@ from napari_seg3d._widgets._session import Session
 from napari_seg3d._widgets.batch import BatchPredictWidget
 from napari_seg3d._widgets.predict import PredictWidget
 from napari_seg3d.engine import (
+    RegionDone,
     SegmentationModel,
     TrainConfig,
     build_model,
@@ -115,7 +116,7 @@ def test_predict_writes_a_large_prediction_as_ome_zarr(qtbot, predict_widget, im
     seen = []
     assert predict_widget.start_prediction()
     predict_widget.worker.yielded.connect(  # while it streams: the store's labels, not final
-        lambda region: seen.append((final.exists(), np.asarray(
+        lambda region: isinstance(region, RegionDone) and seen.append((final.exists(), np.asarray(
             predict_widget.layer.data[region.slices]), region.labels)))
     qtbot.waitUntil(lambda: predict_widget.worker is None, timeout=WAIT_MS)
     assert not shown["error"] and not shown["warning"], shown

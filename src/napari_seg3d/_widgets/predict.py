@@ -22,7 +22,7 @@ from qtpy.QtWidgets import QWidget
 
 from ..engine import ModelFileError, Seg3DError, load_model
 from ..engine.prediction import disk_stores
-from ..engine.prediction.jobs import PredictJob
+from ..engine.prediction.jobs import Finishing, PredictJob
 from . import _layer_files, _layers, _predict_outputs
 from ._predict_form import FROM_FILE, PredictForm, classes, problem
 from ._session import SESSION
@@ -57,7 +57,8 @@ class PredictWidget(PredictForm):
     Public for scripts and tests: :meth:`start_prediction`, :meth:`cancel`, :meth:`set_model`,
     :meth:`load_model_from`; ``worker`` (the running worker or None), ``layer`` (the last
     prediction layer), ``probabilities_layer`` and ``uncertainty_layer`` (those of the last run),
-    ``large_folder_edit`` (the folder of predictions on disk; empty: the default).
+    ``large_folder_edit`` (the folder of predictions on disk; empty: the default), ``cleaner``
+    (the worker deleting the older stores a prediction on disk replaced, or None).
     """
 
     def __init__(self, napari_viewer: napari.viewer.Viewer, parent: QWidget | None = None) -> None:
@@ -68,6 +69,7 @@ class PredictWidget(PredictForm):
         self._stores: disk_stores.DiskStores | None = None
         self._progress_bar = None
         self._image_name = ""
+        self.cleaner = None  # the worker deleting older stores a run replaced, or None
         super().__init__(napari_viewer, parent)
 
     @property
@@ -191,15 +193,19 @@ class PredictWidget(PredictForm):
             return None
 
     def cancel(self) -> None:
-        """Stop at the next region; what is done stays in the layer, marked partial."""
-        if self.worker is not None and self._job is not None:
+        """Stop at the next region; what is done stays in the layer, marked partial. The worker
+        finishes the stores on disk before it stops (not ``quit()``, which would leave that to
+        the GUI thread)."""
+        if self.worker is not None and self._job is not None and not self._job.cancelled:
             self._job.cancelled = True
-            self.worker.quit()
             self.status.setText("Cancelling...")
 
-    def _on_region(self, region: PredictedRegion) -> None:
+    def _on_region(self, region: PredictedRegion | Finishing) -> None:
         job = self._job
         if job is None or self._writer is None or self._outputs is None:
+            return
+        if isinstance(region, Finishing):
+            self._on_finishing(region)
             return
         job.windows_done, job.windows_total = region.windows_done, region.windows_total
         if self._stores is not None:  # written by the worker: show it
@@ -216,6 +222,16 @@ class PredictWidget(PredictForm):
             if bar.total != region.windows_total:
                 bar.total = region.windows_total
             bar.update(region.windows_done - bar.n)
+
+    def _on_finishing(self, finishing: Finishing) -> None:
+        """The worker writes the image and pyramids of the OME-Zarr store: say so."""
+        text = ("Saving the partial prediction..." if finishing.partial
+                else "Writing the image and its pyramids...")
+        self.status.setText(f"'{self._image_name}': {text[0].lower()}{text[1:]}")
+        self.status.setToolTip(str(finishing.path))
+        bar = self._progress_bar
+        if bar is not None:  # processEvents: last
+            bar.set_description(text)
 
     def _on_result(self, result) -> None:
         if isinstance(result, _layers.WorkerFailed):
@@ -253,12 +269,22 @@ class PredictWidget(PredictForm):
         stores, self._stores = self._stores, None
         for sentence in stores.publish(job.complete):
             show_warning(sentence)
+        if stores.stale:
+            self._delete_later(stores.stale)
         views = stores.views()
         if self.layer is not None:  # it shows the store that moved: show it where it is now
             self.layer.data = views["labels"]
             self.layer.metadata["path"] = str(stores.where["labels"])
         if self._outputs is not None:
             self._outputs.repoint(views, stores.where)
+
+    def _delete_later(self, paths) -> None:
+        """Delete the older stores ``paths`` (under hidden names) in a worker thread."""
+        worker = thread_worker(disk_stores.delete_stores, start_thread=False)(list(paths))
+        worker.finished.connect(
+            lambda: setattr(self, "cleaner", None) if self.cleaner is worker else None)
+        self.cleaner = worker
+        worker.start()
 
     def _report(self, job: PredictJob) -> None:
         layer = self.layer

@@ -71,8 +71,10 @@ def create(tmp: Path, shape: tuple[int, ...], dtype: Any, voxel: VoxelSize | Non
     return array
 
 
-def replace(tmp: Path, path: Path) -> None:
-    """Move the finished store ``tmp`` onto ``path``; an older store there is deleted after.
+def replace(tmp: Path, path: Path, *, delete_old: bool = True) -> Path | None:
+    """Move the finished store ``tmp`` onto ``path``; an older store there is deleted after,
+    or, with ``delete_old=False``, left under a hidden ``.part`` name that is returned (None when
+    there was none) for the caller to delete where it is not in the way (a GUI's worker thread).
 
     On Linux the two folders swap in one atomic step (see :func:`._temps.exchange`) and the old
     store, now under the temporary's name, is deleted: a process killed in between leaves it
@@ -82,7 +84,7 @@ def replace(tmp: Path, path: Path) -> None:
     """
     if not path.exists():
         os.replace(tmp, path)
-        return
+        return None
     if exchange(tmp, path):
         old = tmp
     else:
@@ -93,10 +95,13 @@ def replace(tmp: Path, path: Path) -> None:
         except BaseException:
             os.replace(old, path)
             raise
+    if not delete_old:
+        return old
     try:
         shutil.rmtree(old)
     except OSError as e:  # left for the next write of path to remove (see remove_stale_temps)
         log.warning("Could not delete the older store %s: %s", old, e)
+    return None
 
 
 def remove(tmp: Path) -> None:

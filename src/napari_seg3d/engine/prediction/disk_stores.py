@@ -11,9 +11,10 @@ the part done is kept, and nothing half-written ever stands under the final name
 
 With ``fmt="ome-zarr"`` the labels become ``<image>_labels.ome.zarr``: the image with the
 segmentation as NGFF labels (see :class:`.OmeZarrWriter`); the layer shows its
-full-resolution labels while they are written, :meth:`DiskStores.finish` (the worker's last
-step) writes the image and the pyramids, and a cancelled prediction is finished when it is
-published (``<image>_labels_partial.ome.zarr``). Probabilities and uncertainty stay zarr.
+full-resolution labels while they are written, and :meth:`DiskStores.finish` (the worker's
+last step, also when the prediction was cancelled or failed: see :meth:`DiskStores.finish_partial`)
+writes the image and the pyramids, so publishing only moves folders
+(``<image>_labels_partial.ome.zarr`` for a partial one). Probabilities and uncertainty stay zarr.
 """
 
 from __future__ import annotations
@@ -21,6 +22,7 @@ from __future__ import annotations
 import logging
 import os
 import re
+import shutil
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
@@ -183,6 +185,8 @@ class DiskStores:
         self._writers: dict[str, Any] = {}
         self._views: dict[str, Any] = {}
         self._finished = False
+        self._problems: list[str] = []  # what finish_partial could not do, for publish
+        self.stale: list[Path] = []  # older stores publish moved aside, for delete_stores
         self.where: dict[str, Path] = {}  # where each store is now
         if fmt == "ome-zarr":
             self._open_ome_zarr(label_dtype, image, classes)
@@ -229,9 +233,23 @@ class DiskStores:
     def finish(self) -> None:
         """Write what the stores need beside what the regions wrote (for ``"ome-zarr"``, the
         image and the pyramids); the worker's last step, so :meth:`publish` only moves them."""
-        if self.fmt == "ome-zarr" and not self._finished:
+        if self.unfinished:
             self._finished = True
             self._writers["labels"].finish()
+
+    @property
+    def unfinished(self) -> bool:
+        """Whether :meth:`finish` has work left (an OME-Zarr's image and pyramids)."""
+        return self.fmt == "ome-zarr" and not self._finished
+
+    def finish_partial(self) -> None:
+        """:meth:`finish` for a prediction that stopped before the end (worker only): a failure
+        is kept as a sentence that :meth:`publish` returns instead of raised (the writer deleted
+        its store)."""
+        try:
+            self.finish()
+        except (OSError, Seg3DError) as e:
+            self._problems.append(str(e))
 
     def views(self) -> dict[str, Any]:
         """The stores as arrays for the layers, by role: read-only while they are written,
@@ -240,23 +258,23 @@ class DiskStores:
 
     def publish(self, complete: bool) -> list[str]:
         """Move each store onto its final name when the prediction is ``complete``, else onto
-        its partial name (replacing an older store of that name); call once the worker has
-        stopped. The labels go last, so a final labels store always has its companions.
-        Returns a sentence for each store that could not be moved (it stays where it was,
-        see :attr:`where`)."""
-        problems = []
-        try:
-            self.finish()  # a cancelled OME-Zarr gets its image and pyramids here
-        except (OSError, Seg3DError) as e:  # the writer deleted its store
-            problems.append(str(e))
+        its partial name; call once the worker has stopped. It only renames folders: an older
+        store of that name is moved aside under a hidden name, listed in :attr:`stale` for
+        :func:`delete_stores` (off the GUI thread). The labels go last, so a final labels store
+        always has its companions. Returns a sentence for each store that could not be moved
+        (it stays where it was, see :attr:`where`)."""
+        self.finish_partial()  # a no-op: the worker finished them (see PredictJob.run)
+        problems, self._problems = self._problems, []
         for role in ("probabilities", "uncertainty", "labels"):
             if role not in self._writers or not self.where[role].exists():
                 continue
             tmp, target = self.where[role], self.path(role, partial=not complete)
             try:
                 # not ChunkedWriter.commit(): a move that fails there deletes the store
-                _zarr.replace(tmp, target)
+                old = _zarr.replace(tmp, target, delete_old=False)
                 self.where[role] = target
+                if old is not None:
+                    self.stale.append(old)
             except OSError as e:
                 log.warning("Could not move %s to %s", tmp, target, exc_info=True)
                 problems.append(f"Could not move the {role} to {target} ({e.strerror or e}); "
@@ -267,6 +285,17 @@ class DiskStores:
                 self._views[role] = zarr.open_array(str(self.where[role]), mode="r+")
         self._writers.clear()
         return problems
+
+
+def delete_stores(paths: Sequence[Path]) -> None:
+    """Delete the older stores :meth:`DiskStores.publish` moved aside (a long deletion on a large
+    store: call it in a worker thread). One that cannot be deleted is left, under its hidden
+    ``.part`` name, for the next write of its store to remove."""
+    for path in paths:
+        try:
+            shutil.rmtree(path)
+        except OSError as e:
+            log.warning("Could not delete the older store %s: %s", path, e)
 
 
 def _labels_view(store: Path, mode: str) -> Any:

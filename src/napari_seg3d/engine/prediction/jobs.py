@@ -39,6 +39,20 @@ class PredictedRegion(RegionDone):
     uncertainty: np.ndarray | None = None
 
 
+@dataclass(frozen=True)
+class Finishing:
+    """Yielded by :meth:`PredictJob.run` before it finishes its stores in the worker (an
+    OME-Zarr's image copy and pyramids, which take long on a large volume).
+
+    Attributes:
+        path: where the labels store is being finished (its temporary name).
+        partial: whether the prediction stopped before the end (cancelled or failed).
+    """
+
+    path: Path
+    partial: bool
+
+
 def with_outputs(region: RegionDone, *, probabilities: bool, uncertainty: bool) -> PredictedRegion:
     """``region`` with its uncertainty map computed (in the worker thread, off the event loop)
     and its probabilities kept only when they are shown."""
@@ -83,26 +97,49 @@ class PredictJob:
         return (self.windows_total > 0 and self.windows_done == self.windows_total
                 and self.error is None)
 
-    def run(self) -> Generator[PredictedRegion, None, str]:
+    def run(self) -> Generator[PredictedRegion | Finishing, None, str]:
         """Yields a :class:`PredictedRegion` per finished region (without its values when they
-        were written to the stores); returns ``"done"`` or ``"cancelled"``. Errors propagate."""
+        were written to the stores), then a :class:`Finishing` when the stores have work left;
+        returns ``"done"`` or ``"cancelled"``. Errors propagate, once the stores hold the part
+        done: every slow step runs here, in the worker, never in the GUI thread."""
         try:
-            self.inner = self.model.iter_predict(self.image, self.config,
-                                                  first_region=self.first_region)
-            for region in self.inner:
-                region = with_outputs(region, probabilities=self.config.probabilities,
-                                      uncertainty=self.config.uncertainty)
-                if self.stores is not None:  # written here; the GUI thread only redraws
-                    self.stores.write(region)
-                    region = dataclasses.replace(region, probabilities=None, uncertainty=None)
-                yield region
-                if self.cancelled:
-                    return "cancelled"
-            if self.stores is not None:  # in the worker: an OME-Zarr copies its image here
-                self.stores.finish()
-            return "done"
+            finished = yield from self._regions()
+        except Exception:
+            self.close()
+            yield from self._finish(partial=True)  # the part done, then the error
+            raise
         finally:
             self.close()
+        yield from self._finish(partial=not finished)
+        return "done" if finished else "cancelled"
+
+    def _regions(self) -> Generator[PredictedRegion, None, bool]:
+        """The regions, written into the stores; returns False when cancelled."""
+        self.inner = self.model.iter_predict(self.image, self.config,
+                                              first_region=self.first_region)
+        for region in self.inner:
+            region = with_outputs(region, probabilities=self.config.probabilities,
+                                  uncertainty=self.config.uncertainty)
+            if self.stores is not None:  # written here; the GUI thread only redraws
+                self.stores.write(region)
+                region = dataclasses.replace(region, probabilities=None, uncertainty=None)
+            yield region
+            if self.cancelled:
+                return False
+        return True
+
+    def _finish(self, partial: bool) -> Generator[Finishing, None, None]:
+        """Finish the stores (an OME-Zarr copies its image and builds its pyramids): a failure
+        of a complete prediction propagates, that of a partial one is kept for
+        :meth:`.DiskStores.publish` to report."""
+        stores = self.stores
+        if stores is None or not stores.unfinished:
+            return
+        yield Finishing(Path(stores.where["labels"]), partial)
+        if partial:
+            stores.finish_partial()
+        else:
+            stores.finish()
 
     def close(self) -> None:
         """End the sliding window (idempotent; call only while the worker is not running it)."""
