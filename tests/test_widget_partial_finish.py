@@ -246,3 +246,19 @@ def test_a_cancelled_zarr_prediction_only_moves_folders_in_the_gui_thread(
 
 def names(folder) -> list[str]:
     return sorted(os.listdir(folder))
+
+
+def test_cancel_while_a_complete_run_writes_its_pyramids_says_it_cannot(
+        qtbot, viewer, model, image, shown, tmp_path, monkeypatch):
+    probe = FinishProbe(monkeypatch)
+    widget = make_widget(viewer, model, tmp_path)
+    assert widget.start_prediction()
+    qtbot.waitUntil(lambda: probe.started.is_set() and "pyramids" in widget.status.text(),
+                    timeout=WAIT_MS)  # every window done: the store is being completed
+    widget.cancel()
+    assert "cannot be cancelled" in shown["info"][-1]
+    assert "Cancelling" not in widget.status.text() and not widget._job.cancelled
+    probe.release_from_the_event_loop()
+    qtbot.waitUntil(lambda: widget.worker is None, timeout=WAIT_MS)
+    assert names(tmp_path) == ["blobs_labels.ome.zarr"]
+    assert widget.status.text().startswith("Done") and not widget.layer.metadata["partial"]

@@ -64,6 +64,7 @@ class PredictWidget(PredictForm):
     def __init__(self, napari_viewer: napari.viewer.Viewer, parent: QWidget | None = None) -> None:
         self.layer = None
         self._job: PredictJob | None = None
+        self._finishing = False  # a complete run's store is being finished (no cancel)
         self._writer = None
         self._outputs: _predict_outputs.OutputLayers | None = None
         self._stores: disk_stores.DiskStores | None = None
@@ -156,7 +157,7 @@ class PredictWidget(PredictForm):
         _layers.show_classes(self.layer, model.class_values, model.class_names)
 
     def _start(self, job: PredictJob, image_name: str) -> None:
-        self._job = job
+        self._job, self._finishing = job, False
         self._progress_bar = progress(total=0, desc="Predicting")
         worker = thread_worker(_worker_body, start_thread=False)(job)
         worker.yielded.connect(self._on_region)
@@ -196,9 +197,14 @@ class PredictWidget(PredictForm):
         """Stop at the next region; what is done stays in the layer, marked partial. The worker
         finishes the stores on disk before it stops (not ``quit()``, which would leave that to
         the GUI thread)."""
-        if self.worker is not None and self._job is not None and not self._job.cancelled:
-            self._job.cancelled = True
-            self.status.setText("Cancelling...")
+        if self.worker is None or self._job is None or self._job.cancelled:
+            return
+        if self._finishing:  # every window is predicted: the store is being completed
+            show_info("The prediction is complete; its image and pyramids are being written "
+                      "and cannot be cancelled.")
+            return
+        self._job.cancelled = True
+        self.status.setText("Cancelling...")
 
     def _on_region(self, region: PredictedRegion | Finishing) -> None:
         job = self._job
@@ -225,6 +231,7 @@ class PredictWidget(PredictForm):
 
     def _on_finishing(self, finishing: Finishing) -> None:
         """The worker writes the image and pyramids of the OME-Zarr store: say so."""
+        self._finishing = not finishing.partial
         text = ("Saving the partial prediction..." if finishing.partial
                 else "Writing the image and its pyramids...")
         self.status.setText(f"'{self._image_name}': {text[0].lower()}{text[1:]}")
