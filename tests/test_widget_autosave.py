@@ -7,7 +7,7 @@ import os
 import numpy as np
 import pytest
 
-from napari_seg3d._widgets import _autosave_offer
+from napari_seg3d._widgets import _autosave, _autosave_offer
 from napari_seg3d._widgets._session import SESSION
 from napari_seg3d.engine import load_model
 from napari_seg3d.engine.autosave import find_sessions, restore
@@ -157,3 +157,17 @@ def test_painting_and_training_are_autosaved_and_off_turns_it_off(root, blobs, v
     assert widget.autosave.save_strokes() is None and not widget.autosave.sessions
     assert widget.session_offer.look() == [] and list(root.iterdir()) == []
     assert os.environ["NAPARI_SEG3D_AUTOSAVE"] == "0"
+
+
+def test_large_strokes_are_saved_at_train_not_while_painting(root, blobs, viewer_of, monkeypatch,
+                                                              qtbot):
+    monkeypatch.setattr(_autosave, "LIVE_MAX_VOXELS", blobs[2].size - 1)  # "large"
+    viewer = viewer_of(blobs[0])
+    widget = make_widget(viewer)
+    layer = annotated(widget, blobs[2])
+    widget.autosave.strokes_changed()  # what painting calls: no copy of a large layer
+    assert not widget.autosave._timer.isActive() and not widget.autosave.sessions
+    train(qtbot, widget)  # Train copies it
+    widget.autosave.writer.wait()
+    (session,) = widget.autosave.sessions.values()
+    np.testing.assert_array_equal(restore(session.info).strokes, layer.data)

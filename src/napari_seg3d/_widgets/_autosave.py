@@ -34,6 +34,9 @@ if TYPE_CHECKING:
 log = logging.getLogger(__name__)
 
 STROKES_DELAY_MS = 3000  # strokes are copied and written at most this often while painting
+#: above this many voxels the annotation layer is copied only when Train starts, not while
+#: painting (a copy of 10^8 uint8 voxels takes the GUI thread about 0.1 s)
+LIVE_MAX_VOXELS = 1 << 27
 
 _OPEN: set[AutosaveSession] = set()  # the open sessions: closed when Python exits normally
 
@@ -145,8 +148,12 @@ class Autosaver(QObject):
 
     def strokes_changed(self) -> None:
         """Write the strokes a few seconds from now (one write for a burst of strokes)."""
-        if self.enabled and not self._timer.isActive():
+        if self.enabled and not self._timer.isActive() and self._small_enough():
             self._timer.start()
+
+    def _small_enough(self) -> bool:
+        layer = self.widget.annotation_layer()
+        return layer is not None and int(np.prod(layer.data.shape)) <= LIVE_MAX_VOXELS
 
     def save_strokes(self) -> AutosaveSession | None:
         """Copy the selected annotation layer now and write it in the background; returns its
