@@ -11,7 +11,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-import torch
+from _ome_zarr_widget import SCALE, WAIT_MS, tiled_image, untrained_model
 import zarr
 from napari.utils._proxies import PublicOnlyProxy
 from ome_zarr.io import parse_url
@@ -23,40 +23,20 @@ from napari_seg3d._widgets import predict as predict_module
 from napari_seg3d._widgets._session import Session
 from napari_seg3d._widgets.batch import BatchPredictWidget
 from napari_seg3d._widgets.predict import PredictWidget
-from napari_seg3d.engine import (
-    RegionDone,
-    SegmentationModel,
-    TrainConfig,
-    build_model,
-    compute_normalization,
-    default_model_config,
-    save_model,
-)
+from napari_seg3d.engine import RegionDone, save_model
 from napari_seg3d.engine.io import read_volume
 from napari_seg3d.engine.io._ome_zarr_out import ome_writer
 from napari_seg3d.engine.prediction import disk_stores
 
-WAIT_MS = 60_000
-SCALE = (2.0, 0.5, 0.5)
-
 
 @pytest.fixture
 def image(blobs):
-    """The blobs tiled to ``(17, 72, 78)``: large enough in y and x for a second level."""
-    return np.tile(blobs[0], (1, 3, 3))
+    return tiled_image(blobs)
 
 
 @pytest.fixture
 def model(image):
-    """A tiny two-class model, untrained: what it predicts does not matter, only where to."""
-    torch.manual_seed(0)
-    cfg = TrainConfig(patch_size=(8, 16, 16), batch_size=2, device="cpu")
-    mc = default_model_config(1, 2, cfg.patch_size, SCALE, base_filters=4, levels=2)
-    return SegmentationModel(network=build_model(mc.architecture, **mc.kwargs).eval(),
-                             model_config=mc, train_config=cfg, class_values=(1, 2),
-                             class_names=("background", "blob"),
-                             normalization=compute_normalization(image[None]),
-                             voxel_size=SCALE)
+    return untrained_model(image)
 
 
 @pytest.fixture
@@ -225,14 +205,7 @@ def test_channel_layers_go_into_the_ome_zarr_as_its_channels(qtbot, make_napari_
     monkeypatch.setattr(disk_stores, "MEMORY_FRACTION", 0.0)
     second = (image.max() - image).astype(np.float32)
     both = np.stack([image, second])
-    torch.manual_seed(0)
-    cfg = TrainConfig(patch_size=(8, 16, 16), batch_size=2, device="cpu")
-    mc = default_model_config(2, 2, cfg.patch_size, SCALE, base_filters=4, levels=2)
-    model = SegmentationModel(network=build_model(mc.architecture, **mc.kwargs).eval(),
-                              model_config=mc, train_config=cfg, class_values=(1, 2),
-                              class_names=("background", "blob"),
-                              normalization=compute_normalization(both), voxel_size=SCALE,
-                              in_channels=2, channel_names=("first", "second"))
+    model = untrained_model(both, channel_names=("first", "second"))
     viewer = make_napari_viewer()
     viewer.add_image(both, channel_axis=0, name=["first", "second"], scale=SCALE)
     widget = PredictWidget(PublicOnlyProxy(viewer))

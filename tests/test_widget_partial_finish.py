@@ -12,45 +12,26 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-import torch
+from _ome_zarr_widget import SCALE, WAIT_MS, tiled_image, untrained_model
 from conftest import catch_notifications
 from napari.utils._proxies import PublicOnlyProxy
 from qtpy.QtCore import QTimer
 
 from napari_seg3d._widgets import predict as predict_module
 from napari_seg3d._widgets.predict import PredictWidget
-from napari_seg3d.engine import (
-    SegmentationModel,
-    TrainConfig,
-    build_model,
-    compute_normalization,
-    default_model_config,
-)
 from napari_seg3d.engine.io import read_volume
 from napari_seg3d.engine.io._ome_zarr_out import OmeZarrWriter
 from napari_seg3d.engine.prediction import disk_stores
 
-WAIT_MS = 60_000
-SCALE = (2.0, 0.5, 0.5)
-
 
 @pytest.fixture
 def image(blobs):
-    """The blobs tiled to ``(17, 72, 78)``: large enough in y and x for a second level."""
-    return np.tile(blobs[0], (1, 3, 3))
+    return tiled_image(blobs)
 
 
 @pytest.fixture
 def model(image):
-    """A tiny two-class model, untrained: what it predicts does not matter, only where to."""
-    torch.manual_seed(0)
-    cfg = TrainConfig(patch_size=(8, 16, 16), batch_size=2, device="cpu")
-    mc = default_model_config(1, 2, cfg.patch_size, SCALE, base_filters=4, levels=2)
-    return SegmentationModel(network=build_model(mc.architecture, **mc.kwargs).eval(),
-                             model_config=mc, train_config=cfg, class_values=(1, 2),
-                             class_names=("background", "blob"),
-                             normalization=compute_normalization(image[None]),
-                             voxel_size=SCALE)
+    return untrained_model(image)
 
 
 @pytest.fixture

@@ -168,3 +168,8 @@ class ChannelPicker(QListWidget):
         """The ticked layers, in the order listed."""
         return [layer for layer in (_layers.find_layer(viewer, n) for n in self.ticked_names())
                 if _layers.is_volume_image(layer)]
+
+    def input_of(self, viewer, image) -> ImageInput | None:
+        """``image`` and the layers ticked here, or None without an image; raises an
+        :class:`AnnotationError` when they do not fit together."""
+        return None if image is None else image_input(image, self.ticked(viewer))

@@ -288,10 +288,7 @@ class TrainForm(QWidget):
     def image_input(self) -> _channels.ImageInput | None:
         """The Image and the channels ticked under *More channels*, or None without an Image;
         raises an :class:`AnnotationError` when they do not fit together."""
-        image = self.image_layer()
-        if image is None:
-            return None
-        return _channels.image_input(image, self.channel_picker.ticked(self.viewer))
+        return self.channel_picker.input_of(self.viewer, self.image_layer())
 
     def annotation_layer(self):
         layer = _layers.find_layer(self.viewer, self.annotation_combo.currentText())
