@@ -26,6 +26,7 @@ import argparse
 import json
 import os
 import re
+import shlex
 import signal
 import subprocess
 import sys
@@ -117,6 +118,7 @@ def training_progress(err_log: str) -> dict:
 def run_ours(volume: Path, strokes: Path, work: Path, classes, args) -> dict:
     model = work / "model.pt"
     extra = ["--minutes", str(args.minutes)] if args.minutes and args.cli_minutes else []
+    extra += shlex.split(args.train_args)
     train = run_measured(_cli("train", "--image", f"{volume}:/image", "--labels",
                               f"{strokes}:/labels", "--out", str(model), *extra),
                          work / "train", limit_s=args.ours_limit * 60)
@@ -165,7 +167,7 @@ def run_case(kind: str, size: float, args) -> dict:
     strokes, painted = ensure_strokes(volume, args.seed, args.painted / 100)
     with h5py.File(volume, "r") as f:
         generate_s = float(f.attrs["generate_s"])
-    work = args.data / "runs" / volume.stem
+    work = args.data / "runs" / (volume.stem + (f"-{args.tag}" if args.tag else ""))
     work.mkdir(parents=True, exist_ok=True)
     case = {"kind": kind, "size": size, "shape": shape, "voxels": int(np.prod(shape)),
             "painted": painted, "painted_pct": 100 * painted / np.prod(shape),
@@ -308,6 +310,10 @@ def parse_args(argv):
                    help="minutes after which a training is stopped (SIGTERM; default 20)")
     p.add_argument("--gui-timeout", type=float, default=300.0,
                    help="seconds to wait for the first preview")
+    p.add_argument("--train-args", default="",
+                   help="more options for `napari-seg3d train`, e.g. \"--patch-size 32,32,32\" "
+                        "(to compare a setting with the defaults)")
+    p.add_argument("--tag", default="", help="a name for the runs' folder (with --train-args)")
     p.add_argument("--json", type=Path, help="also write the JSON record here")
     args = p.parse_args(argv)
     args.sizes = [float(s) for s in args.sizes.split(",") if s.strip()]
