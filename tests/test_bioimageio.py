@@ -131,7 +131,7 @@ def test_bioimageio_core_predicts_what_napari_seg3d_predict_does(exported, tmp_p
     write_volume(tmp_path / "crop.tif", x[0, 0])
     assert main(["predict", str(tmp_path / "crop.tif"), "--model", str(exported["model"]),
                  "--out", str(tmp_path / "out"), "--probabilities", "--no-amp",
-                 "--device", "cpu", "--quiet"]) == 0
+                 "--device", "cpu", "--quiet", "--no-forest"]) == 0  # a package: the network
     (probabilities,) = (tmp_path / "out").glob("*probabilities*")
     ours = np.asarray(read_volume(probabilities).data)
     descr = load_model_description(exported["package"], perform_io_checks=False)
@@ -148,11 +148,13 @@ def test_the_package_loads_back_as_the_same_model(exported, tmp_path):
                  "normalization", "in_channels", "voxel_size", "iteration"):
         assert getattr(after, name) == getattr(before, name), name
     options = {"device": "cpu", "amp": False}
+    assert before.forest is not None and after.forest is None  # a package holds the network
     np.testing.assert_array_equal(after.predict(image, probabilities=True, **options),
-                                  before.predict(image, probabilities=True, **options))
+                                  before.predict(image, probabilities=True, forest=False,
+                                                 **options))
     for model, name in ((exported["model"], "pt"), (exported["package"], "zip")):
         assert main(["predict", str(exported["image"]), "--model", str(model), "--out",
-                     str(tmp_path / name), "--device", "cpu", "--quiet"]) == 0
+                     str(tmp_path / name), "--device", "cpu", "--quiet", "--no-forest"]) == 0
     labels = [np.asarray(read_volume(tmp_path / n / "image_labels.tif").data) for n in ("pt", "zip")]
     np.testing.assert_array_equal(*labels)
 
@@ -171,7 +173,8 @@ def test_2p5d_and_one_output_models_export_and_load_back(tmp_path, capsys, dims,
     assert after.dims == dims and after.network.out_channels == (1 if loss == "bce_dice" else 2)
     x = _test_input(package)[0]
     np.testing.assert_array_equal(after.predict(x, probabilities=True, device="cpu"),
-                                  before.predict(x, probabilities=True, device="cpu"))
+                                  before.predict(x, probabilities=True, device="cpu",
+                                                 forest=False))
 
 
 @pytest.mark.parametrize("preprocessing", ["zero_mean_unit_variance", "scale_range"])

@@ -93,6 +93,9 @@ def build_parser() -> argparse.ArgumentParser:
     r.add_argument("--pattern", default="*", help="file pattern inside input folders")
     r.add_argument("--overlap", type=float, default=PredictConfig().overlap)
     r.add_argument("--tta", action="store_true", help="average mirrored predictions")
+    r.add_argument("--no-forest", dest="forest", action="store_false",
+                   help="the network alone: do not average in the random forest the model "
+                        "file holds (fit on the strokes when training ended)")
     r.add_argument("--probabilities", action="store_true", help="also write class probabilities")
     r.add_argument("--uncertainty", action="store_true",
                    help="also write DIR/<stem>_uncertainty.<ext>: 0 = sure, 1 = least sure")

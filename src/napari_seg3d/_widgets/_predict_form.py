@@ -69,6 +69,12 @@ class PredictForm(QWidget):
         self.overlap_spin = QDoubleSpinBox(minimum=0.0, maximum=0.9, singleStep=0.05, decimals=2,
                                            value=PredictConfig().overlap)
         self.tta_check = QCheckBox("Test-time augmentation (mirroring, 4x slower)")
+        self.forest_check = QCheckBox("Average with the model's random forest")
+        self.forest_check.setChecked(PredictConfig().forest)
+        self.forest_check.setToolTip("A model trained here keeps a random forest fit on the "
+                                     "strokes; averaging its probabilities with the network's "
+                                     "is usually better than either (unticked: the network "
+                                     "alone).")
         self.probabilities_check = QCheckBox("Class probabilities layer")
         self.uncertainty_check = QCheckBox("Uncertainty layer")
         self.uncertainty_check.setToolTip("Where the model is least sure: paint your next strokes "
@@ -82,7 +88,7 @@ class PredictForm(QWidget):
         for label, w in (("Model", self.model_combo), ("Image", self.image_combo),
                          (self.channel_picker.label, self.channel_picker),
                          ("Overlap", self.overlap_spin), ("", self.tta_check),
-                         ("", self.probabilities_check), ("", self.uncertainty_check),
+                         ("", self.forest_check), ("", self.probabilities_check), ("", self.uncertainty_check),
                          ("2.5D planes", self.planes_combo), ("Batch size", self.batch_spin),
                          ("Device", self.device_combo)):
             form.addRow(label, w)
@@ -143,7 +149,8 @@ class PredictForm(QWidget):
         return PredictConfig(overlap=self.overlap_spin.value(), tta=self.tta_check.isChecked(),
                              batch_size=self.batch_spin.value(), device=device, planes=planes,
                              probabilities=self.probabilities_check.isChecked(),
-                             uncertainty=self.uncertainty_check.isChecked())
+                             uncertainty=self.uncertainty_check.isChecked(),
+                             forest=self.forest_check.isChecked())
 
     # --- models and images ------------------------------------------------------------------------
 

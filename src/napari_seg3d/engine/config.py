@@ -63,6 +63,7 @@ class TrainConfig:
     self_training: int = 2
     pseudo_threshold: float = 0.9
     self_training_forest: bool = True
+    keep_forest: bool = True
     planes: str = "three"
     minutes: float | None = None
     early_stop: bool = True
@@ -116,6 +117,9 @@ class PredictConfig:
         uncertainty: Also write an uncertainty map (computed from the probabilities).
         block_shape: Largest block core ``(z, y, x)`` predicted at once, so that memory depends
             on the block and not on the volume; None: the volume as one block.
+        forest: Average the network's probabilities with those of the random forest the model
+            file holds (fit on the strokes at the end of training), as a second opinion; a
+            model without a forest predicts with the network alone either way.
 
     Example:
         >>> config = PredictConfig(overlap=0.25, tta=True, device="cpu")
@@ -137,6 +141,7 @@ class PredictConfig:
     probabilities: bool = False
     uncertainty: bool = False
     block_shape: tuple[int, int, int] | None = None
+    forest: bool = True
 
     def __post_init__(self) -> None:
         problems = list(_predict_problems(self))
@@ -146,7 +151,7 @@ class PredictConfig:
                  "device": None if self.device is None else str(self.device),
                  "block_shape": None if self.block_shape is None
                  else tuple(int(b) for b in self.block_shape)}
-        for name in ("tta", "probabilities", "uncertainty"):
+        for name in ("tta", "probabilities", "uncertainty", "forest"):
             fixed[name] = bool(getattr(self, name))
         if self.amp is not None:
             fixed["amp"] = bool(self.amp)
@@ -192,7 +197,8 @@ def _predict_problems(c: PredictConfig):
                "(or cuda:N for one GPU).")
     if c.planes is not None and c.planes not in PLANES:
         yield f"Unknown planes {c.planes!r}; choose one of {', '.join(PLANES)}."
-    for name in ("tta", "probabilities", "uncertainty") + (("amp",) if c.amp is not None else ()):
+    for name in ("tta", "probabilities", "uncertainty", "forest") + (
+            ("amp",) if c.amp is not None else ()):
         if getattr(c, name) not in (True, False):
             yield f"{name} must be True or False, got {getattr(c, name)!r}."
     if c.block_shape is not None and not _is_shape(c.block_shape):

@@ -32,6 +32,7 @@ from .models.slices import with_planes
 from .normalization import Normalization, has_finite_value
 from .pickles import holds_code
 from .schema import shown
+from .training.forest_file import forest_from_dict, forest_to_dict
 
 log = logging.getLogger(__name__)
 
@@ -60,6 +61,9 @@ class SegmentationModel:
     channel_names: tuple[str, ...] = ()
     history: dict[str, list] = field(default_factory=dict)
     optimizer_state: dict | None = None
+    #: a random forest fit on the strokes at the end of training (:class:`.training.forest.Forest`),
+    #: whose probabilities the prediction averages with the network's; None: the network alone
+    forest: Any = None
     #: the network's copies on other devices, by device: (weights stamp, network)
     _copies: dict[str, tuple] = field(default_factory=dict, init=False, repr=False,
                                       compare=False)
@@ -171,12 +175,16 @@ class SegmentationModel:
         if not has_finite_value(image):  # else the prediction of nothing would look real
             raise ValueError("The image holds no finite value (all NaN or Inf).")
         lut = self.label_lut()
+        forest = self.forest if config.forest else None
         for region in iter_predict_volume(self.network_for(config), image,
                                           patch_size=self.window(image.shape[-3:]),
-                                          config=config, blocks=blocks,
+                                          config=replace(config, probabilities=True)
+                                          if forest is not None else config, blocks=blocks,
                                           normalize=self.normalization.apply,
                                           trained_amp=self.train_config.amp,
                                           first_region=first_region):
+            if forest is not None:
+                region = with_forest(region, forest, image, config.needs_probabilities)
             yield replace(region, labels=lut[region.labels])
 
     def predict(self, image, config: PredictConfig | None = None, **overrides: Any) -> np.ndarray:
@@ -226,7 +234,33 @@ class SegmentationModel:
             "iteration": self.iteration,
             "history": self.history,
             "optimizer_state": self.optimizer_state if include_optimizer else None,
+            "forest": None if self.forest is None else forest_to_dict(self.forest),
         }
+
+
+def with_forest(region, forest, image, keep_probabilities: bool):
+    """``region`` (a :class:`.RegionDone` with the network's probabilities) with the forest's
+    probabilities of the same voxels averaged in: its labels the argmax of the average (class
+    indices), its probabilities the average, or None when not asked for. A one-channel
+    (sigmoid) network's probability is of the second class."""
+    from .training.forest import blocks, predict_region
+    from .training.views import ChannelView
+
+    source = image if len(image.shape) == 4 else ChannelView(image)
+    shape = tuple(s.stop - s.start for s in region.slices)
+    p_forest = np.empty((forest.n_classes,) + shape, np.float32)
+    for part in blocks(shape):  # the features of one forest block at a time: memory bounded
+        where = tuple(slice(r.start + p.start, r.start + p.stop)
+                      for r, p in zip(region.slices, part))
+        p_forest[(slice(None),) + part] = predict_region(forest, source, where)
+    p_net = region.probabilities
+    if p_net.shape[0] == 1:
+        p = (p_net[0] + p_forest[1]) / 2
+        labels, probs = (p > 0.5).astype(region.labels.dtype), p[None]
+    else:
+        probs = (p_net + p_forest) / 2
+        labels = probs.argmax(0).astype(region.labels.dtype)
+    return replace(region, labels=labels, probabilities=probs if keep_probabilities else None)
 
 
 def _device_of(network: torch.nn.Module) -> torch.device:
@@ -317,19 +351,22 @@ def model_from_dict(data: dict) -> SegmentationModel:
     if isinstance(network, SliceNetwork):  # predicts as trained when called as it is
         network.planes = train_config.planes
     vs = data.get("voxel_size")
+    normalization = Normalization.from_dict(data["normalization"])
     return SegmentationModel(
         network=network,
         model_config=model_config,
         train_config=train_config,
         class_values=tuple(int(v) for v in data["class_values"]),
         class_names=tuple(str(n) for n in data.get("class_names", ())),
-        normalization=Normalization.from_dict(data["normalization"]),
+        normalization=normalization,
         in_channels=int(data.get("in_channels", 1)),
         channel_names=tuple(str(n) for n in data.get("channel_names", ())),
         voxel_size=None if vs is None else tuple(float(v) for v in vs),
         iteration=int(data.get("iteration", 0)),
         history=dict(data.get("history") or {}),
         optimizer_state=data.get("optimizer_state"),
+        forest=None if data.get("forest") is None else forest_from_dict(
+            data["forest"], normalization, len(data["class_values"])),
     )
 
 
@@ -381,5 +418,6 @@ def describe(model: SegmentationModel) -> dict[str, Any]:
         "iterations_trained": model.iteration,
         "best_validation_dice": hist.get("best_val_dice"),
         "optimizer_state": model.optimizer_state is not None,
+        "forest_trees": 0 if model.forest is None else len(model.forest.trees),
         "training": model.train_config.to_dict(),
     }

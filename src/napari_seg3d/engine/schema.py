@@ -154,6 +154,7 @@ def train_rules() -> dict[str, Callable[[str, Any], Any]]:
         "self_training": _rule(whole, 0, 100),
         "pseudo_threshold": _rule(number, 0.5, 1.0),
         "self_training_forest": boolean,
+        "keep_forest": boolean,
         "planes": _rule(choice, PLANES, "planes"),
         "minutes": minutes,
         "early_stop": boolean,

@@ -163,6 +163,8 @@ def _normalised(block: np.ndarray, normalization: Normalization) -> np.ndarray:
     high = np.asarray(normalization.high, np.float32).reshape(shape)
     out -= low
     out /= np.maximum(high - low, 1e-6)
-    if not np.isfinite(out.sum(dtype=np.float64)):
+    with np.errstate(invalid="ignore", over="ignore"):  # +Inf and -Inf sum to NaN
+        finite = np.isfinite(out.sum(dtype=np.float64))
+    if not finite:
         np.nan_to_num(out, copy=False, nan=0.0, posinf=0.0, neginf=0.0)
     return out

@@ -241,4 +241,8 @@ def training_loop(trainer: Trainer) -> Generator[TrainProgress, np.ndarray | Non
     if best is None or (stopped and best.iteration < loop.done and not m.history["val_dice"]):
         best = last
     best.history = copy.deepcopy(m.history)
+    if cfg.keep_forest and loop.done > 0:
+        from .self_training import final_forest
+
+        m.forest = best.forest = last.forest = final_forest(trainer)
     return TrainResult(best=best, last=last, stopped=stopped, ended_early=loop.ended_early)

@@ -26,6 +26,7 @@ QUICK_PREVIEW_VOXELS = 8_000_000  # larger volumes get the quick preview of a re
 ROUND_VOXELS = 4_000_000  # voxels a self-training round predicts: larger volumes, sampled blocks
 ROUND_BLOCK = (64, 128, 128)  # block cores of a round (the forest's blocks, too)
 ROUND_OVERLAP = 0.25  # window overlap of a round's predictions
+FOREST_MIN_VOXELS = 10  # stroke voxels of every class a model's forest needs (else none kept)
 
 
 def quick_preview(trainer: Trainer, region: tuple[slice, slice, slice] | None = None) -> Preview:
@@ -93,6 +94,23 @@ def self_training_round(trainer: Trainer, iteration: int) -> Preview | None:
         classes[region] = c
     return Preview(tuple(slice(0, n) for n in sampler.shape), model.label_lut()[classes],
                    iteration)
+
+
+def final_forest(trainer: Trainer):
+    """The random forest a model file keeps beside the network: fit on every stroke (held-out
+    ones included) at the end of the run, so that a prediction can average its probabilities
+    with the network's (see :func:`.model_file.with_forest`; on the bench_scale volumes of
+    10^7 voxels after a 3-minute run: tissue 0.852 against 0.834 for the forest and 0.807 for
+    the network alone, textures 0.867 against 0.801 and 0.812). None when some class has
+    fewer than :data:`FOREST_MIN_VOXELS` stroke voxels (the forest could not say it)."""
+    index = np.asarray(trainer.sampler.annotations.index)
+    counts = np.bincount(np.abs(index[index != 0]).ravel().astype(np.int64),
+                         minlength=len(trainer.model.class_values) + 1)[1:]
+    if len(counts) != len(trainer.model.class_values) or counts.min() < FOREST_MIN_VOXELS:
+        return None
+    with compute_threads():
+        forest, _ = _fit_forest(trainer, index)
+    return forest if forest.classes == tuple(range(len(trainer.model.class_values))) else None
 
 
 def round_blocks(shape, window, *, seed: int,
