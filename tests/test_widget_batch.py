@@ -125,6 +125,22 @@ def test_zarr_format_reads_an_hdf5_input_and_matches_the_model(widget, qtbot, mo
                                                                     "in_raw_labels.zarr"]
 
 
+def test_the_forest_box_picks_the_blend_or_the_network_alone(widget, qtbot, model, model_file,
+                                                               blobs, tmp_path):
+    assert model.forest is not None and widget._forest.isChecked()
+    image = blobs[0]
+    widget.set_inputs([write_volume(tmp_path / "in.tif", image)])
+    widget.set_model_path(model_file)
+    for forest in (True, False):
+        widget.set_output_dir(tmp_path / str(forest))
+        assert _run(widget, qtbot, forest=forest) == ["done"]
+        np.testing.assert_array_equal(read_volume(tmp_path / str(forest) / "in_labels.tif").data,
+                                      model.predict(image, device="cpu", forest=forest))
+    assert not np.array_equal(model.predict(image, device="cpu", probabilities=True),
+                              model.predict(image, device="cpu", probabilities=True,
+                                            forest=False))
+
+
 def test_session_model(widget, qtbot, model, inputs, tmp_path):
     batch_module.SESSION.put("blobs model", model)
     widget.set_session_model("blobs model")

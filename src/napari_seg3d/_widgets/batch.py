@@ -98,10 +98,12 @@ class BatchPredictWidget(QWidget):
 
     def set_options(self, *, fmt: str | None = None, overwrite: bool | None = None,
                     pattern: str | None = None, overlap: float | None = None,
-                    tta: bool | None = None, planes: str | None = None) -> None:
+                    tta: bool | None = None, planes: str | None = None,
+                    forest: bool | None = None) -> None:
         """Set any of: output format (``"tif"``/``"h5"``/``"zarr"``/``"ome-zarr"``), overwrite
         existing outputs, the folder pattern, the window overlap, test-time augmentation, the
-        planes of 2.5D models (``"fast"``, ``"three"``, ``"best"`` or ``"as trained"``)."""
+        planes of 2.5D models (``"fast"``, ``"three"``, ``"best"`` or ``"as trained"``), averaging
+        in the model's random forest."""
         if fmt is not None:
             if fmt not in FORMATS:
                 raise ValueError(f"Unknown format {fmt!r}; choose one of {', '.join(FORMATS)}.")
@@ -114,6 +116,8 @@ class BatchPredictWidget(QWidget):
             self._overlap.setValue(overlap)
         if tta is not None:
             self._tta.setChecked(tta)
+        if forest is not None:
+            self._forest.setChecked(forest)
         if planes is not None:
             if self._planes.findText(planes) < 0:
                 raise ValueError(f"Unknown planes {planes!r}; choose one of "
@@ -218,6 +222,9 @@ class BatchPredictWidget(QWidget):
         self._overlap.setSingleStep(0.05)
         self._overlap.setValue(PredictConfig().overlap)
         self._tta = QCheckBox("Test-time augmentation (mirrored passes, 4x slower)")
+        self._forest = QCheckBox("Average with the model's random forest")
+        self._forest.setChecked(PredictConfig().forest)
+        self._forest.setToolTip("Unticked: the network alone (predict --no-forest).")
         self._planes = _layers.planes_combo()
         self._instances = BatchInstances()  # <name>_instances.<format> (issue 15)
 
@@ -243,6 +250,7 @@ class BatchPredictWidget(QWidget):
         form.addRow(self._overwrite)
         form.addRow("Window overlap", self._overlap)
         form.addRow(self._tta)
+        form.addRow(self._forest)
         form.addRow("2.5D planes", self._planes)
         form.addRow(self._instances.row)
         layout = QVBoxLayout(self)
@@ -254,7 +262,7 @@ class BatchPredictWidget(QWidget):
         self._form_widgets = [self._inputs, self._pattern, add_files, add_folder, remove,
                               self._model_choice, self._model_path, browse_model, self._out_dir,
                               browse_out, self._format, self._overwrite, self._overlap, self._tta,
-                              self._planes, self._instances.row]
+                              self._forest, self._planes, self._instances.row]
 
     def _job(self) -> BatchJob:
         inputs = expand_inputs(self.inputs(), self._pattern.text().strip() or "*")
@@ -277,7 +285,8 @@ class BatchPredictWidget(QWidget):
             outs = output_paths(Path(out_dir).expanduser(), inputs, self._format.currentText(),
                                 model_file=model_path)
         config = replace(FILE_DEFAULTS, overlap=float(self._overlap.value()),
-                         tta=self._tta.isChecked(), planes=_layers.planes_choice(self._planes))
+                         tta=self._tta.isChecked(), planes=_layers.planes_choice(self._planes),
+                         forest=self._forest.isChecked())
         return BatchJob(inputs, model, model_path, writable_folder(out_dir),
                         self._format.currentText(), self._overwrite.isChecked(), config,
                         self._instances.choice(inputs, outs, model_path))
