@@ -64,18 +64,20 @@ def predict(qtbot, widget):
     qtbot.waitUntil(lambda: widget.worker is None, timeout=WAIT_MS)
 
 
-@pytest.mark.parametrize(("ndisplay", "tta"), [(2, False), (3, True)])
-def test_prediction_fills_the_layer(qtbot, viewer, blobs, model, shown, ndisplay, tta):
+@pytest.mark.parametrize(("ndisplay", "tta", "forest"), [(2, False, True), (3, True, False)])
+def test_prediction_fills_the_layer(qtbot, viewer, blobs, model, shown, ndisplay, tta, forest):
     viewer.dims.ndisplay = ndisplay
     widget = make_widget(viewer, model)
+    assert model.forest is not None and widget.forest_check.isChecked()
     widget.tta_check.setChecked(tta)
+    widget.forest_check.setChecked(forest)
     predict(qtbot, widget)
     assert not shown["error"] and not shown["warning"], shown
     layer = viewer.layers["blobs prediction"]
     assert widget.layer is layer and layer.data.dtype == np.uint8
     np.testing.assert_allclose(layer.scale, SCALE)
     np.testing.assert_allclose(layer.translate, (4, 0, 1))
-    expected = model.predict(blobs[0], overlap=0.5, tta=tta, device="cpu")
+    expected = model.predict(blobs[0], overlap=0.5, tta=tta, device="cpu", forest=forest)
     np.testing.assert_array_equal(layer.data, expected)
     assert set(np.unique(layer.data)) == {1, 2}  # the painted classes
     assert not layer.metadata["partial"] and "Done" in widget.status.text()
