@@ -8,6 +8,7 @@ scikit-learn version that loads it), so the trees predict exactly as they did wh
 
 from __future__ import annotations
 
+from dataclasses import replace
 from typing import Any
 
 import numpy as np
@@ -120,3 +121,28 @@ def _tree_arrays(t: Any, i: int, k: int) -> dict[str, np.ndarray]:
             or not np.isfinite(out["threshold"][~leaf]).all()):
         raise SettingError(f"{name}: its nodes do not form a tree.")
     return out
+
+
+def with_forest(region, forest, image, keep_probabilities: bool):
+    """``region`` (a :class:`.RegionDone` with the network's probabilities) with the forest's
+    probabilities of the same voxels averaged in: its labels the argmax of the average (class
+    indices), its probabilities the average, or None when not asked for. A one-channel
+    (sigmoid) network's probability is of the second class."""
+    from .forest import blocks, predict_region
+    from .views import ChannelView
+
+    source = image if len(image.shape) == 4 else ChannelView(image)
+    shape = tuple(s.stop - s.start for s in region.slices)
+    p_forest = np.empty((forest.n_classes,) + shape, np.float32)
+    for part in blocks(shape):  # the features of one forest block at a time: memory bounded
+        where = tuple(slice(r.start + p.start, r.start + p.stop)
+                      for r, p in zip(region.slices, part))
+        p_forest[(slice(None),) + part] = predict_region(forest, source, where)
+    p_net = region.probabilities
+    if p_net.shape[0] == 1:
+        p = (p_net[0] + p_forest[1]) / 2
+        labels, probs = (p > 0.5).astype(region.labels.dtype), p[None]
+    else:
+        probs = (p_net + p_forest) / 2
+        labels = probs.argmax(0).astype(region.labels.dtype)
+    return replace(region, labels=labels, probabilities=probs if keep_probabilities else None)
