@@ -6,6 +6,7 @@ Real files, the real command line (in-process, or a process of its own where a s
 from __future__ import annotations
 
 import os
+import re
 import signal
 import struct
 import subprocess
@@ -166,7 +167,11 @@ def test_a_tiff_declaring_a_terapixel_is_one_sentence_for_train_and_predict(data
                  "--quiet", "--device", "cpu"]) == 3
     out = capsys.readouterr().out.strip()
     failed = out.partition(" -> ")[2]
-    assert failed.split(" is available")[0] == sentence.split(" is available")[0], (out, line)
+    # the same sentence; the free memory it quotes moves with whatever else runs (a test beside it)
+    def free_memory_masked(text):
+        return re.sub(r"and [0-9.]+ [KMGT]?B is available", "and N is available", text)
+    assert free_memory_masked(failed) == free_memory_masked(sentence), (out, line)
+    assert "and N is available" in free_memory_masked(sentence)
     assert not (tmp_path / "out").exists()  # the folder the failed run made is gone
 
 
