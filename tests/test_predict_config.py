@@ -57,6 +57,8 @@ def _image(shape=(20, 24, 26)) -> np.ndarray:
     ("probabilities", None, r"probabilities must be True or False"),
     ("block_shape", (8, 0, 8), r"block_shape must be three positive integers"),
     ("block_shape", (8, 8), r"block_shape must be three positive integers"),
+    ("window", (8, 0, 8), r"window must be three positive integers \(z, y, x\) or None"),
+    ("window", "big", r"window must be three positive integers"),
 ])
 def test_a_bad_setting_is_one_sentence(field, value, sentence):
     with pytest.raises(ValueError, match=sentence):
@@ -172,10 +174,32 @@ def test_planes_are_refused_for_a_3d_network_at_every_level():
     model.check_config(PredictConfig())  # no planes: fine
 
 
+def test_the_window_is_the_patch_unless_one_is_given(one_thread):
+    model, image = _model(3), _image((20, 40, 44))
+    for window in (None, (8, 24, 32)):
+        config = PredictConfig(window=window, device="cpu", probabilities=True)
+        used = model.prediction_window(image.shape, config)
+        assert used == (window or PATCH)
+        np.testing.assert_allclose(  # the model's softmax = the bare network's over that window
+            model.predict(image, config),
+            predict_volume(model.network, image, patch_size=used, probabilities=True), atol=1e-5)
+    with pytest.raises(ValueError, match="A window applies to 3D models; this one is 2D"):
+        _model(2).check_config(PredictConfig(window=(8, 16, 16)))
+
+
+def test_a_wide_window_takes_as_many_patches_of_the_batch_as_it_holds():
+    from napari_seg3d.engine.plan import windows_per_pass
+
+    assert windows_per_pass(4, (48, 48, 48), (48, 48, 48)) == 4
+    assert windows_per_pass(4, (48, 48, 48), (80, 80, 80)) == 1  # 0.86 of one: at least one
+    assert windows_per_pass(16, (48, 48, 48), (96, 96, 96)) == 2
+
+
 @pytest.mark.parametrize("option, sentence", [
     (["--overlap", "1"], "overlap must be a number in [0, 1), got 1.0."),
     (["--batch-size", "0"], "batch_size must be a positive integer, got 0."),
     (["--block-size", "0", "8", "8"], "block_shape must be three positive integers"),
+    (["--window", "8", "-1", "8"], "window must be three positive integers"),
 ])
 def test_the_command_line_refuses_a_bad_setting_before_any_file(option, sentence, tmp_path,
                                                                 capsys):

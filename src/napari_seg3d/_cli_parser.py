@@ -114,7 +114,11 @@ def build_parser() -> argparse.ArgumentParser:
     r.add_argument("--planes", choices=PLANES,
                    help="2D (2.5D) models: fast (along z), three (z, y and x), best (three axes "
                         "x four rotations); default: as trained")
-    r.add_argument("--batch-size", type=int, default=PredictConfig().batch_size)
+    r.add_argument("--window", type=int, nargs=3, metavar=("Z", "Y", "X"),
+                   help="the sliding window of a 3D model (default: its training patch)")
+    r.add_argument("--batch-size", type=int, default=PredictConfig().batch_size,
+                   help="windows of the training patch's size per forward pass (a wider window "
+                        "counts for as many as it holds)")
     r.add_argument("--no-amp", dest="amp", action="store_false", default=None,
                    help="predict in float32 (default: as the model was trained, mixed precision "
                         "unless trained with --no-amp)")

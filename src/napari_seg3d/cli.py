@@ -143,7 +143,8 @@ def _predict(args: argparse.Namespace) -> int:
     config = PredictConfig(overlap=args.overlap, tta=args.tta, batch_size=args.batch_size,
                            device=args.device, amp=args.amp, planes=args.planes,
                            probabilities=args.probabilities, uncertainty=args.uncertainty,
-                           block_shape=tuple(args.block_size), forest=args.forest)
+                           block_shape=tuple(args.block_size), forest=args.forest,
+                           window=None if args.window is None else tuple(args.window))
     model = load_model(args.model)
     model.check_config(config)  # refuses planes for a 3D model before any file
     if args.format == "ome-zarr" and args.scheduler:

@@ -114,11 +114,23 @@ class SegmentationModel:
 
         return window_for(self.patch_size, self.dims, shape)
 
+    def prediction_window(self, shape, config: PredictConfig | None = None,
+                          ) -> tuple[int, int, int]:
+        """The sliding window of a prediction of an image of spatial ``shape``: the config's
+        window (3D models only), else :meth:`window`."""
+        if config is not None and config.window is not None:
+            self.check_config(config)
+            return config.window
+        return self.window(shape)
+
     def check_config(self, config: PredictConfig) -> None:
         """Raise a ValueError with a sentence when ``config`` does not apply to this model:
-        planes for a 3D network."""
+        planes for a 3D network, a window for a 2D one."""
         if self.dims == 3:
             with_planes(self.network, config.planes)
+        elif config.window is not None:
+            raise ValueError("A window applies to 3D models; this one is 2D (2.5D): it predicts "
+                             "whole slices along the planes it was trained on.")
 
     def network_for(self, config: PredictConfig) -> torch.nn.Module:
         """The network that predicts with ``config``, never changing :attr:`network` (which the
@@ -166,6 +178,7 @@ class SegmentationModel:
             first_region: ``(z, y, x)`` slices predicted first (e.g. the slice on screen).
             **overrides: Fields of :class:`.PredictConfig` replacing those of ``config``.
         """
+        from .plan import windows_per_pass
         from .prediction.sliding_window import iter_predict_volume
 
         config = predict_config(config, **overrides)
@@ -176,10 +189,13 @@ class SegmentationModel:
             raise ValueError("The image holds no finite value (all NaN or Inf).")
         lut = self.label_lut()
         forest = self.forest if config.forest else None
-        for region in iter_predict_volume(self.network_for(config), image,
-                                          patch_size=self.window(image.shape[-3:]),
-                                          config=replace(config, probabilities=True)
-                                          if forest is not None else config, blocks=blocks,
+        window = self.prediction_window(image.shape[-3:], config)
+        batch = config.batch_size if config.window is None else \
+            windows_per_pass(config.batch_size, self.patch_size, window)
+        run = replace(config, batch_size=batch,
+                      probabilities=config.probabilities or forest is not None)
+        for region in iter_predict_volume(self.network_for(config), image, patch_size=window,
+                                          config=run, blocks=blocks,
                                           normalize=self.normalization.apply,
                                           trained_amp=self.train_config.amp,
                                           first_region=first_region):

@@ -189,6 +189,11 @@ def window_for(patch_size, dims: int, shape) -> tuple[int, int, int]:
     return tuple(min(int(p), int(s)) for p, s in zip(patch_size, shape))
 
 
+def windows_per_pass(batch_size: int, patch_size, window) -> int:
+    """Windows per forward pass for ``batch_size`` patches' worth of voxels (at least one)."""
+    return max(1, int(batch_size * np.prod(patch_size) // np.prod(window)))
+
+
 def default_model_config(in_channels: int, out_channels: int, patch_size, voxel_size=None,
                          base_filters: int = 16, levels: int | None = None,
                          architecture: str = "unet", dims: int = 3) -> ModelConfig:

@@ -304,7 +304,8 @@ def _blocks_of(model, spec: str, config: PredictConfig) -> list | None:
         with read_volume(spec, lazy=True) as vol:
             model.check_image(vol.data)
             shape = tuple(vol.data.shape[-3:])
-        return plan_blocks(shape, model.window(shape), config.overlap, config.block_shape)
+        return plan_blocks(shape, model.prediction_window(shape, config), config.overlap,
+                           config.block_shape)
     except (Seg3DError, ValueError, OSError, MemoryError):
         return None
 
