@@ -77,7 +77,7 @@ def test_prediction_fills_the_layer(qtbot, viewer, blobs, model, shown, ndisplay
     assert widget.layer is layer and layer.data.dtype == np.uint8
     np.testing.assert_allclose(layer.scale, SCALE)
     np.testing.assert_allclose(layer.translate, (4, 0, 1))
-    expected = model.predict(blobs[0], overlap=0.5, tta=tta, device="cpu", forest=forest)
+    expected = model.predict(blobs[0], tta=tta, device="cpu", forest=forest)
     np.testing.assert_array_equal(layer.data, expected)
     assert set(np.unique(layer.data)) == {1, 2}  # the painted classes
     assert not layer.metadata["partial"] and "Done" in widget.status.text()
@@ -120,7 +120,7 @@ def test_uncertainty_layer_shows_where_the_model_is_unsure(qtbot, viewer, blobs,
     np.testing.assert_allclose(layer.translate, (4, 0, 1))
     assert layer.colormap.name == "magma" and tuple(layer.contrast_limits) == (0, 1)
     assert 0 <= layer.data.min() and layer.data.max() <= 1
-    probs = model.predict(blobs[0], overlap=0.5, device="cpu", probabilities=True)
+    probs = model.predict(blobs[0], device="cpu", probabilities=True)
     np.testing.assert_allclose(layer.data, uncertainty_map(probs), atol=1e-5)
     gap = np.abs(probs[1] - probs[0])  # the two class probabilities close: the model hesitates
     close, clear = gap < 0.3, gap > 0.8
