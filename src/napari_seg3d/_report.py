@@ -24,20 +24,37 @@ def report_slices(labels: np.ndarray, count: int = 3) -> list[int]:
     return sorted(chosen or [labels.shape[0] // 2])
 
 
-def _predict_slice(model, image: np.ndarray, z: int, device) -> np.ndarray:
-    """The model's labels on slice ``z``, predicted with the prediction's defaults on a slab one
-    patch deep around it."""
+REPORT_EDGE = 192  # largest y/x extent of a report panel (a 464^2 slab took a minute a slice)
+
+
+def report_box(strokes2d: np.ndarray, edge: int = REPORT_EDGE) -> tuple[slice, slice]:
+    """The ``(y, x)`` crop a report panel shows: at most ``edge`` voxels a side, centred on the
+    slice's strokes (on the slice's centre without strokes), inside the slice."""
+    box = []
+    for axis, n in enumerate(strokes2d.shape):
+        painted = np.flatnonzero(np.any(strokes2d != 0, axis=1 - axis))
+        centre = (painted[0] + painted[-1] + 1) // 2 if painted.size else n // 2
+        start = int(np.clip(centre - edge // 2, 0, max(n - edge, 0)))
+        box.append(slice(start, min(start + edge, n)))
+    return box[0], box[1]
+
+
+def _predict_slice(model, image, z: int, box: tuple[slice, slice], device) -> np.ndarray:
+    """The model's labels on slice ``z`` inside ``box``, predicted with the prediction's defaults
+    on a slab one patch deep around it (and only inside the box: the rest is not shown)."""
     depth = model.patch_size[0]
     n = image.shape[-3]
     start = int(np.clip(z - depth // 2, 0, max(n - depth, 0)))
     stop = min(start + depth, n)
-    slab = np.asarray(image[start:stop] if image.ndim == 3 else image[:, start:stop])
+    slab = np.asarray(image[start:stop, box[0], box[1]] if image.ndim == 3
+                      else image[:, start:stop, box[0], box[1]])
     return model.predict(slab, device=device)[z - start]
 
 
-def _plane(image, z: int) -> np.ndarray:
-    """Slice ``z`` of the first channel, read alone from a lazy source."""
-    return np.asarray(image[z] if image.ndim == 3 else image[0, z], np.float32)
+def _plane(image, z: int, box: tuple[slice, slice]) -> np.ndarray:
+    """Slice ``z`` of the first channel inside ``box``, read alone from a lazy source."""
+    return np.asarray(image[z, box[0], box[1]] if image.ndim == 3 else image[0, z, box[0], box[1]],
+                      np.float32)
 
 
 def class_colors(values) -> list:
@@ -90,7 +107,8 @@ def training_report(model, image, labels, *, title: str = "", device=None) -> Fi
     Args:
         model: a trained :class:`SegmentationModel` (its ``history`` gives the curves).
         image: ``(Z, Y, X)`` or ``(C, Z, Y, X)`` array (or lazy source: only the slabs around
-            the report slices are read) the model was trained on.
+            the report slices are read) the model was trained on. Each slice shows at most
+            :data:`REPORT_EDGE` voxels a side around its strokes, so large volumes take seconds.
         labels: ``(Z, Y, X)`` the strokes (0 = not annotated).
         title: first line of the figure title.
         device: where to predict (None: automatic).
@@ -102,17 +120,21 @@ def training_report(model, image, labels, *, title: str = "", device=None) -> Fi
     grid = fig.add_gridspec(1 + len(slices), 3, height_ratios=[0.8] + [1] * len(slices))
     _curves(fig.add_subplot(grid[0, :]), model.history, model.class_names,
             class_colors(model.class_values))
-    planes = {z: _plane(image, z) for z in slices}
+    boxes = {z: report_box(labels[z]) for z in slices}
+    planes = {z: _plane(image, z, boxes[z]) for z in slices}
     lo, hi = np.percentile(np.concatenate([p.ravel() for p in planes.values()]), (0.5, 99.5))
     for row, z in enumerate(slices, start=1):
-        pred = _predict_slice(model, image, z, device)
-        for col, (overlay, name) in enumerate(((None, "image"), (labels[z], "strokes"),
+        box = boxes[z]
+        pred = _predict_slice(model, image, z, box, device)
+        where = f"z = {z}" + ("" if planes[z].shape == labels.shape[1:] else
+                              f", y {box[0].start}-{box[0].stop}, x {box[1].start}-{box[1].stop}")
+        for col, (overlay, name) in enumerate(((None, "image"), (labels[z][box], "strokes"),
                                                (pred, "prediction"))):
             ax = fig.add_subplot(grid[row, col])
             ax.imshow(planes[z], cmap="gray", vmin=lo, vmax=hi, interpolation="nearest")
             if overlay is not None:
                 _overlay(ax, overlay, model.class_values)
-            ax.set_title(f"{name}, z = {z}", fontsize=9)
+            ax.set_title(f"{name}, {where}", fontsize=9)
             ax.set_axis_off()
     best = model.history.get("best_val_dice")
     subtitle = f"{model.iteration} iterations"
