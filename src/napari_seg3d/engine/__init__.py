@@ -25,7 +25,8 @@ from .devices import resolve_device
 from .errors import AnnotationError, ModelFileError, OutputError, Seg3DError, VolumeError
 from .generators import run_to_end
 from .io import Volume, read_volume, write_volume
-from .model_file import SegmentationModel, describe, load_model, save_model
+from .model_file import SegmentationModel, load_model, save_model
+from .model_info import describe
 from .models import MODELS, SliceNetwork, UNet, build_model
 from .normalization import Normalization, compute_normalization
 from .plan import (
