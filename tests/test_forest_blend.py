@@ -22,6 +22,7 @@ from napari_seg3d.engine import (
     save_model,
 )
 from napari_seg3d.engine.training.forest import forest_predict
+from napari_seg3d.engine.training.self_training import KEPT_TREES
 from napari_seg3d.engine.training.views import ChannelView
 
 PATCH = (8, 16, 16)
@@ -58,7 +59,7 @@ def trained(blobs_module):
 
 def test_a_trained_model_keeps_a_forest_that_the_prediction_averages_in(trained):
     (image, truth, _), model = trained
-    assert model.forest is not None and len(model.forest.trees) == 100
+    assert model.forest is not None and len(model.forest.trees) == KEPT_TREES
     net = model.predict(image, device="cpu", probabilities=True, forest=False)
     forest = forest_predict(model.forest, ChannelView(image))
     blend = model.predict(image, device="cpu", probabilities=True)
@@ -74,10 +75,10 @@ def test_a_trained_model_keeps_a_forest_that_the_prediction_averages_in(trained)
 def test_the_forest_survives_the_model_file_exactly(trained, tmp_path):
     (image, _, _), model = trained
     loaded = load_model(save_model(model, tmp_path / "m.pt"))
-    assert len(loaded.forest.trees) == 100 and loaded.forest.spacing == model.forest.spacing
+    assert len(loaded.forest.trees) == KEPT_TREES and loaded.forest.spacing == model.forest.spacing
     np.testing.assert_array_equal(loaded.predict(image, device="cpu", probabilities=True),
                                   model.predict(image, device="cpu", probabilities=True))
-    assert describe(loaded)["forest_trees"] == 100
+    assert describe(loaded)["forest_trees"] == KEPT_TREES
     raw = torch.load(tmp_path / "m.pt", weights_only=True)  # plain tensors and numbers
     assert isinstance(raw["forest"]["trees"][0]["threshold"], torch.Tensor)
 
@@ -144,4 +145,4 @@ def test_the_command_line_predicts_with_the_forest_unless_told_not_to(trained, t
                                   model.predict(image, device="cpu", forest=False))
     capsys.readouterr()
     assert cli.main(["info", str(tmp_path / "m.pt")]) == 0
-    assert json.loads(capsys.readouterr().out)["forest_trees"] == 100
+    assert json.loads(capsys.readouterr().out)["forest_trees"] == KEPT_TREES
