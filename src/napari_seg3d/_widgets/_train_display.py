@@ -43,13 +43,15 @@ class TrainingDisplay:
         self._rendering = False
 
     def start(self, job: TrainJob, last_model: SegmentationModel | None) -> None:
-        """Start the plot (with the history of the run ``job`` resumes) and the progress bar."""
+        """Start the plot (with the history of the run ``job`` resumes). The progress bar comes
+        with the first iteration (:meth:`render`): making one costs the GUI thread about a
+        second, which would hold back the forest's first preview just after *Train*."""
         history = last_model.history if job.start_iteration and last_model else {}
         losses = list(history.get("loss", []))[:job.start_iteration]
         self.history = (list(range(1, len(losses) + 1)), losses,
                         list(history.get("val_iteration", [])), list(history.get("val_dice", [])))
         self.plot.clear()
-        self._bar = progress(total=job.iterations - job.start_iteration, desc="Training")
+        self._bar = None
 
     def record(self, p: TrainProgress) -> None:
         its, losses, val_its, val_dice = self.history
@@ -83,8 +85,11 @@ class TrainingDisplay:
                 values = job.trainer.model.class_values if job.trainer is not None else ()
                 self.plot.set_data(*self.history, names, values)
             # last: napari's progress bar processes events
-            if self._bar is not None and self._bar.total != p.iterations - job.start_iteration:
-                self._bar.total = p.iterations - job.start_iteration  # a time budget's, fixed
+            total = p.iterations - job.start_iteration
+            if self._bar is None:
+                self._bar = progress(total=total, desc="Training")
+            elif self._bar.total != total:
+                self._bar.total = total  # a time budget's, fixed
             _layers.advance(self._bar, p.iteration - job.start_iteration)
         finally:
             self._rendering = False
