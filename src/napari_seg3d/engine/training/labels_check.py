@@ -80,10 +80,11 @@ def distinct_nonzero(labels: np.ndarray) -> int:
         slab = labels[start:start + step].ravel()
         if not slab.any():  # most slabs of brush strokes: no value to look up
             continue
+        painted = slab[slab != 0]  # few for strokes: a lookup of every voxel took 0.4 s at 10^8
         if small:
-            seen[slab] = True
+            seen[painted] = True
         else:
-            values.update(np.unique(slab[slab != 0]).tolist())
+            values.update(np.unique(painted).tolist())
     return int(np.count_nonzero(seen[1:])) if small else len(values)
 
 
