@@ -16,9 +16,16 @@ from matplotlib.colors import ListedColormap
 from matplotlib.figure import Figure
 
 
-def report_slices(labels: np.ndarray, count: int = 3) -> list[int]:
-    """The ``count`` z indices with the most painted voxels (held-out first among equals)."""
-    painted = (np.asarray(labels) != 0).reshape(labels.shape[0], -1).sum(1)
+REPORT_SLAB = 64  # z slices of the strokes read at a time (a chunk's depth, typically)
+
+
+def report_slices(labels, count: int = 3) -> list[int]:
+    """The ``count`` z indices with the most painted voxels (held-out first among equals);
+    ``labels`` (numpy or lazy) is read :data:`REPORT_SLAB` slices at a time."""
+    n = labels.shape[0]
+    painted = np.concatenate([
+        np.count_nonzero(np.asarray(labels[z:z + REPORT_SLAB]).reshape(-1, *labels.shape[1:]),
+                         axis=(1, 2)) for z in range(0, n, REPORT_SLAB)])
     order = np.argsort(-painted, kind="stable")
     chosen = [int(z) for z in order[:count] if painted[z] > 0]
     return sorted(chosen or [labels.shape[0] // 2])
@@ -109,26 +116,27 @@ def training_report(model, image, labels, *, title: str = "", device=None) -> Fi
         image: ``(Z, Y, X)`` or ``(C, Z, Y, X)`` array (or lazy source: only the slabs around
             the report slices are read) the model was trained on. Each slice shows at most
             :data:`REPORT_EDGE` voxels a side around its strokes, so large volumes take seconds.
-        labels: ``(Z, Y, X)`` the strokes (0 = not annotated).
+        labels: ``(Z, Y, X)`` the strokes (0 = not annotated), an array or lazy source (read
+            a slab at a time: a volume-sized copy is never made).
         title: first line of the figure title.
         device: where to predict (None: automatic).
     """
-    labels = np.asarray(labels)
     slices = report_slices(labels)
+    strokes = {z: np.asarray(labels[z]) for z in slices}
     fig = Figure(figsize=(10, 3 + 3 * len(slices)), dpi=90)
     FigureCanvasAgg(fig)
     grid = fig.add_gridspec(1 + len(slices), 3, height_ratios=[0.8] + [1] * len(slices))
     _curves(fig.add_subplot(grid[0, :]), model.history, model.class_names,
             class_colors(model.class_values))
-    boxes = {z: report_box(labels[z]) for z in slices}
+    boxes = {z: report_box(strokes[z]) for z in slices}
     planes = {z: _plane(image, z, boxes[z]) for z in slices}
     lo, hi = np.percentile(np.concatenate([p.ravel() for p in planes.values()]), (0.5, 99.5))
     for row, z in enumerate(slices, start=1):
         box = boxes[z]
         pred = _predict_slice(model, image, z, box, device)
-        where = f"z = {z}" + ("" if planes[z].shape == labels.shape[1:] else
+        where = f"z = {z}" + ("" if planes[z].shape == tuple(labels.shape[1:]) else
                               f", y {box[0].start}-{box[0].stop}, x {box[1].start}-{box[1].stop}")
-        for col, (overlay, name) in enumerate(((None, "image"), (labels[z][box], "strokes"),
+        for col, (overlay, name) in enumerate(((None, "image"), (strokes[z][box], "strokes"),
                                                (pred, "prediction"))):
             ax = fig.add_subplot(grid[row, col])
             ax.imshow(planes[z], cmap="gray", vmin=lo, vmax=hi, interpolation="nearest")

@@ -36,6 +36,19 @@ class StrokeSamples:
         return StrokeSamples(self.coords[keep], self.classes[keep])
 
 
+def coords_samples(coords, per_class: int, seed: int = 0) -> StrokeSamples:
+    """At most ``per_class`` voxels of each class drawn at random from ``coords`` (one
+    ``(N_k, 3)`` array of stroke voxels a class): the forest's samples without a pass over a
+    volume-sized array (:func:`stroke_samples` reads the labels slice by slice)."""
+    rng = np.random.default_rng([seed, 7])
+    kept = [c if len(c) <= per_class else c[np.sort(rng.choice(len(c), per_class, replace=False))]
+            for c in coords]
+    return StrokeSamples(
+        np.concatenate([np.zeros((0, 3), np.int64)] + [np.asarray(c, np.int64) for c in kept]),
+        np.concatenate([np.zeros(0, np.int64)]
+                       + [np.full(len(c), k, np.int64) for k, c in enumerate(kept)]))
+
+
 def _scan_order(painted_z: np.ndarray, near_z: int | None) -> list[int]:
     """The painted z slices, nearest to ``near_z`` first (all in order when None)."""
     zs = np.flatnonzero(painted_z)

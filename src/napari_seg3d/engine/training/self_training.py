@@ -12,7 +12,8 @@ import numpy as np
 from ..prediction.blocks import plan_blocks
 from ..prediction.sliding_window import iter_predict_volume
 from ..threads import compute_threads
-from .forest import fit_forest, forest_predict, predict_region
+from .forest import _MAX_PER_CLASS, fit_samples, forest_predict, predict_region
+from .forest_samples import coords_samples
 from .progress import Preview
 from .pseudo import PseudoLabels
 from .views import ChannelView, RegionView
@@ -44,7 +45,7 @@ def quick_preview(trainer: Trainer, region: tuple[slice, slice, slice] | None = 
         region = tuple(slice(0, n) for n in shape)
     region = tuple(slice(*s.indices(n)[:2]) for s, n in zip(region, shape))
     with compute_threads():
-        forest, image = _fit_forest(trainer, trainer.sampler.annotations.index)
+        forest, image = _fit_forest(trainer, _stroke_coords(trainer, held_out=True))
         probs = forest_predict(forest, RegionView(image, region))
     return Preview(region, trainer.model.label_lut()[probs.argmax(0)], 0)
 
@@ -67,7 +68,8 @@ def self_training_round(trainer: Trainer, iteration: int) -> Preview | None:
     chosen, plan = round_blocks(sampler.shape, model.window(sampler.shape),
                                 seed=cfg.seed + iteration)
     probs = _network_blocks(trainer, plan, chosen)
-    forest = _fit_forest(trainer, _train_index(trainer)) if cfg.self_training_forest else None
+    forest = _fit_forest(trainer, _stroke_coords(trainer, held_out=False)) \
+        if cfg.self_training_forest else None
     whole = len(chosen) == len(plan)
     regions, labels, shown, sure_voxels = [], [], [], 0
     for block in (plan[i] for i in chosen):
@@ -105,15 +107,16 @@ def final_forest(trainer: Trainer):
     the network alone, textures 0.867 against 0.801 and 0.812). None when some class has
     fewer than :data:`FOREST_MIN_VOXELS` stroke voxels (the forest could not say it).
     It has :data:`KEPT_TREES` trees: averaged in, 32 trees gave the same Dice as 100 (on those
-    volumes +0.0004 / +0.0002 / -0.0006) and cost the prediction 40 % less forest time."""
-    index = np.asarray(trainer.sampler.annotations.index)
-    counts = np.bincount(np.abs(index[index != 0]).ravel().astype(np.int64),
-                         minlength=len(trainer.model.class_values) + 1)[1:]
-    if len(counts) != len(trainer.model.class_values) or counts.min() < FOREST_MIN_VOXELS:
+    volumes +0.0004 / +0.0002 / -0.0006) and made the prediction 12-15 % faster
+    (``benchmarks/bench_forest_blend.py``). Its samples come from the strokes' coordinates, so
+    no array the size of the volume is made (at 5x10^8 voxels each one is 477 MiB)."""
+    coords = _stroke_coords(trainer, held_out=True)
+    n_classes = len(trainer.model.class_values)
+    if len(coords) != n_classes or min(len(c) for c in coords) < FOREST_MIN_VOXELS:
         return None
     with compute_threads():
-        forest, _ = _fit_forest(trainer, index, n_trees=KEPT_TREES)
-    return forest if forest.classes == tuple(range(len(trainer.model.class_values))) else None
+        forest, _ = _fit_forest(trainer, coords, n_trees=KEPT_TREES)
+    return forest if forest.classes == tuple(range(n_classes)) else None
 
 
 def round_blocks(shape, window, *, seed: int,
@@ -158,26 +161,30 @@ def _network_blocks(trainer: Trainer, plan, chosen: list[int]) -> dict[int, np.n
     return out
 
 
-def _train_index(trainer: Trainer) -> np.ndarray:
-    """The training strokes as class index + 1 (held-out voxels left out)."""
-    index = trainer.sampler.annotations.index
-    return np.where(index > 0, index, 0)
+def _stroke_coords(trainer: Trainer, *, held_out: bool) -> list[np.ndarray]:
+    """The ``(N_k, 3)`` stroke voxels of each class: the training ones, and with ``held_out``
+    the held-out ones too (from the annotations' coordinates: no volume-sized array is made,
+    each of which is 477 MiB at 5x10^8 voxels)."""
+    ann = trainer.sampler.annotations
+    if not held_out:
+        return list(ann.train_coords)
+    return [np.concatenate([t, v]) for t, v in zip(ann.train_coords, ann.val_coords)]
 
 
 def _forest_probabilities(trainer: Trainer) -> np.ndarray:
     """``(K, Z, Y, X)`` probabilities of a random forest fit on the current strokes: a second
     opinion for the pseudo-labels, right where the network is wrong but sure (on the nuclei
     sample, seed 2 of bench_quality: 0.826 with the network alone, 0.854 with both)."""
-    index = trainer.sampler.annotations.index
-    forest, image = _fit_forest(trainer, np.where(index > 0, index, 0))
+    forest, image = _fit_forest(trainer, _stroke_coords(trainer, held_out=False))
     return forest_predict(forest, image)
 
 
-def _fit_forest(trainer: Trainer, index: np.ndarray, n_trees: int = 100):
-    """A forest of ``n_trees`` fit on ``index`` (class + 1, 0 = none) and the ``(C, Z, Y, X)``
-    image view."""
-    sampler = trainer.sampler
+def _fit_forest(trainer: Trainer, coords: list[np.ndarray], n_trees: int = 100):
+    """A forest of ``n_trees`` fit on at most :data:`.forest._MAX_PER_CLASS` voxels a class of
+    ``coords`` (see :func:`_stroke_coords`), and the ``(C, Z, Y, X)`` image view."""
+    sampler, model, seed = trainer.sampler, trainer.model, trainer.config.seed
     image = sampler.image if sampler.has_channels else ChannelView(sampler.image)
-    forest = fit_forest(image, index, trainer.model.normalization, n_trees=n_trees,
-                        spacing=trainer.model.voxel_size, seed=trainer.config.seed)
+    forest = fit_samples(image, coords_samples(coords, _MAX_PER_CLASS, seed),
+                         model.normalization, spacing=model.voxel_size, n_trees=n_trees,
+                         seed=seed)
     return forest, image
