@@ -169,3 +169,19 @@ def test_forest_on_fast_features_segments_as_on_the_reference(blobs):
         probs = forest_predict(forest, image[None]) if feats is None else forest.probabilities(feats)
         dice[name] = np.mean(dice_scores(probs.argmax(0) + 1, truth, (1, 2)))
     assert min(dice.values()) > 0.8 and abs(dice["fast"] - dice["reference"]) < 0.02, dice
+
+
+def test_coords_samples_draw_at_most_so_many_stroke_voxels_a_class_grouped_by_class():
+    from napari_seg3d.engine.training.forest_samples import coords_samples
+
+    rng = np.random.default_rng(0)
+    coords = [rng.integers(0, 50, (n, 3)).astype(np.int32) for n in (5, 300, 40)]
+    samples = coords_samples(coords, 30, seed=1)
+    assert np.bincount(samples.classes).tolist() == [5, 30, 30]
+    assert (np.diff(samples.classes) >= 0).all()  # grouped by class
+    for k, c in enumerate(coords):  # every sample one of its class's voxels
+        mine = {tuple(r) for r in c}
+        assert all(tuple(r) in mine for r in samples.coords[samples.classes == k])
+    again = coords_samples(coords, 30, seed=1)
+    np.testing.assert_array_equal(again.coords, samples.coords)
+    assert not np.array_equal(coords_samples(coords, 30, seed=2).coords, samples.coords)
