@@ -13,6 +13,7 @@ from napari_seg3d.engine import load_model, save_model, train
 from napari_seg3d.engine import autosave as autosave_module
 from napari_seg3d.engine.autosave import (
     MAX_KEPT,
+    PaintedVoxels,
     autosave_enabled,
     discard,
     find_sessions,
@@ -144,6 +145,46 @@ def test_damaged_strokes_refuse_the_restore_with_a_sentence(root, tmp_path):
     np.savez_compressed(info.folder / "strokes.npz", labels=np.ones((3, 4, 6), np.uint8))
     with pytest.raises(ValueError, match=r"not integers of the image's \(3, 4, 5\)"):
         restore(info)
+    np.savez_compressed(info.folder / "strokes.npz", shape=np.array([3, 4, 5]),
+                        index=np.array([3, 60]), values=np.array([1, 2], np.uint8))
+    with pytest.raises(ValueError, match=r"damaged \(its painted voxels do not fit its shape\)"):
+        restore(info)  # index 60 lies outside 3x4x5
+    np.savez_compressed(info.folder / "strokes.npz", shape=np.array([3, 4, 6]),
+                        index=np.array([3]), values=np.array([1], np.uint8))
+    with pytest.raises(ValueError, match=r"uint8 of shape \(3, 4, 6\), not integers of the"):
+        restore(info)
+    np.savez_compressed(info.folder / "strokes.npz", shape=np.array([3, 4, 5]),
+                        index=np.array([3]), values=np.array([1.5]))
+    with pytest.raises(ValueError, match=r"float64 of shape \(3, 4, 5\), not integers"):
+        restore(info)
+
+
+def test_the_strokes_are_kept_as_their_painted_voxels_and_old_dense_sessions_restore(root):
+    labels = np.zeros((6, 40, 50), np.uint16)
+    labels[2, 5:9, 10:30] = 3
+    labels[:, 20, 7] = 300  # a stroke across every z slice
+    painted = PaintedVoxels.of(labels)
+    assert painted.shape == labels.shape and len(painted.index) == np.count_nonzero(labels)
+    assert painted.values.dtype == np.uint16
+    np.testing.assert_array_equal(painted.dense(), labels)
+    session = start_session("img", labels.shape, "img annotations")
+    path = session.save_strokes(labels)
+    with np.load(path) as data:  # the strokes, not the volume
+        assert sorted(data.files) == ["index", "shape", "values"]
+        assert data["index"].size == np.count_nonzero(labels)
+    restored = restore(session.folder).strokes
+    np.testing.assert_array_equal(restored, labels)
+    assert restored.dtype == np.uint16
+    session.save_strokes(painted)  # what the widget hands its writer
+    np.testing.assert_array_equal(restore(session.folder).strokes, labels)
+    np.savez_compressed(path, labels=labels)  # a session of an earlier version
+    np.testing.assert_array_equal(restore(session.folder).strokes, labels)
+    empty = np.zeros((2, 3, 4), np.uint8)
+    other = start_session("e", empty.shape, "e annotations")
+    other.save_strokes(empty)
+    np.testing.assert_array_equal(restore(other.folder).strokes, empty)
+    session.close()
+    other.close()
 
 
 def test_old_sessions_are_pruned_when_a_new_one_starts(root, tmp_path, tiny_model):

@@ -3,9 +3,11 @@ starts) and every model a run keeps go to a session folder (see :mod:`..engine.a
 one background thread; a session that a crash left behind is offered back on the widget's start
 (:mod:`._autosave_offer`).
 
-The GUI thread only copies the annotation layer (at most every :data:`STROKES_DELAY_MS`); the
-compression and the writes run in the writer thread, in order, and a write that is still
-waiting is replaced by a newer one of the same kind, so a slow disk never piles up copies.
+The GUI thread only gathers the painted voxels of the annotation layer (at most every
+:data:`STROKES_DELAY_MS`; :class:`~..engine.autosave.PaintedVoxels`: a read of the layer and a
+copy of the strokes, not of the volume); the compression and the writes run in the writer
+thread, in order, and a write that is still waiting is replaced by a newer one of the same kind,
+so a slow disk never piles up copies.
 A session ends normally (its folder deleted) when napari's window or the widget closes, or the
 Python process exits normally; only a crash leaves it behind.
 """
@@ -25,7 +27,7 @@ import numpy as np
 from napari.utils.notifications import show_warning
 from qtpy.QtCore import QEvent, QObject, QTimer
 
-from ..engine.autosave import AutosaveSession, autosave_enabled, start_session
+from ..engine.autosave import AutosaveSession, PaintedVoxels, autosave_enabled, start_session
 from . import _layers
 
 if TYPE_CHECKING:
@@ -156,17 +158,18 @@ class Autosaver(QObject):
         return layer is not None and int(np.prod(layer.data.shape)) <= LIVE_MAX_VOXELS
 
     def save_strokes(self) -> AutosaveSession | None:
-        """Copy the selected annotation layer now and write it in the background; returns its
-        session."""
+        """Gather the painted voxels of the selected annotation layer now and write them in the
+        background; returns its session."""
         self._timer.stop()
         session = self.current()
         if session is not None:
-            labels = np.array(_layers.layer_array(self.widget.annotation_layer()), copy=True)
+            labels = PaintedVoxels.of(_layers.layer_array(self.widget.annotation_layer()))
             self.write_strokes(session, labels)
         self._tell_failures()
         return session
 
-    def write_strokes(self, session: AutosaveSession, labels: np.ndarray) -> None:
+    def write_strokes(self, session: AutosaveSession, labels: np.ndarray | PaintedVoxels,
+                      ) -> None:
         names = dict(self.widget.class_table.names)
         self.writer.submit((id(session), "strokes"), _write_strokes, session, labels, names)
 
@@ -230,6 +233,7 @@ def _save_model(writer: Writer, session: AutosaveSession | None, model, last=Non
         writer.submit((id(session), "model"), session.save_model, model, last)
 
 
-def _write_strokes(session: AutosaveSession, labels: np.ndarray, names: dict) -> None:
+def _write_strokes(session: AutosaveSession, labels: np.ndarray | PaintedVoxels,
+                   names: dict) -> None:
     session.set_class_names(names)
     session.save_strokes(labels)

@@ -4,7 +4,9 @@ A session is a folder under :func:`sessions_root`, ``<started>-<pid>-<token>/``,
 
     session.json   the image's name and shape (Z, Y, X), the annotation layer's name, the class
                    names, voxel size and offset, the image's file, the writer's pid, host, times
-    strokes.npz    the annotations, ``(Z, Y, X)`` integers, compressed
+    strokes.npz    the annotations' painted voxels (:class:`PaintedVoxels`: the ``(Z, Y, X)``
+                   shape, flat indices and label values), compressed; sessions of earlier
+                   versions hold the dense array (``labels``) and are read too
     model.pt       the latest kept model (a model file as Save model writes it)
     last.pt        the final state of the last run, when it differs from the kept model
 
@@ -100,16 +102,17 @@ class AutosaveSession:
         self.folder = info.folder
         self.closed = False
 
-    def save_strokes(self, labels: np.ndarray) -> Path | None:
-        """Write ``labels`` ``(Z, Y, X)`` compressed; None once closed."""
+    def save_strokes(self, labels: np.ndarray | PaintedVoxels) -> Path | None:
+        """Write the painted voxels of ``labels`` ``(Z, Y, X)``, compressed; None once closed."""
         if self.closed:
             return None
-        labels = np.asarray(labels)
-        if labels.shape != self.info.shape:
-            raise ValueError(f"The strokes have shape {labels.shape}, not the session's "
+        painted = labels if isinstance(labels, PaintedVoxels) else PaintedVoxels.of(labels)
+        if painted.shape != self.info.shape:
+            raise ValueError(f"The strokes have shape {painted.shape}, not the session's "
                              f"{self.info.shape}.")
         buffer = io.BytesIO()
-        np.savez_compressed(buffer, labels=labels)
+        np.savez_compressed(buffer, shape=np.asarray(painted.shape, np.int64),
+                            index=painted.index, values=painted.values)
         path = self.folder / STROKES
         write_files([(path, buffer.getvalue())], f"Cannot autosave the strokes to {path}")
         self._touch()
@@ -209,6 +212,50 @@ def read_info(folder: str | os.PathLike) -> SessionInfo:
         saved=float(data["saved"]))
 
 
+@dataclass(frozen=True)
+class PaintedVoxels:
+    """The painted (non-zero) voxels of a ``(Z, Y, X)`` annotation array: what an autosave keeps.
+    Gathering them reads the array once and copies only the strokes (at 5x10^8 voxels a dense
+    copy held napari's GUI thread 1.5 s when *Train* was pressed).
+
+    Attributes:
+        shape: the array's shape.
+        index: ``(N,)`` int64 flat (C-order) indices of the painted voxels, ascending.
+        values: ``(N,)`` their label values, in the array's dtype.
+    """
+
+    shape: tuple[int, ...]
+    index: np.ndarray
+    values: np.ndarray
+
+    @classmethod
+    def of(cls, labels) -> PaintedVoxels:
+        flat = np.asarray(labels).reshape(-1)  # a view of a contiguous array
+        index = np.flatnonzero(flat)
+        return cls(tuple(int(n) for n in np.shape(labels)), index.astype(np.int64, copy=False),
+                   flat[index])
+
+    def dense(self) -> np.ndarray:
+        """The annotation array again."""
+        out = np.zeros(self.shape, self.values.dtype)
+        out.reshape(-1)[self.index] = self.values
+        return out
+
+
+def _read_strokes(data) -> np.ndarray | PaintedVoxels:
+    """What a ``strokes.npz`` holds: the painted voxels (or, in sessions of earlier versions,
+    the dense ``labels``)."""
+    if "labels" in data.files:
+        return np.asarray(data["labels"])
+    painted = PaintedVoxels(tuple(int(n) for n in data["shape"]), np.asarray(data["index"]),
+                            np.asarray(data["values"]))
+    index, n = painted.index, int(np.prod(painted.shape, dtype=np.int64))
+    if index.shape != painted.values.shape or index.dtype.kind not in "iu" or (
+            len(index) and (index.min() < 0 or index.max() >= n)):
+        raise ValueError("its painted voxels do not fit its shape")
+    return painted
+
+
 def restore(info: SessionInfo | str | os.PathLike) -> Restored:
     """Read a found session; raises ``ValueError`` with a sentence if its strokes are damaged.
     The model files are only located: load them with :func:`~.model_file.load_model`."""
@@ -221,13 +268,16 @@ def restore(info: SessionInfo | str | os.PathLike) -> Restored:
     if path.is_file():
         try:
             with open(path, "rb") as fh, np.load(fh, allow_pickle=False) as data:
-                strokes = np.asarray(data["labels"])  # (own file: closed even when damaged)
+                strokes = _read_strokes(data)  # (own file: closed even when damaged)
         except Exception as e:  # noqa: BLE001 - zip, key and format errors of a damaged file
             raise ValueError(f"The autosaved strokes in {path} are damaged ({_reason(e)}).") \
                 from e
-        if strokes.shape != info.shape or strokes.dtype.kind not in "iu":
-            raise ValueError(f"The autosaved strokes in {path} are {strokes.dtype} of shape "
+        dtype = strokes.values.dtype if isinstance(strokes, PaintedVoxels) else strokes.dtype
+        if strokes.shape != info.shape or dtype.kind not in "iu":
+            raise ValueError(f"The autosaved strokes in {path} are {dtype} of shape "
                              f"{strokes.shape}, not integers of the image's {info.shape}.")
+        if isinstance(strokes, PaintedVoxels):
+            strokes = strokes.dense()
     model, last = info.folder / MODEL, info.folder / LAST
     return Restored(info, strokes, model if model.is_file() else None,
                     last if last.is_file() else None)
