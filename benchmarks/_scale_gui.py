@@ -15,6 +15,7 @@ Prints one JSON line.
 from __future__ import annotations
 
 import argparse
+import cProfile
 import json
 import os
 import shutil
@@ -55,17 +56,24 @@ def _wait(app, until, timeout: float) -> float | None:
     return None
 
 
-def _slice_dice(pred: np.ndarray, truth: np.ndarray) -> float:
-    """Mean Dice over the classes of ``truth`` on one slice (0 in ``pred`` counts as wrong)."""
+def _slice_dice(pred: np.ndarray, truth: np.ndarray) -> tuple[float, float]:
+    """Mean Dice over the classes of ``truth`` on the part of one slice the preview covers (its
+    first record covers the view's y/x extent, which at 10^8 voxels can be part of the slice),
+    and the share of the slice it covers."""
+    covered = pred != 0
+    pred, truth = pred[covered], truth[covered]
     scores = []
     for c in np.unique(truth):
         p, t = pred == c, truth == c
-        scores.append(2 * np.count_nonzero(p & t) / max(np.count_nonzero(p) + np.count_nonzero(t), 1))
-    return float(np.mean(scores))
+        both = np.count_nonzero(p) + np.count_nonzero(t)
+        scores.append(2 * np.count_nonzero(p & t) / max(both, 1))
+    return float(np.mean(scores)) if scores else float("nan"), float(covered.mean())
 
 
-def first_preview(image_path: str, strokes_path: str, name: str, z: int, timeout: float) -> dict:
-    """Open, dock, press Train, wait for the preview on slice ``z``; stop and close."""
+def first_preview(image_path: str, strokes_path: str, name: str, z: int, timeout: float,
+                  profile: str | None = None) -> dict:
+    """Open, dock, press Train, wait for the preview on slice ``z``; stop and close. With
+    ``profile``, the press (what holds the GUI thread) is profiled into that pstats file."""
     import dask.array as da
     import h5py
     import napari
@@ -103,14 +111,21 @@ def first_preview(image_path: str, strokes_path: str, name: str, z: int, timeout
         marks.setdefault("preview_layer_s", now - t0)
         return bool(np.asarray(viewer.layers[layer_name].data[z]).any())
 
+    profiler = cProfile.Profile() if profile else None
     t0 = time.perf_counter()
+    if profiler is not None:
+        profiler.enable()
     started = widget.start_training()
     pressed = time.perf_counter() - t0
+    if profiler is not None:
+        profiler.disable()
+        profiler.dump_stats(profile)
     seen = _wait(app, on_slice, timeout) if started else None
     out = {"opened_s": opened, "press_s": pressed, "started": bool(started),
            "first_preview_s": None if seen is None else seen - t0, "z": z, **marks}
     if seen is not None:
-        out["slice_dice"] = _slice_dice(np.asarray(viewer.layers[layer_name].data[z]), truth)
+        out["slice_dice"], out["slice_covered"] = _slice_dice(
+            np.asarray(viewer.layers[layer_name].data[z]), truth)
     widget.stop_training()
     stopped = _wait(app, lambda: widget.worker is None, 300)
     out["stop_s"] = None if stopped is None else stopped - t0
@@ -126,10 +141,12 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--name", default="volume")
     p.add_argument("--z", type=int, required=True, help="the displayed z slice")
     p.add_argument("--timeout", type=float, default=300.0)
+    p.add_argument("--profile", help="write a pstats profile of pressing Train here")
     args = p.parse_args(argv)
     xvfb = start_xvfb() if "DISPLAY" not in os.environ else None
     try:
-        out = first_preview(args.image, args.strokes, args.name, args.z, args.timeout)
+        out = first_preview(args.image, args.strokes, args.name, args.z, args.timeout,
+                            args.profile)
     finally:
         if xvfb is not None:
             xvfb.terminate()

@@ -358,7 +358,8 @@ def main(argv: list[str] | None = None) -> int:
             print(f"GUI, {c['kind']} {size_name(c['size'])}: pressing Train held the GUI thread "
                   f"{g['press_s']:.2f} s; the trainer existed at {_s(g.get('trainer_built_s'))}, "
                   f"the preview on slice z={g['z']} at {_s(g.get('first_preview_s'))} (its Dice "
-                  f"on that slice {_s(g.get('slice_dice'), '.3f', '')}); opening the window and "
+                  f"on the {_s(g.get('slice_covered'), '.0%', '')} of that slice it covers "
+                  f"{_s(g.get('slice_dice'), '.3f', '')}); opening the window and "
                   f"layers took {g['opened_s']:.1f} s")
         for part in args.what:
             if "error" in c.get(part, {}) or "error" in c.get(part, {}).get("train", {}):
