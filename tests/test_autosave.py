@@ -17,6 +17,7 @@ from napari_seg3d.engine.autosave import (
     autosave_enabled,
     discard,
     find_sessions,
+    flat_nonzero,
     prune,
     read_info,
     restore,
@@ -210,3 +211,16 @@ def test_a_kept_model_alone_replaces_an_older_runs_last_state(root, tiny_model):
     assert read_info(session.folder).saved >= session.info.started
     assert autosave_module.MODEL == "model.pt"
     session.close()
+
+
+@pytest.mark.parametrize("dtype", [np.uint8, np.int8, np.uint16, np.int32, np.uint32, np.int64,
+                                   bool, np.float32])
+@pytest.mark.parametrize("size", [0, 1, 7, 8, 9, 1001])
+def test_flat_nonzero_is_numpys_for_every_dtype_and_length(dtype, size):
+    rng = np.random.default_rng(size)
+    flat = np.where(rng.random(size) < 0.05, rng.integers(1, 100, size), 0).astype(dtype)
+    if size > 8 and dtype == np.float32:
+        flat[3] = -0.0  # a zero with a bit set
+    np.testing.assert_array_equal(flat_nonzero(flat), np.flatnonzero(flat))
+    assert flat_nonzero(flat).dtype == np.int64
+    np.testing.assert_array_equal(flat_nonzero(flat[::3]), np.flatnonzero(flat[::3]))

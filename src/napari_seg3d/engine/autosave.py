@@ -231,15 +231,30 @@ class PaintedVoxels:
     @classmethod
     def of(cls, labels) -> PaintedVoxels:
         flat = np.asarray(labels).reshape(-1)  # a view of a contiguous array
-        index = np.flatnonzero(flat)
-        return cls(tuple(int(n) for n in np.shape(labels)), index.astype(np.int64, copy=False),
-                   flat[index])
+        index = flat_nonzero(flat)
+        return cls(tuple(int(n) for n in np.shape(labels)), index, flat[index])
 
     def dense(self) -> np.ndarray:
         """The annotation array again."""
         out = np.zeros(self.shape, self.values.dtype)
         out.reshape(-1)[self.index] = self.values
         return out
+
+
+def flat_nonzero(flat: np.ndarray) -> np.ndarray:
+    """``np.flatnonzero(flat)`` (int64) for a 1-D array, read 8 bytes at a time when its items
+    are 1, 2 or 4 bytes: numpy's nonzero on uint8 took 0.78 s over 5x10^8 voxels of strokes,
+    on the GUI thread when *Train* was pressed; this reads the words and looks closer only
+    at the few that hold a stroke."""
+    per = 8 // flat.dtype.itemsize if flat.dtype.itemsize in (1, 2, 4) else 1
+    if per == 1 or not flat.flags.c_contiguous or flat.size < per:
+        return np.flatnonzero(flat).astype(np.int64, copy=False)
+    head = flat.size - flat.size % per
+    words = np.flatnonzero(flat[:head].view(np.uint64))
+    near = (words[:, None] * per + np.arange(per)).ravel()
+    found = near[flat[near] != 0]  # -0.0 or NaN bits count as a word's, not as a stroke's
+    tail = np.flatnonzero(flat[head:]) + head
+    return np.concatenate([found, tail]).astype(np.int64, copy=False)
 
 
 def _read_strokes(data) -> np.ndarray | PaintedVoxels:
