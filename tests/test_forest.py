@@ -185,3 +185,30 @@ def test_coords_samples_draw_at_most_so_many_stroke_voxels_a_class_grouped_by_cl
     again = coords_samples(coords, 30, seed=1)
     np.testing.assert_array_equal(again.coords, samples.coords)
     assert not np.array_equal(coords_samples(coords, 30, seed=2).coords, samples.coords)
+
+
+def test_tiles_far_apart_read_their_own_boxes_and_get_the_same_features(monkeypatch):
+    """A z-row of tiles far apart on a wide slice is read tile by tile, not as its bounding box:
+    the features are those of the whole-row read (the halo is read either way)."""
+    from scipy import ndimage as ndi
+
+    from napari_seg3d.engine.training import forest_samples
+    from napari_seg3d.engine.training.forest_samples import StrokeSamples, sample_features
+
+    rng = np.random.default_rng(1)
+    image = ndi.gaussian_filter(rng.random((1, 20, 300, 310), dtype=np.float32), 1.0)
+    coords = np.array([[3, 5, 6], [4, 7, 9], [3, 290, 300], [5, 288, 301], [12, 150, 20]])
+    samples = StrokeSamples(coords, np.array([0, 0, 1, 1, 0]))
+    norm = compute_normalization(image)
+    reads = []
+    real = forest_samples.read_block
+    monkeypatch.setattr(forest_samples, "read_block",
+                        lambda img, box, *a: reads.append(box) or real(img, box, *a))
+    apart = sample_features(image, samples, norm, (1.0, 1.0, 1.0))
+    assert len(reads) == 3  # the two tiles of the first row read apart, then the second row
+    assert all(b.stop - b.start < 10 for box in reads for b in box[1:])
+    reads.clear()
+    monkeypatch.setattr(forest_samples, "ROW_READ_RATIO", 1e9)  # every row read whole
+    whole = sample_features(image, samples, norm, (1.0, 1.0, 1.0))
+    assert len(reads) == 2
+    np.testing.assert_allclose(apart, whole, rtol=1e-6, atol=1e-6)
