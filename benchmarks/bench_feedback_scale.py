@@ -38,7 +38,7 @@ import numpy as np
 
 POLL_S = 0.01
 STEPS_S = 20.0  # the network's iterations are counted this long after its first
-EDGES = {"1e6": 100, "1e7": 215, "1e8": 464}
+EDGES = {"1e6": 100, "1e7": 215, "1e8": 464, "5e8": 794}
 STROKE_SLICES = (0.15, 0.32, 0.5, 0.68, 0.85)
 
 
@@ -316,7 +316,7 @@ def _s(v) -> str:
 def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     p.add_argument("--big", action="store_true", help="also 10^8 voxels (a 400 MB volume)")
-    p.add_argument("--sizes", default=None, help="comma-separated of 1e6,1e7,1e8")
+    p.add_argument("--sizes", default=None, help="comma-separated of 1e6,1e7,1e8,5e8 (5e8 writes a 2 GB volume)")
     p.add_argument("--what", choices=("both", "train", "predict", "train-off"), default="both")
     p.add_argument("--compare-off", action="store_true",
                    help="also train with the instant preview off (the network's own pace)")

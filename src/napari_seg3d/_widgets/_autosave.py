@@ -157,14 +157,15 @@ class Autosaver(QObject):
         layer = self.widget.annotation_layer()
         return layer is not None and int(np.prod(layer.data.shape)) <= LIVE_MAX_VOXELS
 
-    def save_strokes(self) -> AutosaveSession | None:
-        """Gather the painted voxels of the selected annotation layer now and write them in the
-        background; returns its session."""
+    def save_strokes(self, painted: PaintedVoxels | None = None) -> AutosaveSession | None:
+        """Gather the painted voxels of the selected annotation layer now (or take ``painted``,
+        gathered from it just before) and write them in the background; returns its session."""
         self._timer.stop()
         session = self.current()
         if session is not None:
-            labels = PaintedVoxels.of(_layers.layer_array(self.widget.annotation_layer()))
-            self.write_strokes(session, labels)
+            if painted is None:
+                painted = PaintedVoxels.of(_layers.layer_array(self.widget.annotation_layer()))
+            self.write_strokes(session, painted)
         self._tell_failures()
         return session
 
@@ -178,11 +179,11 @@ class Autosaver(QObject):
         """Write a kept model (from any thread: the training thread calls it)."""
         _save_model(self.writer, session, model, last)
 
-    def start_run(self):
-        """At Train: the strokes now; returns the job's ``on_kept`` callback and the session.
-        (The callback holds no widget: a finished worker that napari keeps a while keeps no
-        viewer alive.)"""
-        session = self.save_strokes()
+    def start_run(self, painted: PaintedVoxels | None = None):
+        """At Train: the strokes now (``painted``: their painted voxels, when the caller has
+        them); returns the job's ``on_kept`` callback and the session. (The callback holds no
+        widget: a finished worker that napari keeps a while keeps no viewer alive.)"""
+        session = self.save_strokes(painted)
         return partial(_save_model, self.writer, session), session
 
     def close(self) -> None:

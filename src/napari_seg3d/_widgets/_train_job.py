@@ -184,14 +184,16 @@ def check_layers(image_layer, annotation_layer) -> None:
                               "from this image.")
 
 
-def check_strokes(labels) -> tuple[int, ...]:
+def check_strokes(labels, painted=None) -> tuple[int, ...]:
     """The painted values of ``labels``; raises the :class:`AnnotationError` the Trainer would
-    (none painted, one class, not integers), reading only the painted slices (the instant
-    preview starts before the Trainer is built)."""
+    (none painted, one class, not integers), reading only the painted slices, or the values of
+    ``painted`` (:class:`~..engine.autosave.PaintedVoxels` of ``labels``) when given (the
+    instant preview starts before the Trainer is built)."""
     labels = np.asarray(labels) if not hasattr(labels, "dtype") else labels
     if not np.issubdtype(labels.dtype, np.integer) and labels.dtype != bool:
         class_values_of(np.zeros(1, labels.dtype))  # its sentence for the dtype
-    return class_values_of(np.array(painted_values(labels), dtype=np.int64))
+    values = painted_values(labels) if painted is None else np.unique(painted.values)
+    return class_values_of(np.array(values, dtype=np.int64))
 
 
 def new_job(source: ImageInput, annotation_layer, settings: dict,
