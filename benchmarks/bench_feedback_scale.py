@@ -316,7 +316,8 @@ def _s(v) -> str:
 def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     p.add_argument("--big", action="store_true", help="also 10^8 voxels (a 400 MB volume)")
-    p.add_argument("--sizes", default=None, help="comma-separated of 1e6,1e7,1e8,5e8 (5e8 writes a 2 GB volume)")
+    p.add_argument("--sizes", default=None,
+                   help="comma-separated of 1e6,1e7,1e8,5e8 (5e8 writes a 2 GB volume)")
     p.add_argument("--what", choices=("both", "train", "predict", "train-off"), default="both")
     p.add_argument("--compare-off", action="store_true",
                    help="also train with the instant preview off (the network's own pace)")
