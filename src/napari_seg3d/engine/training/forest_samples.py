@@ -144,13 +144,12 @@ def sample_features(image, samples: StrokeSamples, normalization: Normalization,
         groups = [row[np.all(cells[row] == cell, axis=1)]
                   for cell in np.unique(cells[row], axis=0)]
         apart = sum(_read_voxels(_box(samples.coords[g]), halo) for g in groups)
-        reads = [row] if _read_voxels(_box(samples.coords[row]), halo) <= ROW_READ_RATIO * apart \
-            else groups
-        for read in reads:
-            box = _box(samples.coords[read])
+        together = _read_voxels(_box(samples.coords[row]), halo) <= ROW_READ_RATIO * apart
+        for read in [groups] if together else [[g] for g in groups]:
+            box = _box(samples.coords[np.concatenate(read)])
             block = read_block(image, box, halo, shape, normalization)
             origin = np.array([b.start for b in box]) - np.array([h for h in halo])
-            for mine in (g for g in groups if np.isin(g, read).all()):
+            for mine in read:
                 local = samples.coords[mine] - origin
                 core = tuple(slice(int(lo), int(hi) + 1)
                              for lo, hi in zip(local.min(0), local.max(0)))
